@@ -1,0 +1,108 @@
+//! Newtypes for every id and unit, so that an inode number is never passed as a chain id.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! id_newtype {
+    ($(#[$m:meta])* $name:ident($inner:ty)) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub struct $name(pub $inner);
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+        impl From<$inner> for $name {
+            fn from(v: $inner) -> Self {
+                Self(v)
+            }
+        }
+    };
+}
+
+id_newtype!(
+    /// An inode number. Allocated by the meta state machine's apply step, never reused.
+    InodeId(u64)
+);
+id_newtype!(
+    /// A meta (raft) node id, as given by `cirrus meta --id`.
+    NodeId(u64)
+);
+id_newtype!(
+    /// A data server id, allocated by the meta group at registration.
+    ServerId(u64)
+);
+id_newtype!(
+    /// A replication chain id.
+    ChainId(u32)
+);
+id_newtype!(
+    /// A chain's version, bumped on every membership change of that chain.
+    ChainVersion(u64)
+);
+id_newtype!(
+    /// An open-file handle id, allocated by the meta group.
+    HandleId(u64)
+);
+id_newtype!(
+    /// A client (mount) id, random per mount, used for handle leases.
+    ClientId(u64)
+);
+
+impl InodeId {
+    /// The root directory.
+    pub const ROOT: InodeId = InodeId(1);
+}
+
+/// Identity of a cluster, created once when the meta group initialises. Rendered as 32
+/// lowercase hex digits. Data servers and clients refuse to talk to another cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClusterId(pub u128);
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::str::FromStr for ClusterId {
+    type Err = crate::FsError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 32 {
+            return Err(crate::FsError::Invalid(format!(
+                "cluster id {s:?} is not 32 hex digits"
+            )));
+        }
+        u128::from_str_radix(s, 16)
+            .map(ClusterId)
+            .map_err(|_| crate::FsError::Invalid(format!("cluster id {s:?} is not hex")))
+    }
+}
+
+/// Kind of an inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl FileKind {
+    /// Wire code: 1 file, 2 dir, 3 symlink.
+    pub fn code(self) -> u32 {
+        match self {
+            FileKind::File => 1,
+            FileKind::Dir => 2,
+            FileKind::Symlink => 3,
+        }
+    }
+    pub fn from_code(c: u32) -> Option<Self> {
+        match c {
+            1 => Some(FileKind::File),
+            2 => Some(FileKind::Dir),
+            3 => Some(FileKind::Symlink),
+            _ => None,
+        }
+    }
+}

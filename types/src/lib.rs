@@ -1,0 +1,15 @@
+//! Cirrus domain types shared by every crate: ids as newtypes, the error enum that
+//! drives retries and errno mapping, the layout (stripe) math, chains and checksums.
+//!
+//! Must not depend on: tokio, tonic, prost, any IO. Everything here is a pure function
+//! of its inputs, so client and servers compute identical answers and proptest is cheap.
+
+pub mod checksum;
+pub mod error;
+pub mod ids;
+pub mod layout;
+pub mod name;
+
+pub use error::{FsError, FsResult};
+pub use ids::*;
+pub use layout::{Chain, Extent, Layout, LayoutSpec, ObjectKey, LAYOUT_FN_VERSION};

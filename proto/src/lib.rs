@@ -8,6 +8,7 @@
 
 pub mod convert;
 pub mod leader;
+pub mod metrics;
 pub mod net;
 pub mod status;
 

@@ -1,0 +1,348 @@
+//! A small Prometheus registry and the HTTP endpoint every daemon serves: `/metrics`
+//! (text exposition format 0.0.4) and `/healthz` (200 "ok" or 503 with the reason).
+//!
+//! Hand-rolled on purpose: the daemons need counters, gauges and latency histograms and
+//! an HTTP/1.0-style GET, not a web framework. Handles are cheap clones of atomics, so a
+//! hot path pays one relaxed atomic add.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Latency histogram bucket bounds, seconds.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Clone, Default)]
+pub struct Counter(Arc<AtomicU64>);
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1)
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge holding an i64 (stored as u64 bits).
+#[derive(Clone, Default)]
+pub struct Gauge(Arc<AtomicU64>);
+impl Gauge {
+    pub fn set(&self, v: i64) {
+        self.0.store(v as u64, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed) as i64
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Histogram(Arc<HistInner>);
+#[derive(Default)]
+pub struct HistInner {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .sum_ns
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+    pub fn count(&self) -> u64 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+}
+
+enum Metric {
+    Counter(Counter),
+    Gauge(Gauge),
+    Histogram(Histogram),
+}
+
+struct Family {
+    help: String,
+    kind: &'static str,
+    series: BTreeMap<String, Metric>,
+}
+
+type HealthFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The registry of one daemon.
+#[derive(Default)]
+pub struct Registry {
+    families: Mutex<BTreeMap<String, Family>>,
+    health: Mutex<Option<HealthFn>>,
+}
+
+fn label_key(labels: &[(&str, &str)]) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+impl Registry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Registry::default())
+    }
+
+    fn get_or_insert(
+        &self,
+        name: &str,
+        help: &str,
+        kind: &'static str,
+        labels: &[(&str, &str)],
+        make: impl FnOnce() -> Metric,
+    ) -> Option<Metric> {
+        let mut g = self.families.lock().ok()?;
+        let fam = g.entry(name.to_string()).or_insert_with(|| Family {
+            help: help.to_string(),
+            kind,
+            series: BTreeMap::new(),
+        });
+        let m = fam.series.entry(label_key(labels)).or_insert_with(make);
+        Some(match m {
+            Metric::Counter(c) => Metric::Counter(c.clone()),
+            Metric::Gauge(c) => Metric::Gauge(c.clone()),
+            Metric::Histogram(c) => Metric::Histogram(c.clone()),
+        })
+    }
+
+    /// A counter `name{labels}`; the same name and labels give the same counter.
+    pub fn counter(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Counter {
+        match self.get_or_insert(name, help, "counter", labels, || {
+            Metric::Counter(Counter::default())
+        }) {
+            Some(Metric::Counter(c)) => c,
+            _ => Counter::default(),
+        }
+    }
+
+    pub fn gauge(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Gauge {
+        match self.get_or_insert(name, help, "gauge", labels, || {
+            Metric::Gauge(Gauge::default())
+        }) {
+            Some(Metric::Gauge(c)) => c,
+            _ => Gauge::default(),
+        }
+    }
+
+    pub fn histogram(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Histogram {
+        match self.get_or_insert(name, help, "histogram", labels, || {
+            Metric::Histogram(Histogram::default())
+        }) {
+            Some(Metric::Histogram(c)) => c,
+            _ => Histogram::default(),
+        }
+    }
+
+    /// What `/healthz` reports: `Ok` is 200 "ok", `Err(reason)` is 503 with the reason.
+    pub fn set_health(&self, f: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+        if let Ok(mut g) = self.health.lock() {
+            *g = Some(Arc::new(f));
+        }
+    }
+
+    pub fn health(&self) -> Result<(), String> {
+        let f = self.health.lock().ok().and_then(|g| g.clone());
+        match f {
+            Some(f) => f(),
+            None => Ok(()),
+        }
+    }
+
+    /// Renders every family in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let Ok(g) = self.families.lock() else {
+            return out;
+        };
+        for (name, fam) in g.iter() {
+            let _ = writeln!(out, "# HELP {name} {}", fam.help);
+            let _ = writeln!(out, "# TYPE {name} {}", fam.kind);
+            for (labels, m) in &fam.series {
+                match m {
+                    Metric::Counter(c) => {
+                        let _ = writeln!(out, "{name}{labels} {}", c.get());
+                    }
+                    Metric::Gauge(c) => {
+                        let _ = writeln!(out, "{name}{labels} {}", c.get());
+                    }
+                    Metric::Histogram(h) => {
+                        let inner = labels.trim_start_matches('{').trim_end_matches('}');
+                        let sep = if inner.is_empty() { "" } else { "," };
+                        for (i, b) in BUCKETS.iter().enumerate() {
+                            let _ = writeln!(
+                                out,
+                                "{name}_bucket{{{inner}{sep}le=\"{b}\"}} {}",
+                                h.0.buckets[i].load(Ordering::Relaxed)
+                            );
+                        }
+                        let _ = writeln!(
+                            out,
+                            "{name}_bucket{{{inner}{sep}le=\"+Inf\"}} {}",
+                            h.count()
+                        );
+                        let _ = writeln!(
+                            out,
+                            "{name}_sum{labels} {}",
+                            h.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+                        );
+                        let _ = writeln!(out, "{name}_count{labels} {}", h.count());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Binds `addr` and serves `/metrics` and `/healthz` until the task is aborted. Binding
+/// errors are returned at once, so a daemon can say which address it could not take.
+pub async fn serve(
+    addr: &str,
+    registry: Arc<Registry>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let reg = registry.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                // A slow or silent peer gets 5 s to send its request line.
+                let n =
+                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+                        Ok(Ok(n)) => n,
+                        _ => return,
+                    };
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let path = req.split_whitespace().nth(1).unwrap_or("");
+                let (status, ctype, body) = match path {
+                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", reg.render()),
+                    "/healthz" => match reg.health() {
+                        Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
+                        Err(e) => ("503 Service Unavailable", "text/plain", format!("{e}\n")),
+                    },
+                    _ => (
+                        "404 Not Found",
+                        "text/plain",
+                        "try /metrics or /healthz\n".to_string(),
+                    ),
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), sock.write_all(resp.as_bytes()))
+                        .await;
+            });
+        }
+    }))
+}
+
+/// The default metrics address for a role: the listen host with `port + 1`.
+pub fn default_metrics_addr(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(p) => format!("{host}:{}", p.wrapping_add(1)),
+            Err(_) => listen.to_string(),
+        },
+        None => listen.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_shows_counters_gauges_and_histograms() {
+        let r = Registry::new();
+        r.counter("cirrus_requests_total", "requests", &[("op", "read")])
+            .add(3);
+        r.counter("cirrus_requests_total", "requests", &[("op", "read")])
+            .inc();
+        r.gauge("cirrus_raft_term", "term", &[]).set(7);
+        r.histogram("cirrus_latency_seconds", "lat", &[("op", "write")])
+            .observe(Duration::from_millis(2));
+        let text = r.render();
+        assert!(
+            text.contains("cirrus_requests_total{op=\"read\"} 4"),
+            "{text}"
+        );
+        assert!(text.contains("cirrus_raft_term 7"), "{text}");
+        assert!(
+            text.contains("cirrus_latency_seconds_bucket{op=\"write\",le=\"0.0025\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cirrus_latency_seconds_count{op=\"write\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn http_endpoint_serves_metrics_and_health() {
+        let r = Registry::new();
+        r.counter("x_total", "x", &[]).inc();
+        r.set_health(|| Err("no leader".into()));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let h = serve(&addr, r).await.unwrap();
+        let get = |path: &'static str| {
+            let addr = addr.clone();
+            async move {
+                let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.unwrap();
+                out
+            }
+        };
+        let m = get("/metrics").await;
+        assert!(
+            m.starts_with("HTTP/1.1 200") && m.contains("x_total 1"),
+            "{m}"
+        );
+        let hz = get("/healthz").await;
+        assert!(
+            hz.starts_with("HTTP/1.1 503") && hz.contains("no leader"),
+            "{hz}"
+        );
+        h.abort();
+    }
+
+    #[test]
+    fn metrics_port_is_next_to_the_service_port() {
+        assert_eq!(default_metrics_addr("0.0.0.0:7001"), "0.0.0.0:7002");
+        assert_eq!(default_metrics_addr("127.0.0.1:7101"), "127.0.0.1:7102");
+    }
+}

@@ -7,7 +7,8 @@ use thiserror::Error;
 
 pub type FsResult<T> = Result<T, FsError>;
 
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
+/// Serializable because the meta state machine's apply result (a raft response) carries it.
+#[derive(Clone, Debug, Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FsError {
     #[error("no such file or directory")]
     NotFound,

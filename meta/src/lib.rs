@@ -2,6 +2,14 @@
 //!
 //! Must not depend on: cirrus-data, cirrus-client.
 
+mod frame;
+pub mod identity;
+pub mod log_store;
+pub mod network;
+pub mod raft_types;
+pub mod sm_store;
+pub mod state;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,3 +43,6 @@ pub struct MetaArgs {
 pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
     anyhow::bail!("cirrus meta is not built yet (args: {args:?})")
 }
+
+#[cfg(test)]
+mod store_tests;

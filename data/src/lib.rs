@@ -2,6 +2,10 @@
 //!
 //! Must not depend on: cirrus-meta, cirrus-client.
 
+pub mod rangelock;
+pub mod store;
+pub mod uring;
+
 use std::path::PathBuf;
 
 /// Arguments of `cirrus data`.

@@ -1,0 +1,223 @@
+//! `MemStore`: the chunk store in memory, with the same checksum behaviour as the file
+//! store (crc per 4 KiB block, verified on read, RMW edges verified), for fast unit tests
+//! of replication, repair and rebuild. `corrupt` flips a stored byte behind its back.
+
+use super::{bad_blocks, ChunkStore, ObjectInfo, ReadOut, StoreError, StoreResult, BLOCK};
+use cirrus_types::{ChainId, ObjectKey};
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+struct MemObj {
+    chain: ChainId,
+    data: Vec<u8>,
+    crcs: Vec<u32>,
+}
+
+impl MemObj {
+    fn recrc(&mut self, first: u64, end: u64) {
+        let n = self.data.len().div_ceil(BLOCK as usize);
+        self.crcs.resize(n, 0);
+        for b in first..end.min(n as u64) {
+            let s = (b * BLOCK) as usize;
+            let mut blk = vec![0u8; BLOCK as usize];
+            let e = (s + BLOCK as usize).min(self.data.len());
+            blk[..e - s].copy_from_slice(&self.data[s..e]);
+            self.crcs[b as usize] = crc32c::crc32c(&blk);
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct MemStore {
+    objs: Mutex<HashMap<ObjectKey, MemObj>>,
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    /// Flips one byte of the stored data without updating its crc.
+    pub fn corrupt(&self, key: ObjectKey, off: u64) -> bool {
+        let mut g = self.objs.lock().unwrap_or_else(|p| p.into_inner());
+        match g.get_mut(&key).and_then(|o| o.data.get_mut(off as usize)) {
+            Some(b) => {
+                *b ^= 0xff;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<ObjectKey, MemObj>) -> T) -> T {
+        f(&mut self.objs.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn obj<'m>(
+        m: &'m mut HashMap<ObjectKey, MemObj>,
+        chain: ChainId,
+        key: ObjectKey,
+    ) -> StoreResult<&'m mut MemObj> {
+        let o = m.entry(key).or_insert_with(|| MemObj {
+            chain,
+            data: Vec::new(),
+            crcs: Vec::new(),
+        });
+        if o.chain != chain {
+            return Err(StoreError::Invalid(format!(
+                "object {key:?} belongs to chain {}, not {chain}",
+                o.chain
+            )));
+        }
+        Ok(o)
+    }
+}
+
+fn verify(key: ObjectKey, o: &MemObj, a: u64, b: u64) -> StoreResult<()> {
+    let end = (b as usize).min(o.data.len());
+    let a = a as usize;
+    if a >= end {
+        return Ok(());
+    }
+    let first = a as u64 / BLOCK;
+    let bad = bad_blocks(first, &o.data[a..end], &o.crcs);
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt { key, blocks: bad })
+    }
+}
+
+impl ChunkStore for MemStore {
+    fn write<'a>(
+        &'a self,
+        chain: ChainId,
+        key: ObjectKey,
+        off: u64,
+        data: &'a [u8],
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        let r = self.with(|m| {
+            let o = Self::obj(m, chain, key)?;
+            let end = off + data.len() as u64;
+            let (a, b) = (off / BLOCK * BLOCK, end.div_ceil(BLOCK) * BLOCK);
+            if off != a {
+                verify(key, o, a, a + BLOCK)?;
+            }
+            if end != b {
+                verify(key, o, b - BLOCK, b)?;
+            }
+            if o.data.len() < end as usize {
+                o.data.resize(end as usize, 0);
+            }
+            o.data[off as usize..end as usize].copy_from_slice(data);
+            o.recrc(a / BLOCK, b / BLOCK);
+            Ok(o.data.len() as u64)
+        });
+        Box::pin(async move { r })
+    }
+
+    fn put_blocks<'a>(
+        &'a self,
+        chain: ChainId,
+        key: ObjectKey,
+        off: u64,
+        data: &'a [u8],
+        logical_end: u64,
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        let r = self.with(|m| {
+            let o = Self::obj(m, chain, key)?;
+            let end = off + data.len() as u64;
+            let size = (o.data.len() as u64).max(logical_end.min(end));
+            if o.data.len() < end as usize {
+                o.data.resize(end as usize, 0);
+            }
+            o.data[off as usize..end as usize].copy_from_slice(data);
+            o.data.truncate(size as usize);
+            o.recrc(off / BLOCK, end.div_ceil(BLOCK));
+            Ok(size)
+        });
+        Box::pin(async move { r })
+    }
+
+    fn read(&self, key: ObjectKey, off: u64, len: usize) -> BoxFuture<'_, StoreResult<ReadOut>> {
+        let r = self.with(|m| {
+            let Some(o) = m.get(&key) else {
+                return Ok(ReadOut::default());
+            };
+            let size = o.data.len() as u64;
+            let end = off.saturating_add(len as u64).min(size);
+            if off >= end {
+                return Ok(ReadOut {
+                    data: Vec::new(),
+                    size,
+                });
+            }
+            verify(key, o, off / BLOCK * BLOCK, end.div_ceil(BLOCK) * BLOCK)?;
+            Ok(ReadOut {
+                data: o.data[off as usize..end as usize].to_vec(),
+                size,
+            })
+        });
+        Box::pin(async move { r })
+    }
+
+    fn truncate(
+        &self,
+        chain: ChainId,
+        key: ObjectKey,
+        size: u64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let r = self.with(|m| {
+            let o = Self::obj(m, chain, key)?;
+            if size < o.data.len() as u64 && size % BLOCK != 0 {
+                let a = size / BLOCK * BLOCK;
+                verify(key, o, a, a + BLOCK)?;
+            }
+            o.data.resize(size as usize, 0);
+            let last = size / BLOCK;
+            o.recrc(last, last + 1);
+            let n = (size.div_ceil(BLOCK)) as usize;
+            let old = o.crcs.len();
+            o.crcs.resize(n, 0);
+            if n > old {
+                o.recrc(old as u64, n as u64);
+            }
+            Ok(())
+        });
+        Box::pin(async move { r })
+    }
+
+    fn sync(&self, _key: ObjectKey) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn delete(&self, key: ObjectKey) -> BoxFuture<'_, StoreResult<()>> {
+        self.with(|m| m.remove(&key));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn size(&self, key: ObjectKey) -> Option<u64> {
+        self.with(|m| m.get(&key).map(|o| o.data.len() as u64))
+    }
+
+    fn list(&self) -> Vec<ObjectInfo> {
+        self.with(|m| {
+            m.iter()
+                .map(|(k, o)| ObjectInfo {
+                    chain: o.chain,
+                    key: *k,
+                    size: o.data.len() as u64,
+                })
+                .collect()
+        })
+    }
+
+    fn direct_io(&self) -> bool {
+        false
+    }
+
+    fn space(&self) -> (u64, u64) {
+        (1 << 40, 1 << 40)
+    }
+}

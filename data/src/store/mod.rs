@@ -1,0 +1,152 @@
+//! The chunk store: objects named by `ObjectKey`, each belonging to one chain, with a
+//! crc32c per 4 KiB block kept beside the data and checked on every read. The trait is
+//! what replication, rebuild and scrub use; [`file::FileStore`] is the O_DIRECT +
+//! io_uring implementation, [`mem::MemStore`] the in-memory one for fast unit tests.
+//!
+//! Invariants every implementation keeps:
+//! - bytes of an object past its logical size read as zeros, also after a truncate down
+//!   and a later extension (the tail of the last block is zeroed on truncate);
+//! - a block's stored crc covers the whole 4 KiB block (zeros past the size included);
+//! - `read` never returns bytes whose block fails its crc: it reports the bad blocks.
+
+pub mod file;
+pub mod format;
+pub mod mem;
+
+use cirrus_types::{ChainId, FsError, ObjectKey};
+use futures::future::BoxFuture;
+
+pub use cirrus_types::checksum::CRC_BLOCK;
+pub const BLOCK: u64 = CRC_BLOCK;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("no space left on device")]
+    NoSpace,
+    #[error("i/o error: {0}")]
+    Io(String),
+    #[error("checksum mismatch in blocks {blocks:?} of {key:?}")]
+    Corrupt { key: ObjectKey, blocks: Vec<u64> },
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// Maps an OS error from `what` (a verb phrase) to the store's error.
+    pub fn from_io(what: &str, e: std::io::Error) -> StoreError {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::NoSpace,
+            _ => StoreError::Io(format!("{what}: {e}")),
+        }
+    }
+}
+
+impl From<StoreError> for FsError {
+    fn from(e: StoreError) -> FsError {
+        match e {
+            StoreError::NoSpace => FsError::NoSpace,
+            StoreError::Io(m) => FsError::Io(m),
+            StoreError::Corrupt { .. } => FsError::Checksum(e.to_string()),
+            StoreError::Invalid(m) => FsError::Invalid(m),
+        }
+    }
+}
+
+/// One object as listed by the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub chain: ChainId,
+    pub key: ObjectKey,
+    pub size: u64,
+}
+
+/// Result of a read: the bytes (short when the object ends first) and the object's size.
+#[derive(Clone, Debug, Default)]
+pub struct ReadOut {
+    pub data: Vec<u8>,
+    pub size: u64,
+}
+
+/// Object storage with per-block checksums. All offsets are object offsets.
+pub trait ChunkStore: Send + Sync + 'static {
+    /// Writes `data` at `off` (any alignment), creating the object in `chain` if needed;
+    /// edge blocks are read (and verified) and rewritten. Returns the new object size.
+    fn write<'a>(
+        &'a self,
+        chain: ChainId,
+        key: ObjectKey,
+        off: u64,
+        data: &'a [u8],
+    ) -> BoxFuture<'a, StoreResult<u64>>;
+
+    /// Writes whole blocks (`off` and `data.len()` multiples of `BLOCK`) without reading
+    /// the old ones, for repair and rebuild; the size becomes max(size, `logical_end`).
+    fn put_blocks<'a>(
+        &'a self,
+        chain: ChainId,
+        key: ObjectKey,
+        off: u64,
+        data: &'a [u8],
+        logical_end: u64,
+    ) -> BoxFuture<'a, StoreResult<u64>>;
+
+    /// Reads up to `len` bytes at `off`, each covering block verified.
+    fn read(&self, key: ObjectKey, off: u64, len: usize) -> BoxFuture<'_, StoreResult<ReadOut>>;
+
+    /// Sets the size; creates the object in `chain` if needed.
+    fn truncate(&self, chain: ChainId, key: ObjectKey, size: u64)
+        -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Makes the object's data and checksums durable (fdatasync). Missing: Ok.
+    fn sync(&self, key: ObjectKey) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Removes the object. Missing: Ok.
+    fn delete(&self, key: ObjectKey) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Size of the object, if present.
+    fn size(&self, key: ObjectKey) -> Option<u64>;
+
+    /// Every object.
+    fn list(&self) -> Vec<ObjectInfo>;
+
+    /// False when a buffered fallback is in use.
+    fn direct_io(&self) -> bool;
+
+    /// (capacity, free) bytes of the underlying filesystem.
+    fn space(&self) -> (u64, u64);
+}
+
+/// Block index range `[first, end)` covering bytes `[off, off + len)`.
+pub fn block_range(off: u64, len: u64) -> (u64, u64) {
+    if len == 0 {
+        return (off / BLOCK, off / BLOCK);
+    }
+    (off / BLOCK, (off + len).div_ceil(BLOCK))
+}
+
+/// crc32c of one all-zero block (a hole).
+pub fn zero_block_crc() -> u32 {
+    static ZERO: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ZERO.get_or_init(|| crc32c::crc32c(&[0u8; BLOCK as usize]))
+}
+
+/// Checks `buf` (which starts at block `first`) against `crcs`; returns bad block indexes.
+pub fn bad_blocks(first: u64, buf: &[u8], crcs: &[u32]) -> Vec<u64> {
+    buf.chunks(BLOCK as usize)
+        .enumerate()
+        .filter_map(|(i, chunk)| {
+            let b = first + i as u64;
+            let want = crcs.get(b as usize).copied().unwrap_or_else(zero_block_crc);
+            let got = if chunk.len() == BLOCK as usize {
+                crc32c::crc32c(chunk)
+            } else {
+                let mut full = chunk.to_vec();
+                full.resize(BLOCK as usize, 0);
+                crc32c::crc32c(&full)
+            };
+            (got != want).then_some(b)
+        })
+        .collect()
+}

@@ -626,7 +626,11 @@ impl MetaState {
         else {
             return Err(FsError::NotDir);
         };
-        let limit = if limit == 0 { usize::MAX } else { limit as usize };
+        let limit = if limit == 0 {
+            usize::MAX
+        } else {
+            limit as usize
+        };
         let mut out = Vec::new();
         let mut rest = by_cookie.range(cookie.saturating_add(1)..);
         for (c, name) in rest.by_ref() {

@@ -1,5 +1,19 @@
 //! Cirrus client library and FUSE adapter.
 //!
-//! Must not depend on: cirrus-meta, cirrus-data.
+//! `meta` is the typed meta client, `data` the chain cache and data-server RPCs, `buffer`
+//! the pure write-back buffer / flush plan / read assembly, `client` the filesystem as a
+//! library (open files, striped parallel writer and reader), `fuse` the kernel adapter,
+//! `mount` the mount lifecycle (checks, daemon, signals, unmount) and `cli` the
+//! `cirrus mount` / `mount.cirrus` / `cirrus status` commands.
+//!
+//! Must not depend on: cirrus-meta, cirrus-data (the client talks to servers only
+//! through the proto).
 
+pub mod buffer;
 pub mod cli;
+pub mod client;
+pub mod data;
+pub mod fuse;
+pub mod meta;
+
+pub use client::{Client, ClientConfig};

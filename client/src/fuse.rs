@@ -1,0 +1,747 @@
+//! The FUSE adapter: maps kernel requests onto `Client`. Each request is answered from a
+//! tokio task (fuser replies are `Send`), so the fuser threads only decode and dispatch.
+//! Every task runs under the client's deadline: a request always gets an answer, at worst
+//! ETIMEDOUT. `FsError::errno` is the only errno mapping.
+//!
+//! Attribute TTL is zero for regular files so that a size changed by another mount is seen
+//! at the next open or stat (close-to-open); directories and symlinks are cached briefly.
+//! No FOPEN_KEEP_CACHE: every open drops the kernel's page cache of the file.
+
+use crate::client::Client;
+use crate::meta::{Attr, SetAttr, SetTime};
+use cirrus_types::{FileKind, FsError, FsResult, InodeId};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Largest write the kernel sends in one request.
+pub const MAX_WRITE: u32 = 1 << 20;
+/// Entries fetched per readdir call from meta.
+const READDIR_BATCH: u32 = 256;
+
+/// How long the kernel may cache names and directory/symlink attributes.
+const DIR_TTL: Duration = Duration::from_secs(1);
+const FILE_TTL: Duration = Duration::ZERO;
+
+pub struct CirrusFs {
+    client: Arc<Client>,
+    rt: tokio::runtime::Handle,
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn to_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+pub fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino.0),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime_ns),
+        mtime: time(a.mtime_ns),
+        ctime: time(a.ctime_ns),
+        crtime: time(a.crtime_ns),
+        kind: kind(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 1 << 20,
+        flags: 0,
+    }
+}
+
+fn ttl(a: &Attr) -> Duration {
+    if a.kind == FileKind::File {
+        FILE_TTL
+    } else {
+        DIR_TTL
+    }
+}
+
+fn entry(reply: ReplyEntry, r: FsResult<Attr>) {
+    match r {
+        Ok(a) => reply.entry_with_ttls(&DIR_TTL, &ttl(&a), &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn empty(reply: ReplyEmpty, r: FsResult<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn attr(reply: ReplyAttr, r: FsResult<Attr>) {
+    match r {
+        Ok(a) => reply.attr(&ttl(&a), &file_attr(&a)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(to_ns(t)),
+    }
+}
+
+impl CirrusFs {
+    pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle) -> Self {
+        CirrusFs { client, rt }
+    }
+
+    /// Runs `f` on the runtime under the client's deadline; `done` gets its result.
+    fn run<T, Fut, F, D>(&self, f: F, done: D)
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = FsResult<T>> + Send + 'static,
+        D: FnOnce(FsResult<T>) + Send + 'static,
+    {
+        let deadline = self.client.config().deadline;
+        let fut = f(self.client.clone());
+        self.rt.spawn(async move {
+            // The inner calls have their own deadlines; this one catches anything that
+            // stacks several of them (flush + commit) so the kernel always gets an answer.
+            let r = match tokio::time::timeout(deadline + Duration::from_secs(5), fut).await {
+                Ok(r) => r,
+                Err(_) => Err(FsError::Timeout(format!(
+                    "request took longer than {deadline:?}"
+                ))),
+            };
+            done(r);
+        });
+    }
+}
+
+fn name(n: &OsStr) -> Vec<u8> {
+    n.as_bytes().to_vec()
+}
+
+impl Filesystem for CirrusFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(nearest) = config.set_max_write(MAX_WRITE) {
+            let _ = config.set_max_write(nearest);
+        }
+        if let Err(nearest) = config.set_max_readahead(4 << 20) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        let _ = config.set_max_background(64);
+        // Ask only for what the kernel offers; each is an optimisation, not a need.
+        for f in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(f);
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let c = self.client.clone();
+        // Runs on a fuser thread, outside the runtime: block on the flush.
+        let _ = self.rt.block_on(async move {
+            tokio::time::timeout(c.config().deadline, c.release_all()).await
+        });
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        let n = name(n);
+        self.run(
+            move |c| async move { c.lookup(InodeId(parent.0), &n).await },
+            move |r| entry(reply, r),
+        );
+    }
+
+    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
+        // Inode numbers are stable cluster-wide; nothing is kept per lookup.
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.run(
+            move |c| async move { c.getattr(InodeId(ino.0)).await },
+            move |r| attr(reply, r),
+        );
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        self.run(
+            move |c| async move { c.setattr(InodeId(ino.0), set, fh.map(|f| f.0)).await },
+            move |r| attr(reply, r),
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.run(
+            move |c| async move { c.meta().readlink(InodeId(ino.0)).await },
+            move |r| match r {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
+        let (n, uid, gid) = (name(n), req.uid(), req.gid());
+        self.run(
+            move |c| async move { c.mknod(InodeId(parent.0), &n, mode, uid, gid).await },
+            move |r| entry(reply, r),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (n, uid, gid) = (name(n), req.uid(), req.gid());
+        self.run(
+            move |c| async move {
+                c.meta()
+                    .mkdir(InodeId(parent.0), &n, mode & 0o7777, uid, gid)
+                    .await
+            },
+            move |r| entry(reply, r),
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let n = name(n);
+        self.run(
+            move |c| async move { c.meta().unlink(InodeId(parent.0), &n).await },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let n = name(n);
+        self.run(
+            move |c| async move { c.meta().rmdir(InodeId(parent.0), &n).await },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (n, t, uid, gid) = (
+            name(link_name),
+            target.as_os_str().as_bytes().to_vec(),
+            req.uid(),
+            req.gid(),
+        );
+        self.run(
+            move |c| async move { c.meta().symlink(InodeId(parent.0), &n, &t, uid, gid).await },
+            move |r| entry(reply, r),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let known = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
+        if !known.contains(flags) || flags.is_all() {
+            // RENAME_WHITEOUT (overlayfs) or both at once.
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let (n, nn, bits) = (name(n), name(newname), flags.bits());
+        self.run(
+            move |c| async move {
+                c.meta()
+                    .rename(InodeId(parent.0), &n, InodeId(newparent.0), &nn, bits)
+                    .await
+            },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let nn = name(newname);
+        self.run(
+            move |c| async move {
+                c.meta()
+                    .link(InodeId(ino.0), InodeId(newparent.0), &nn)
+                    .await
+            },
+            move |r| entry(reply, r),
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.run(
+            move |c| async move { c.open(InodeId(ino.0)).await },
+            move |r| match r {
+                Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.run(
+            move |c| async move { c.read(fh.0, offset, size).await },
+            move |r| match r {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.run(
+            move |c| async move { c.write(fh.0, offset, &data).await },
+            move |r| match r {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.run(
+            move |c| async move { c.flush(fh.0).await },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.run(
+            move |c| async move { c.release(fh.0).await },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.run(
+            move |c| async move { c.fsync(fh.0).await },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.run(
+            move |c| async move {
+                let a = c.getattr(InodeId(ino.0)).await?;
+                if a.kind != FileKind::Dir {
+                    return Err(FsError::NotDir);
+                }
+                Ok(())
+            },
+            move |r| match r {
+                Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        // Kernel offsets: 1 after ".", 2 after "..", cookie + 2 after an entry.
+        self.run(
+            move |c| async move {
+                let cookie = offset.saturating_sub(2);
+                c.meta()
+                    .readdir(InodeId(ino.0), cookie, READDIR_BATCH, false)
+                    .await
+            },
+            move |r| match r {
+                Ok((entries, _eof)) => {
+                    if offset == 0 && reply.add(ino, 1, FileType::Directory, ".") {
+                        return reply.ok();
+                    }
+                    if offset <= 1 && reply.add(ino, 2, FileType::Directory, "..") {
+                        return reply.ok();
+                    }
+                    for e in entries {
+                        if reply.add(
+                            INodeNo(e.ino.0),
+                            e.cookie + 2,
+                            kind(e.kind),
+                            OsStr::from_bytes(&e.name),
+                        ) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.run(
+            move |c| async move {
+                let cookie = offset.saturating_sub(2);
+                let dir = if offset <= 1 {
+                    Some(c.getattr(InodeId(ino.0)).await?)
+                } else {
+                    None
+                };
+                let (entries, _) = c
+                    .meta()
+                    .readdir(InodeId(ino.0), cookie, READDIR_BATCH, true)
+                    .await?;
+                Ok((dir, entries))
+            },
+            move |r| match r {
+                Ok((dir, entries)) => {
+                    if let Some(d) = &dir {
+                        let fa = file_attr(d);
+                        if offset == 0 && reply.add(ino, 1, ".", &DIR_TTL, &fa, Generation(0)) {
+                            return reply.ok();
+                        }
+                        if reply.add(ino, 2, "..", &DIR_TTL, &fa, Generation(0)) {
+                            return reply.ok();
+                        }
+                    }
+                    for e in entries {
+                        let Some(a) = &e.attr else {
+                            // Meta gave no attributes: stop here; the kernel asks again
+                            // from this offset and lookup fills the gap.
+                            break;
+                        };
+                        if reply.add(
+                            INodeNo(e.ino.0),
+                            e.cookie + 2,
+                            OsStr::from_bytes(&e.name),
+                            &ttl(a),
+                            &file_attr(a),
+                            Generation(0),
+                        ) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every namespace change is durable on a raft majority before it is acknowledged.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.run(
+            move |c| async move { c.meta().statfs().await },
+            move |r| match r {
+                Ok(s) => {
+                    let bs = if s.block_size == 0 {
+                        4096
+                    } else {
+                        s.block_size
+                    };
+                    let blocks = s.total_bytes / bs;
+                    let bfree = s.free_bytes / bs;
+                    // Inodes are not a fixed resource: report plenty free.
+                    let ffree = u64::MAX / 2;
+                    reply.statfs(
+                        blocks,
+                        bfree,
+                        bfree,
+                        s.files.saturating_add(ffree),
+                        ffree,
+                        bs as u32,
+                        255,
+                        bs as u32,
+                    )
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        n: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (n, v) = (name(n), value.to_vec());
+        let flags = (flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE)) as u32;
+        self.run(
+            move |c| async move { c.meta().setxattr(InodeId(ino.0), &n, &v, flags).await },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        let n = name(n);
+        self.run(
+            move |c| async move { c.meta().getxattr(InodeId(ino.0), &n).await },
+            move |r| xattr_reply(reply, size, r),
+        );
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.run(
+            move |c| async move {
+                let names = c.meta().listxattr(InodeId(ino.0)).await?;
+                let mut out = Vec::new();
+                for n in names {
+                    out.extend_from_slice(&n);
+                    out.push(0);
+                }
+                Ok(out)
+            },
+            move |r| xattr_reply(reply, size, r),
+        );
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let n = name(n);
+        self.run(
+            move |c| async move { c.meta().removexattr(InodeId(ino.0), &n).await },
+            move |r| empty(reply, r),
+        );
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks mode bits itself.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
+        let (n, uid, gid) = (name(n), req.uid(), req.gid());
+        let exclusive = flags & libc::O_EXCL != 0;
+        self.run(
+            move |c| async move {
+                c.create(InodeId(parent.0), &n, mode, uid, gid, exclusive)
+                    .await
+            },
+            move |r| match r {
+                Ok((fh, a)) => reply.created(
+                    &DIR_TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if mode != 0 {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
+        self.run(
+            move |c| async move { c.fallocate(InodeId(ino.0), fh.0, offset, length).await },
+            move |r| empty(reply, r),
+        );
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, r: FsResult<Vec<u8>>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(errno(&e)),
+    }
+}

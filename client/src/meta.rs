@@ -1,0 +1,612 @@
+//! Typed meta client: one async method per meta RPC, domain types in and out, `FsError`
+//! out. Wire types stop here. Leader following, per-try and total deadlines come from
+//! `MetaConn`; this module adds the request shapes and the validation of replies.
+
+use cirrus_proto::{pb, MetaConn};
+use cirrus_types::{
+    Chain, ChainId, ClientId, FileKind, FsError, FsResult, HandleId, InodeId, Layout, ServerId,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Attributes of an inode, as the meta group holds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: InodeId,
+    pub kind: FileKind,
+    /// Permission bits only (07777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub crtime_ns: i64,
+}
+
+impl TryFrom<Option<&pb::Attr>> for Attr {
+    type Error = FsError;
+    fn try_from(p: Option<&pb::Attr>) -> FsResult<Self> {
+        let p = p.ok_or_else(|| FsError::Io("meta reply without attributes".into()))?;
+        let kind = FileKind::from_code(p.kind)
+            .ok_or_else(|| FsError::Io(format!("meta reply with unknown file kind {}", p.kind)))?;
+        if p.ino == 0 {
+            return Err(FsError::Io("meta reply with inode 0".into()));
+        }
+        Ok(Attr {
+            ino: InodeId(p.ino),
+            kind,
+            mode: p.mode & 0o7777,
+            uid: p.uid,
+            gid: p.gid,
+            size: p.size,
+            nlink: p.nlink,
+            atime_ns: p.atime_ns,
+            mtime_ns: p.mtime_ns,
+            ctime_ns: p.ctime_ns,
+            crtime_ns: p.crtime_ns,
+        })
+    }
+}
+
+/// A time to set: the leader's clock at apply, or an explicit one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    Now,
+    At(i64),
+}
+
+impl From<SetTime> for pb::TimeSpec {
+    fn from(t: SetTime) -> Self {
+        match t {
+            SetTime::Now => pb::TimeSpec { now: true, ns: 0 },
+            SetTime::At(ns) => pb::TimeSpec { now: false, ns },
+        }
+    }
+}
+
+/// What a setattr changes; `None` leaves a field alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// One directory entry from readdir; `attr` is filled for readdirplus.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: InodeId,
+    pub kind: FileKind,
+    pub cookie: u64,
+    pub attr: Option<Attr>,
+}
+
+/// An open handle at the meta group.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub handle: HandleId,
+    pub attr: Attr,
+    pub layout: Layout,
+}
+
+/// Capacity as reported by statfs.
+#[derive(Clone, Copy, Debug)]
+pub struct Statfs {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub files: u64,
+    pub block_size: u64,
+}
+
+/// The chain table: chains by id and the data servers' addresses.
+#[derive(Clone, Debug, Default)]
+pub struct ChainTable {
+    pub chains: HashMap<ChainId, Chain>,
+    pub servers: HashMap<ServerId, ServerEntry>,
+    pub replicas: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerEntry {
+    pub address: String,
+    pub alive: bool,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+}
+
+impl From<&pb::ChainTable> for ChainTable {
+    fn from(t: &pb::ChainTable) -> Self {
+        ChainTable {
+            chains: t
+                .chains
+                .iter()
+                .map(|c| (ChainId(c.id), Chain::from(c)))
+                .collect(),
+            servers: t
+                .servers
+                .iter()
+                .map(|s| {
+                    (
+                        ServerId(s.id),
+                        ServerEntry {
+                            address: s.address.clone(),
+                            alive: s.alive,
+                            capacity_bytes: s.capacity_bytes,
+                            free_bytes: s.free_bytes,
+                        },
+                    )
+                })
+                .collect(),
+            replicas: t.replicas,
+        }
+    }
+}
+
+fn layout(p: Option<&pb::Layout>) -> FsResult<Layout> {
+    let p = p.ok_or_else(|| FsError::Io("meta reply without layout".into()))?;
+    Layout::try_from(p).map_err(|e| FsError::Io(format!("meta sent a bad layout: {e}")))
+}
+
+/// The typed meta client. Cheap to clone.
+#[derive(Clone)]
+pub struct MetaClient {
+    conn: Arc<MetaConn>,
+}
+
+/// Runs one RPC through `MetaConn::call`, cloning the request for each attempt and
+/// filling in the cluster id.
+macro_rules! rpc {
+    ($self:ident, $what:literal, $method:ident, $req:expr) => {{
+        let mut req = $req;
+        req.cluster_id = $self.conn.cluster_id();
+        $self
+            .conn
+            .call($what, |mut c| {
+                let r = req.clone();
+                async move { c.$method(r).await }
+            })
+            .await
+    }};
+}
+
+impl MetaClient {
+    pub fn new(conn: Arc<MetaConn>) -> Self {
+        MetaClient { conn }
+    }
+
+    pub fn conn(&self) -> &Arc<MetaConn> {
+        &self.conn
+    }
+
+    pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> FsResult<Attr> {
+        let r = rpc!(
+            self,
+            "lookup",
+            lookup,
+            pb::LookupRequest {
+                cluster_id: String::new(),
+                parent: parent.0,
+                name: name.to_vec(),
+            }
+        )?;
+        Attr::try_from(r.attr.as_ref())
+    }
+
+    pub async fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
+        let r = rpc!(
+            self,
+            "getattr",
+            getattr,
+            pb::GetattrRequest {
+                cluster_id: String::new(),
+                ino: ino.0,
+            }
+        )?;
+        Attr::try_from(r.attr.as_ref())
+    }
+
+    pub async fn setattr(&self, ino: InodeId, set: &SetAttr, handle: u64) -> FsResult<Attr> {
+        let r = rpc!(
+            self,
+            "setattr",
+            setattr,
+            pb::SetattrRequest {
+                cluster_id: String::new(),
+                ino: ino.0,
+                mode: set.mode,
+                uid: set.uid,
+                gid: set.gid,
+                size: set.size,
+                atime: set.atime.map(Into::into),
+                mtime: set.mtime.map(Into::into),
+                handle,
+            }
+        )?;
+        Attr::try_from(r.attr.as_ref())
+    }
+
+    /// Creates a regular file; with a client id also opens a handle.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+        client: Option<ClientId>,
+    ) -> FsResult<Opened> {
+        let r = rpc!(
+            self,
+            "create",
+            create,
+            pb::CreateRequest {
+                cluster_id: String::new(),
+                parent: parent.0,
+                name: name.to_vec(),
+                mode,
+                uid,
+                gid,
+                exclusive,
+                client_id: client.map(|c| c.0).unwrap_or(0),
+                stripe_unit: 0,
+                stripe_count: 0,
+            }
+        )?;
+        Ok(Opened {
+            handle: HandleId(r.handle),
+            attr: Attr::try_from(r.attr.as_ref())?,
+            layout: layout(r.layout.as_ref())?,
+        })
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let r = rpc!(
+            self,
+            "mkdir",
+            mkdir,
+            pb::MkdirRequest {
+                cluster_id: String::new(),
+                parent: parent.0,
+                name: name.to_vec(),
+                mode,
+                uid,
+                gid,
+            }
+        )?;
+        Attr::try_from(r.attr.as_ref())
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let r = rpc!(
+            self,
+            "symlink",
+            symlink,
+            pb::SymlinkRequest {
+                cluster_id: String::new(),
+                parent: parent.0,
+                name: name.to_vec(),
+                target: target.to_vec(),
+                uid,
+                gid,
+            }
+        )?;
+        Attr::try_from(r.attr.as_ref())
+    }
+
+    pub async fn readlink(&self, ino: InodeId) -> FsResult<Vec<u8>> {
+        let r = rpc!(
+            self,
+            "readlink",
+            readlink,
+            pb::ReadlinkRequest {
+                cluster_id: String::new(),
+                ino: ino.0,
+            }
+        )?;
+        Ok(r.target)
+    }
+
+    pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> FsResult<Attr> {
+        let r = rpc!(
+            self,
+            "link",
+            link,
+            pb::LinkRequest {
+                cluster_id: String::new(),
+                ino: ino.0,
+                new_parent: new_parent.0,
+                new_name: new_name.to_vec(),
+            }
+        )?;
+        Attr::try_from(r.attr.as_ref())
+    }
+
+    pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
+        rpc!(
+            self,
+            "unlink",
+            unlink,
+            pb::UnlinkRequest {
+                cluster_id: String::new(),
+                parent: parent.0,
+                name: name.to_vec(),
+            }
+        )?;
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
+        rpc!(
+            self,
+            "rmdir",
+            rmdir,
+            pb::RmdirRequest {
+                cluster_id: String::new(),
+                parent: parent.0,
+                name: name.to_vec(),
+            }
+        )?;
+        Ok(())
+    }
+
+    /// `flags`: 1 = RENAME_NOREPLACE, 2 = RENAME_EXCHANGE (the Linux values).
+    pub async fn rename(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        rpc!(
+            self,
+            "rename",
+            rename,
+            pb::RenameRequest {
+                cluster_id: String::new(),
+                parent: parent.0,
+                name: name.to_vec(),
+                new_parent: new_parent.0,
+                new_name: new_name.to_vec(),
+                flags,
+            }
+        )?;
+        Ok(())
+    }
+
+    /// Entries after `cookie` (0: from the start); `bool` is true at the end of the directory.
+    pub async fn readdir(
+        &self,
+        ino: InodeId,
+        cookie: u64,
+        limit: u32,
+        plus: bool,
+    ) -> FsResult<(Vec<DirEntry>, bool)> {
+        let r = rpc!(
+            self,
+            "readdir",
+            readdir,
+            pb::ReaddirRequest {
+                cluster_id: String::new(),
+                ino: ino.0,
+                cookie,
+                limit,
+                plus,
+            }
+        )?;
+        let mut out = Vec::with_capacity(r.entries.len());
+        for e in &r.entries {
+            let kind = FileKind::from_code(e.kind)
+                .ok_or_else(|| FsError::Io(format!("readdir: unknown kind {}", e.kind)))?;
+            let attr = match &e.attr {
+                Some(a) if plus => Some(Attr::try_from(Some(a))?),
+                _ => None,
+            };
+            out.push(DirEntry {
+                name: e.name.clone(),
+                ino: InodeId(e.ino),
+                kind,
+                cookie: e.cookie,
+                attr,
+            });
+        }
+        Ok((out, r.eof))
+    }
+
+    pub async fn getxattr(&self, ino: InodeId, name: &[u8]) -> FsResult<Vec<u8>> {
+        let r = rpc!(
+            self,
+            "getxattr",
+            get_xattr,
+            pb::GetXattrRequest {
+                cluster_id: String::new(),
+                ino: ino.0,
+                name: name.to_vec(),
+            }
+        )?;
+        Ok(r.value)
+    }
+
+    /// `flags`: 1 XATTR_CREATE, 2 XATTR_REPLACE.
+    pub async fn setxattr(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        rpc!(
+            self,
+            "setxattr",
+            set_xattr,
+            pb::SetXattrRequest {
+                cluster_id: String::new(),
+                ino: ino.0,
+                name: name.to_vec(),
+                value: value.to_vec(),
+                flags,
+            }
+        )?;
+        Ok(())
+    }
+
+    pub async fn listxattr(&self, ino: InodeId) -> FsResult<Vec<Vec<u8>>> {
+        let r = rpc!(
+            self,
+            "listxattr",
+            list_xattr,
+            pb::ListXattrRequest {
+                cluster_id: String::new(),
+                ino: ino.0,
+            }
+        )?;
+        Ok(r.names)
+    }
+
+    pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> FsResult<()> {
+        rpc!(
+            self,
+            "removexattr",
+            remove_xattr,
+            pb::RemoveXattrRequest {
+                cluster_id: String::new(),
+                ino: ino.0,
+                name: name.to_vec(),
+            }
+        )?;
+        Ok(())
+    }
+
+    pub async fn statfs(&self) -> FsResult<Statfs> {
+        let r = rpc!(
+            self,
+            "statfs",
+            statfs,
+            pb::StatfsRequest {
+                cluster_id: String::new(),
+            }
+        )?;
+        Ok(Statfs {
+            total_bytes: r.total_bytes,
+            free_bytes: r.free_bytes,
+            files: r.files,
+            block_size: r.block_size,
+        })
+    }
+
+    pub async fn open(&self, ino: InodeId, client: ClientId, truncate: bool) -> FsResult<Opened> {
+        let r = rpc!(
+            self,
+            "open",
+            open,
+            pb::OpenRequest {
+                cluster_id: String::new(),
+                ino: ino.0,
+                client_id: client.0,
+                truncate,
+            }
+        )?;
+        Ok(Opened {
+            handle: HandleId(r.handle),
+            attr: Attr::try_from(r.attr.as_ref())?,
+            layout: layout(r.layout.as_ref())?,
+        })
+    }
+
+    pub async fn release(&self, handle: HandleId) -> FsResult<()> {
+        rpc!(
+            self,
+            "release",
+            release,
+            pb::ReleaseRequest {
+                cluster_id: String::new(),
+                handle: handle.0,
+            }
+        )?;
+        Ok(())
+    }
+
+    /// Records that data up to `size` is on the chains: size = max(size, committed).
+    pub async fn commit_write(
+        &self,
+        ino: InodeId,
+        handle: HandleId,
+        size: u64,
+        mtime_ns: i64,
+    ) -> FsResult<Attr> {
+        let r = rpc!(
+            self,
+            "commit write",
+            commit_write,
+            pb::CommitWriteRequest {
+                cluster_id: String::new(),
+                ino: ino.0,
+                handle: handle.0,
+                size,
+                mtime_ns,
+            }
+        )?;
+        Attr::try_from(r.attr.as_ref())
+    }
+
+    pub async fn get_layout(&self, ino: InodeId) -> FsResult<Layout> {
+        let r = rpc!(
+            self,
+            "get layout",
+            get_layout,
+            pb::GetLayoutRequest {
+                cluster_id: String::new(),
+                ino: ino.0,
+            }
+        )?;
+        layout(r.layout.as_ref())
+    }
+
+    pub async fn get_chains(&self) -> FsResult<ChainTable> {
+        let r = rpc!(
+            self,
+            "get chains",
+            get_chains,
+            pb::GetChainsRequest {
+                cluster_id: String::new(),
+            }
+        )?;
+        Ok(ChainTable::from(&r))
+    }
+
+    pub async fn renew_lease(&self, client: ClientId) -> FsResult<()> {
+        rpc!(
+            self,
+            "renew lease",
+            renew_lease,
+            pb::RenewLeaseRequest {
+                cluster_id: String::new(),
+                client_id: client.0,
+            }
+        )?;
+        Ok(())
+    }
+}

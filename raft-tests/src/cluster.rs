@@ -324,7 +324,9 @@ impl ClusterBuilder {
             match self.try_start().await {
                 Ok(c) => return Ok(c),
                 Err(StartError::PortTaken(e)) => {
-                    eprintln!("cirrus-raft-tests: port collision on attempt {attempt}, retrying: {e:#}");
+                    eprintln!(
+                        "cirrus-raft-tests: port collision on attempt {attempt}, retrying: {e:#}"
+                    );
                     last = Some(e);
                 }
                 Err(StartError::Other(e)) => return Err(e),
@@ -341,7 +343,11 @@ impl ClusterBuilder {
             .context("create the cluster temp dir")?;
         let ports = free_ports(2 * (3 + self.data_servers))?;
         let mut ports = ports.into_iter();
-        let mut next_port = || ports.next().ok_or_else(|| anyhow!("ran out of picked ports"));
+        let mut next_port = || {
+            ports
+                .next()
+                .ok_or_else(|| anyhow!("ran out of picked ports"))
+        };
 
         let mut metas = Vec::new();
         let mut meta_addrs = Vec::new();
@@ -434,14 +440,19 @@ impl ClusterBuilder {
             c.meta[i].spawn(&bin, &env)?;
         }
         let deadline = Instant::now() + self.start_timeout;
-        c.wait_started("a meta leader and a cluster id", deadline, Role::Meta, |c| {
-            Box::pin(async move {
-                let Ok(i) = c.leader_index().await else {
-                    return false;
-                };
-                c.info(i).await.is_ok_and(|r| !r.cluster_id.is_empty())
-            })
-        })
+        c.wait_started(
+            "a meta leader and a cluster id",
+            deadline,
+            Role::Meta,
+            |c| {
+                Box::pin(async move {
+                    let Ok(i) = c.leader_index().await else {
+                        return false;
+                    };
+                    c.info(i).await.is_ok_and(|r| !r.cluster_id.is_empty())
+                })
+            },
+        )
         .await?;
         for i in 0..c.data.len() {
             let env = c.env.clone();
@@ -458,9 +469,9 @@ impl ClusterBuilder {
                         let Ok(t) = c.chain_table().await else {
                             return false;
                         };
-                        c.data.iter().all(|d| {
-                            t.servers.iter().any(|s| s.address == d.addr && s.alive)
-                        })
+                        c.data
+                            .iter()
+                            .all(|d| t.servers.iter().any(|s| s.address == d.addr && s.alive))
                     })
                 },
             )
@@ -754,7 +765,13 @@ impl TestCluster {
 
     /// Like `wait_until`, but fails fast (with the log tail) if a node of `role` exits,
     /// and reports the tails of that role's logs on timeout.
-    async fn wait_started<F>(&mut self, what: &str, deadline: Instant, role: Role, f: F) -> std::result::Result<(), StartError>
+    async fn wait_started<F>(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+        role: Role,
+        f: F,
+    ) -> std::result::Result<(), StartError>
     where
         F: for<'a> Fn(&'a TestCluster) -> BoxFut<'a>,
     {
@@ -764,10 +781,18 @@ impl TestCluster {
                 return Ok(());
             }
             for r in [Role::Meta, role] {
-                let n = if r == Role::Meta { self.meta.len() } else { self.data.len() };
+                let n = if r == Role::Meta {
+                    self.meta.len()
+                } else {
+                    self.data.len()
+                };
                 for i in 0..n {
                     if let Err(e) = self.fail_if_exited(r, i, "start") {
-                        let node = if r == Role::Meta { &self.meta[i] } else { &self.data[i] };
+                        let node = if r == Role::Meta {
+                            &self.meta[i]
+                        } else {
+                            &self.data[i]
+                        };
                         let tail = log_tail(&node.log, 40).to_lowercase();
                         if tail.contains("address already in use") || tail.contains("addrinuse") {
                             return Err(StartError::PortTaken(e));
@@ -777,10 +802,21 @@ impl TestCluster {
                 }
             }
             if Instant::now() >= deadline {
-                let nodes = if role == Role::Meta { &self.meta } else { &self.data };
+                let nodes = if role == Role::Meta {
+                    &self.meta
+                } else {
+                    &self.data
+                };
                 let tails = nodes
                     .iter()
-                    .map(|n| format!("--- {} ({}):\n{}", n.name(), n.log.display(), log_tail(&n.log, 15)))
+                    .map(|n| {
+                        format!(
+                            "--- {} ({}):\n{}",
+                            n.name(),
+                            n.log.display(),
+                            log_tail(&n.log, 15)
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n");
                 return Err(StartError::Other(anyhow!(
@@ -826,7 +862,10 @@ impl Drop for TestCluster {
         if keep {
             if let Some(t) = self.tmp.take() {
                 let p = t.keep();
-                eprintln!("cirrus-raft-tests: kept cluster dir with node logs: {}", p.display());
+                eprintln!(
+                    "cirrus-raft-tests: kept cluster dir with node logs: {}",
+                    p.display()
+                );
             }
         }
     }
@@ -898,7 +937,8 @@ mod tests {
             args: vec!["-c".into(), "echo hello; exec sleep 1000".into()],
             child: None,
         };
-        n.spawn(Path::new("/bin/sh"), &BTreeMap::new()).expect("spawn");
+        n.spawn(Path::new("/bin/sh"), &BTreeMap::new())
+            .expect("spawn");
         let pid = n.pid().expect("pid");
         assert!(pid > 0);
         assert!(n.exited().is_none());

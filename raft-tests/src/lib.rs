@@ -11,3 +11,6 @@
 pub mod cluster;
 
 pub use cluster::{cirrus_bin, ClusterBuilder, TestCluster};
+pub mod history;
+pub mod model;
+pub mod wgl;

@@ -1,0 +1,510 @@
+//! The run plan: which system runs which job in which configuration, in what order, and
+//! how a failure is recorded. Systems run one at a time (system-major order) so no idle
+//! daemon of one system steals CPU from another's measurement on a 2-core machine.
+//!
+//! A system that cannot be brought up, or a job that fails, becomes a note in the report
+//! and the run goes on: a partial comparison is still worth having, and it says what is
+//! missing.
+
+use crate::fio::{Mode, SeqJob};
+use crate::mdtest::MetaJob;
+use crate::progress::Progress;
+use crate::report::{Machine, Report};
+use crate::sys;
+use crate::systems::{Ceph, Cirrus, Gluster, Local, Mounted};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// Parameters of one run (the `cirrus-bench` command line).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// Systems to measure, in order: local, gluster, ceph, cirrus.
+    #[arg(long, value_delimiter = ',', default_value = "local,gluster,ceph,cirrus")]
+    pub systems: Vec<String>,
+    /// Replica counts for the founding setup (R=1: distribute, R=2: mirrored).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub replicas: Vec<u32>,
+    /// Data servers of the founding setup.
+    #[arg(long, default_value_t = 2)]
+    pub data_servers: usize,
+    /// Cirrus data-server counts for the scaling job (R=1, direct I/O); empty skips it.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4")]
+    pub scaling: Vec<usize>,
+    /// fio threads (one file each).
+    #[arg(long, default_value_t = 4)]
+    pub threads: u32,
+    /// Fraction of the founding 1 GiB per thread to write and read (0.05 = 51 MiB).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Skip the buffered (end_fsync) fio variant.
+    #[arg(long)]
+    pub no_buffered: bool,
+    /// Empty files in the metadata job (split across threads).
+    #[arg(long, default_value_t = 10_000)]
+    pub files: usize,
+    /// 4 KiB files written and read back in the metadata job.
+    #[arg(long, default_value_t = 2_000)]
+    pub small_files: usize,
+    /// Thread counts of the metadata job.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub md_threads: Vec<usize>,
+    /// Scratch directory on the disk under test (every system's data goes under it).
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// Where results.json, results.md and results.svg are written.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// The `cirrus` binary (default: beside this executable, i.e. the same build profile).
+    #[arg(long)]
+    pub cirrus_bin: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn bytes_per_thread(&self) -> u64 {
+        let b = (GIB as f64 * self.scale) as u64;
+        (b / MIB).max(1) * MIB
+    }
+
+    fn modes(&self) -> Vec<Mode> {
+        if self.no_buffered {
+            vec![Mode::Direct]
+        } else {
+            vec![Mode::Direct, Mode::Buffered]
+        }
+    }
+
+    fn has(&self, system: &str) -> bool {
+        self.systems.iter().any(|s| s == system)
+    }
+
+    /// Steps of the whole run, for the progress bar: one per bring-up and one per job.
+    fn planned_steps(&self) -> usize {
+        let per_config = self.modes().len() + self.md_threads.len();
+        let mut n = 0;
+        if self.has("local") {
+            n += 1 + per_config;
+        }
+        for s in ["gluster", "ceph", "cirrus"] {
+            if self.has(s) {
+                n += self.replicas.len() * (1 + per_config);
+            }
+        }
+        if self.has("cirrus") {
+            n += self.scaling.len() * 2;
+        }
+        n
+    }
+
+    fn cirrus_bin(&self) -> Result<PathBuf> {
+        let p = match &self.cirrus_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .context("locate this executable")?
+                .with_file_name("cirrus"),
+        };
+        if !p.is_file() {
+            bail!(
+                "the cirrus binary is missing at {}: build it with `cargo build --release --bin cirrus` \
+                 (or pass --cirrus-bin)",
+                p.display()
+            );
+        }
+        Ok(p)
+    }
+}
+
+/// Section names shared by the runner, the README and the tests.
+pub fn seq_section(r: u32) -> String {
+    format!("seq 1 MiB R={r}")
+}
+pub fn meta_section(r: u32, threads: usize) -> String {
+    format!("metadata R={r}, {threads} thread{}", if threads == 1 { "" } else { "s" })
+}
+pub const SCALING_SECTION: &str = "scaling R=1, direct";
+
+struct Run<'a> {
+    cfg: &'a Config,
+    report: Report,
+    progress: Progress,
+}
+
+impl Run<'_> {
+    /// The fio and metadata jobs of one (system, R) configuration.
+    fn jobs(&mut self, system: &str, r_sections: &[u32], dir: &Path, label: &str) {
+        let bytes = self.cfg.bytes_per_thread();
+        for mode in self.cfg.modes() {
+            self.progress
+                .step(&format!("{label}: fio {} write+read", mode.tag()));
+            let job = SeqJob {
+                threads: self.cfg.threads,
+                bytes_per_thread: bytes,
+                block_size: MIB,
+                mode,
+            };
+            match job.run(dir) {
+                Ok(res) => {
+                    let (w, rd) = match mode {
+                        Mode::Direct => ("write direct", "read direct"),
+                        Mode::Buffered => ("write buffered+fsync", "read buffered"),
+                    };
+                    for &r in r_sections {
+                        let s = seq_section(r);
+                        self.report.push(&s, w, system, "MB/s", res.write_bps / 1e6);
+                        self.report.push(&s, rd, system, "MB/s", res.read_bps / 1e6);
+                    }
+                }
+                Err(e) => self
+                    .report
+                    .note(format!("{label}: fio {} failed: {e:#}", mode.tag())),
+            }
+        }
+        for &t in &self.cfg.md_threads.clone() {
+            self.progress.step(&format!("{label}: metadata, {t} threads"));
+            let job = MetaJob {
+                threads: t,
+                files: self.cfg.files,
+                small_files: self.cfg.small_files,
+            };
+            match job.run(dir) {
+                Ok(m) => {
+                    for &r in r_sections {
+                        let s = meta_section(r, t);
+                        for (name, v) in [
+                            ("create", m.create),
+                            ("stat", m.stat),
+                            ("readdir (entries)", m.readdir),
+                            ("unlink", m.unlink),
+                            ("4 KiB file write", m.small_write),
+                            ("4 KiB file read", m.small_read),
+                        ] {
+                            self.report.push(&s, name, system, "ops/s", v);
+                        }
+                    }
+                }
+                Err(e) => self
+                    .report
+                    .note(format!("{label}: metadata job with {t} threads failed: {e:#}")),
+            }
+        }
+    }
+
+    fn skip(&mut self, n: usize) {
+        for _ in 0..n {
+            self.progress.step("(skipped)");
+        }
+    }
+
+    fn per_config(&self) -> usize {
+        self.cfg.modes().len() + self.cfg.md_threads.len()
+    }
+
+    /// Brings a system up, runs its jobs, tears it down; a failed bring-up is a note.
+    fn with_system<S: Mounted>(
+        &mut self,
+        system: &str,
+        r_sections: &[u32],
+        label: &str,
+        start: impl FnOnce() -> Result<S>,
+    ) {
+        self.progress.step(&format!("{label}: bring up"));
+        match start() {
+            Ok(mut s) => {
+                let dir = s.dir().to_path_buf();
+                self.jobs(system, r_sections, &dir, label);
+                if let Err(e) = s.stop() {
+                    self.report.note(format!("{label}: tear-down: {e:#}"));
+                }
+            }
+            Err(e) => {
+                self.report.note(format!("{label}: could not be brought up: {e:#}"));
+                let n = self.per_config();
+                self.skip(n);
+            }
+        }
+    }
+}
+
+/// Runs the whole plan and writes the outputs; returns the report.
+pub fn run(cfg: &Config) -> Result<Report> {
+    if !sys::have("fio") {
+        sys::ensure_packages(&[("fio", "fio")]).context("install fio")?;
+    }
+    let work = cfg
+        .workdir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("cirrus-bench"));
+    std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+    let mut run = Run {
+        cfg,
+        report: Report {
+            machine: machine(&work),
+            ..Report::default()
+        },
+        progress: Progress::new(cfg.planned_steps()),
+    };
+    run.report.params = params(cfg, &work);
+    let rs = cfg.replicas.clone();
+
+    if cfg.has("local") {
+        run.with_system("local", &rs, "local", || Local::start(&work));
+    }
+    if cfg.has("gluster") {
+        for &r in &rs {
+            let label = format!("gluster R={r}");
+            run.with_system("gluster", &[r], &label, || Gluster::start(&work, r));
+        }
+    }
+    if cfg.has("ceph") {
+        run.progress.step("ceph: bring up (mon, mgr, 2 OSDs, MDS)");
+        match Ceph::start(&work) {
+            Ok(mut ceph) => {
+                let dir = ceph.dir().to_path_buf();
+                for (i, &r) in rs.iter().enumerate() {
+                    let label = format!("ceph R={r}");
+                    if i > 0 {
+                        run.progress.step(&format!("{label}: set pool size {r}"));
+                    }
+                    match ceph.set_replicas(r) {
+                        Ok(()) => run.jobs("ceph", &[r], &dir, &label),
+                        Err(e) => {
+                            run.report.note(format!("{label}: set pool size: {e:#}"));
+                            let n = run.per_config();
+                            run.skip(n);
+                        }
+                    }
+                }
+                if let Err(e) = ceph.stop() {
+                    run.report.note(format!("ceph: tear-down: {e:#}"));
+                }
+            }
+            Err(e) => {
+                run.report.note(format!("ceph: could not be brought up: {e:#}"));
+                let n = rs.len() * (1 + run.per_config()) - 1;
+                run.skip(n);
+            }
+        }
+    }
+    if cfg.has("cirrus") {
+        match cfg.cirrus_bin() {
+            Ok(bin) => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .context("start a tokio runtime")?;
+                for &r in &rs {
+                    let label = format!("cirrus R={r}, {} data", cfg.data_servers);
+                    run.with_system("cirrus", &[r], &label, || {
+                        Cirrus::start(&rt, &bin, &work, cfg.data_servers, r)
+                    });
+                }
+                scaling(&mut run, &rt, &bin, &work);
+            }
+            Err(e) => {
+                run.report.note(format!("cirrus: {e:#}"));
+                let n = rs.len() * (1 + run.per_config()) + cfg.scaling.len() * 2;
+                run.skip(n);
+            }
+        }
+    }
+    let report = run.report;
+    write_outputs(&report, &cfg.out)?;
+    Ok(report)
+}
+
+/// Cirrus sequential direct I/O with 1..N data servers at R=1; the local figures of the
+/// same run sit beside each row as the ceiling.
+fn scaling(run: &mut Run<'_>, rt: &tokio::runtime::Runtime, bin: &Path, work: &Path) {
+    let local = |run: &Run<'_>, job: &str| {
+        run.report
+            .records
+            .iter()
+            .find(|x| x.system == "local" && x.job == job && x.section == seq_section(1))
+            .map(|x| x.value)
+    };
+    for n in run.cfg.scaling.clone() {
+        let label = format!("scaling: cirrus R=1, {n} data");
+        run.progress.step(&format!("{label}: bring up"));
+        let c = Cirrus::start(rt, bin, work, n, 1);
+        run.progress.step(&format!("{label}: fio direct write+read"));
+        let mut c = match c {
+            Ok(c) => c,
+            Err(e) => {
+                run.report.note(format!("{label}: could not be brought up: {e:#}"));
+                continue;
+            }
+        };
+        let job = SeqJob {
+            threads: run.cfg.threads,
+            bytes_per_thread: run.cfg.bytes_per_thread(),
+            block_size: MIB,
+            mode: Mode::Direct,
+        };
+        match job.run(c.dir()) {
+            Ok(res) => {
+                let w = format!("write, {n} data");
+                let rd = format!("read, {n} data");
+                run.report
+                    .push(SCALING_SECTION, &w, "cirrus", "MB/s", res.write_bps / 1e6);
+                run.report
+                    .push(SCALING_SECTION, &rd, "cirrus", "MB/s", res.read_bps / 1e6);
+                if let Some(v) = local(run, "write direct") {
+                    run.report.push(SCALING_SECTION, &w, "local", "MB/s", v);
+                }
+                if let Some(v) = local(run, "read direct") {
+                    run.report.push(SCALING_SECTION, &rd, "local", "MB/s", v);
+                }
+            }
+            Err(e) => run.report.note(format!("{label}: fio failed: {e:#}")),
+        }
+        if let Err(e) = c.stop() {
+            run.report.note(format!("{label}: tear-down: {e:#}"));
+        }
+    }
+}
+
+fn params(cfg: &Config, work: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut p = std::collections::BTreeMap::new();
+    p.insert("threads".into(), cfg.threads.to_string());
+    p.insert("bytes_per_thread".into(), cfg.bytes_per_thread().to_string());
+    p.insert("block_size".into(), MIB.to_string());
+    p.insert("data_servers".into(), cfg.data_servers.to_string());
+    p.insert("replicas".into(), format!("{:?}", cfg.replicas));
+    p.insert("scaling".into(), format!("{:?}", cfg.scaling));
+    p.insert("files".into(), cfg.files.to_string());
+    p.insert("small_files".into(), cfg.small_files.to_string());
+    p.insert("md_threads".into(), format!("{:?}", cfg.md_threads));
+    p.insert("workdir".into(), work.display().to_string());
+    p
+}
+
+/// nproc, memory, kernel and the disk under the work dir.
+pub fn machine(work: &Path) -> Machine {
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let w = work.to_string_lossy().into_owned();
+    let disk = sys::run_ok("df", &["-hT", &w], Duration::from_secs(10))
+        .ok()
+        .and_then(|o| o.lines().last().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .unwrap_or_default();
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(0, usize::from),
+        mem_gib: (mem_kib / (1024.0 * 1024.0) * 10.0).round() / 10.0,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        disk,
+    }
+}
+
+/// results.json, results.md and results.svg under `out`.
+pub fn write_outputs(report: &Report, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(out.join("results.json"), json)?;
+    let m = &report.machine;
+    let md = format!(
+        "Machine: {} CPUs, {} GiB RAM, kernel {}, disk `{}`.\n{}\n{}",
+        m.nproc,
+        m.mem_gib,
+        m.kernel,
+        m.disk,
+        report.markdown(),
+        if report.notes.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\nNotes:\n{}\n",
+                report
+                    .notes
+                    .iter()
+                    .map(|n| format!("- {n}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        }
+    );
+    std::fs::write(out.join("results.md"), md)?;
+    std::fs::write(out.join("results.svg"), report.svg())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cfg: Config,
+    }
+
+    #[test]
+    fn defaults_are_the_founding_setup() {
+        let c = Cli::parse_from(["x"]).cfg;
+        assert_eq!(c.threads, 4);
+        assert_eq!(c.bytes_per_thread(), GIB);
+        assert_eq!(c.replicas, vec![1, 2]);
+        assert_eq!(c.data_servers, 2);
+        assert_eq!(c.scaling, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn scale_shrinks_to_whole_mebibytes_and_never_to_zero() {
+        let c = Cli::parse_from(["x", "--scale", "0.05"]).cfg;
+        assert_eq!(c.bytes_per_thread(), 51 * MIB);
+        let c = Cli::parse_from(["x", "--scale", "0"]).cfg;
+        assert_eq!(c.bytes_per_thread(), MIB);
+    }
+
+    #[test]
+    fn local_only_run_measures_every_job_and_writes_outputs() {
+        if !sys::have("fio") {
+            panic!("this test needs fio on PATH (Debian package `fio`; scripts/test.sh installs it)");
+        }
+        let work = tempfile::tempdir().expect("tempdir");
+        let out = work.path().join("out");
+        let c = Cli::parse_from([
+            "x",
+            "--systems",
+            "local",
+            "--scale",
+            "0.004",
+            "--threads",
+            "2",
+            "--files",
+            "60",
+            "--small-files",
+            "20",
+            "--md-threads",
+            "1,3",
+            "--workdir",
+            &work.path().join("w").to_string_lossy(),
+            "--out",
+            &out.to_string_lossy(),
+        ])
+        .cfg;
+        let report = run(&c).expect("run");
+        assert!(report.notes.is_empty(), "{:?}", report.notes);
+        // 2 R sections x 4 seq jobs + 2 R x 2 thread counts x 6 metadata jobs.
+        assert_eq!(report.records.len(), 2 * 4 + 2 * 2 * 6, "{:#?}", report.records);
+        assert!(report.records.iter().all(|r| r.value > 0.0 && r.system == "local"));
+        for f in ["results.json", "results.md", "results.svg"] {
+            let text = std::fs::read_to_string(out.join(f)).expect(f);
+            assert!(text.contains("create"), "{f} lacks the metadata rows");
+        }
+    }
+}

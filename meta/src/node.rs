@@ -1,0 +1,271 @@
+//! One running meta node: the shared context every RPC handler uses (`MetaNode`), the
+//! two request paths (linearizable read, replicated write), and the leader's in-memory
+//! duties: proposing Init on a fresh group, dropping data servers that stopped
+//! heartbeating, and releasing handles of clients whose lease lapsed. Liveness and
+//! leases live only in the leader's memory; a new leader grants everyone a full grace
+//! period first, so a failover never looks like a mass timeout.
+
+use crate::identity::Identity;
+use crate::raft_types::{Command, MetaState, NodeId, Raft};
+use crate::sm_store::Shared;
+use crate::state::Reply;
+use cirrus_proto::metrics::{Gauge, Registry};
+use cirrus_types::{ClientId, ClusterId, FsError, FsResult, InodeId, ServerId};
+use openraft::error::{ForwardToLeader, RaftError};
+use openraft::{BasicNode, ServerState};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Server-side bound of one replicated write or read barrier: the client's own deadline
+/// is usually shorter, this only guarantees that no handler waits forever.
+const OP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// What the leader remembers and nobody else needs to.
+#[derive(Default)]
+pub struct LeaderMem {
+    /// Term in which this node last took over as leader (None: not leader).
+    pub term: Option<u64>,
+    /// Last heartbeat (or registration) of each data server.
+    pub server_seen: BTreeMap<ServerId, Instant>,
+    /// Last capacity update proposed per server (throttles UpdateCapacity entries).
+    pub capacity_sent: BTreeMap<ServerId, Instant>,
+    /// Last lease renewal (or handle open) per client.
+    pub client_seen: BTreeMap<ClientId, Instant>,
+    /// Which servers have been told to delete each garbage file's objects.
+    pub garbage_told: BTreeMap<InodeId, BTreeSet<ServerId>>,
+    /// Wall clock (ms) of each server's last heartbeat, for status output.
+    pub server_seen_ms: BTreeMap<ServerId, i64>,
+}
+
+pub struct Gauges {
+    pub term: Gauge,
+    pub is_leader: Gauge,
+    pub last_applied: Gauge,
+    pub inodes: Gauge,
+}
+
+/// Everything a handler needs.
+pub struct MetaNode {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub shared: Shared,
+    pub identity: Arc<Identity>,
+    /// Voter id -> meta address, from `--peers`.
+    pub peers: BTreeMap<NodeId, String>,
+    pub replicas: u32,
+    pub server_timeout: Duration,
+    pub client_lease: Duration,
+    pub leader: Mutex<LeaderMem>,
+    pub registry: Arc<Registry>,
+    pub gauges: Gauges,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl MetaNode {
+    /// The address to send a client to when `leader` is the leader.
+    pub fn addr_of(&self, leader: Option<NodeId>) -> Option<String> {
+        leader.and_then(|id| self.peers.get(&id).cloned())
+    }
+
+    fn not_leader(&self, f: &ForwardToLeader<NodeId, BasicNode>) -> FsError {
+        FsError::NotLeader {
+            leader_hint: f
+                .leader_node
+                .as_ref()
+                .map(|n| n.addr.clone())
+                .or_else(|| self.addr_of(f.leader_id)),
+        }
+    }
+
+    /// The cluster id, or Unavailable before the group is initialised.
+    pub fn cluster_id(&self) -> FsResult<ClusterId> {
+        self.identity
+            .get()
+            .ok_or_else(|| FsError::Unavailable("meta group not initialised yet".into()))
+    }
+
+    /// Refuses requests for another cluster (`allow_empty` for first contact only).
+    pub fn check(&self, theirs: &str, allow_empty: bool) -> FsResult<()> {
+        let ours = self.cluster_id()?;
+        cirrus_proto::convert::check_cluster(ours, theirs, allow_empty)
+    }
+
+    /// A linearizable read: a read-index round through the leader (openraft's
+    /// `ensure_linearizable`: confirm leadership with a quorum, wait until applied reaches
+    /// the commit index seen at the start), then the query on the local state.
+    pub async fn read<T>(&self, f: impl FnOnce(&MetaState) -> FsResult<T>) -> FsResult<T> {
+        match tokio::time::timeout(OP_DEADLINE, self.raft.ensure_linearizable()).await {
+            Err(_) => return Err(FsError::Timeout("read barrier of the meta leader".into())),
+            Ok(Err(e)) => {
+                return Err(match e.forward_to_leader() {
+                    Some(f) => self.not_leader(f),
+                    None => FsError::Unavailable(format!("read barrier: {e}")),
+                })
+            }
+            Ok(Ok(_)) => {}
+        }
+        let g = self
+            .shared
+            .read()
+            .map_err(|_| FsError::Io("state machine lock poisoned".into()))?;
+        f(&g.state)
+    }
+
+    /// Proposes one command and returns its apply result. Acknowledged only once the
+    /// entry is fsynced on a majority and applied here.
+    pub async fn write(&self, cmd: Command) -> FsResult<Reply> {
+        match tokio::time::timeout(OP_DEADLINE, self.raft.client_write(cmd)).await {
+            Err(_) => Err(FsError::Timeout("replicated write on the meta leader".into())),
+            Ok(Ok(resp)) => resp.data,
+            Ok(Err(e)) => Err(match &e {
+                RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f)) => {
+                    self.not_leader(f)
+                }
+                _ => FsError::Unavailable(format!("replicated write: {e}")),
+            }),
+        }
+    }
+
+    /// Notes that a client is alive (handle open, lease renewal), if we lead.
+    pub fn touch_client(&self, c: ClientId) {
+        if let Ok(mut g) = self.leader.lock() {
+            if g.term.is_some() {
+                g.client_seen.insert(c, Instant::now());
+            }
+        }
+    }
+
+    /// Notes a data server heartbeat or registration, if we lead.
+    pub fn touch_server(&self, s: ServerId) {
+        if let Ok(mut g) = self.leader.lock() {
+            if g.term.is_some() {
+                g.server_seen.insert(s, Instant::now());
+                g.server_seen_ms.insert(s, now_ns() / 1_000_000);
+            }
+        }
+    }
+
+    /// One round of leader duties. Called periodically by `duties`.
+    async fn duty_round(&self) {
+        let m = self.raft.metrics().borrow().clone();
+        self.gauges.term.set(m.current_term as i64);
+        self.gauges
+            .last_applied
+            .set(m.last_applied.map(|l| l.index as i64).unwrap_or(0));
+        let leading = m.state == ServerState::Leader;
+        self.gauges.is_leader.set(i64::from(leading));
+        if !leading {
+            if let Ok(mut g) = self.leader.lock() {
+                if g.term.is_some() {
+                    *g = LeaderMem::default();
+                }
+            }
+            return;
+        }
+        // Bring the local state up to date before acting on it.
+        let snapshot = match self
+            .read(|s| {
+                Ok((
+                    s.cluster_id(),
+                    s.chain_table(),
+                    s.clients_with_handles(),
+                    s.inode_count(),
+                ))
+            })
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(%e, "leader duties: read barrier failed");
+                return;
+            }
+        };
+        let (cluster_id, table, clients, inodes) = snapshot;
+        self.gauges.inodes.set(inodes as i64);
+        if cluster_id.is_none() {
+            self.propose_init().await;
+            return;
+        }
+        let now = Instant::now();
+        let mut down = Vec::new();
+        let mut lapsed = Vec::new();
+        if let Ok(mut g) = self.leader.lock() {
+            if g.term != Some(m.current_term) {
+                // Just took over: everyone gets a full grace period from now.
+                *g = LeaderMem {
+                    term: Some(m.current_term),
+                    ..LeaderMem::default()
+                };
+                tracing::info!(term = m.current_term, "leading: liveness and lease timers start now");
+            }
+            for s in table.servers.iter().filter(|s| s.alive) {
+                let seen = *g.server_seen.entry(s.id).or_insert(now);
+                if now.duration_since(seen) > self.server_timeout {
+                    down.push(s.id);
+                }
+            }
+            for c in &clients {
+                let seen = *g.client_seen.entry(*c).or_insert(now);
+                if now.duration_since(seen) > self.client_lease {
+                    lapsed.push(*c);
+                }
+            }
+            let live: BTreeSet<ClientId> = clients.iter().copied().collect();
+            g.client_seen.retain(|c, _| live.contains(c));
+        }
+        for s in down {
+            tracing::warn!(server = %s, timeout = ?self.server_timeout, "data server stopped heartbeating: marking it down");
+            if let Err(e) = self.write(Command::ServerDown { server: s, now_ns: now_ns() }).await {
+                tracing::warn!(server = %s, %e, "propose ServerDown");
+            }
+            if let Ok(mut g) = self.leader.lock() {
+                g.server_seen.remove(&s);
+            }
+        }
+        for c in lapsed {
+            tracing::info!(client = %c, lease = ?self.client_lease, "client lease lapsed: releasing its handles");
+            match self.write(Command::ReleaseClient { client: c, now_ns: now_ns() }).await {
+                Ok(_) => {
+                    if let Ok(mut g) = self.leader.lock() {
+                        g.client_seen.remove(&c);
+                    }
+                }
+                Err(e) => tracing::warn!(client = %c, %e, "propose ReleaseClient"),
+            }
+        }
+    }
+
+    async fn propose_init(&self) {
+        let mut id = 0u128;
+        while id == 0 {
+            id = rand::random();
+        }
+        let cmd = Command::Init {
+            cluster_id: ClusterId(id),
+            replicas: self.replicas,
+            now_ns: now_ns(),
+        };
+        match self.write(cmd).await {
+            Ok(_) => tracing::info!(cluster_id = %ClusterId(id), "initialised the cluster: cluster id created, root directory made"),
+            // Another leader's Init may have won the race; the state then refuses ours.
+            Err(e) => tracing::warn!(%e, "propose Init"),
+        }
+    }
+}
+
+/// Runs the leader duties until the task is aborted.
+pub async fn duties(node: Arc<MetaNode>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        node.duty_round().await;
+    }
+}

@@ -746,6 +746,11 @@ impl MetaState {
         self.inodes.get(&ino)
     }
 
+    /// Every inode, by number (orphans included).
+    pub fn inodes(&self) -> impl Iterator<Item = &Inode> {
+        self.inodes.values()
+    }
+
     fn dir_entries(&self, ino: InodeId) -> FsResult<&BTreeMap<Vec<u8>, Dentry>> {
         match &self.inodes.get(&ino).ok_or(FsError::NotFound)?.body {
             Body::Dir { entries, .. } => Ok(entries),

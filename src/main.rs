@@ -48,8 +48,29 @@ fn init_tracing() {
         .try_init();
 }
 
+/// What this invocation does: a subcommand, or the `mount.cirrus` helper when the binary
+/// is called through a symlink of that name (`mount -t cirrus`, fstab), which mount(8)
+/// runs as `mount.cirrus SPEC DIR [-o OPTIONS]`.
+enum Job {
+    Cmd(Cmd),
+    MountHelper(Vec<String>),
+}
+
+fn job() -> Job {
+    let mut args = std::env::args();
+    let argv0 = args.next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name == "mount.cirrus" {
+        return Job::MountHelper(args.collect());
+    }
+    Job::Cmd(Cli::parse().cmd)
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let job = job();
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -62,7 +83,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = rt.block_on(async move {
-        match cli.cmd {
+        let cmd = match job {
+            Job::Cmd(c) => c,
+            Job::MountHelper(argv) => return cirrus_client::cli::run_mount_helper(argv).await,
+        };
+        match cmd {
             Cmd::Meta(a) => cirrus_meta::run(a).await,
             Cmd::Data(a) => cirrus_data::run(a).await,
             Cmd::Mount(a) => cirrus_client::cli::run_mount(a).await,
@@ -71,6 +96,9 @@ fn main() -> std::process::ExitCode {
             Cmd::Doctor(a) => doctor::run(a).await,
         }
     });
+    // A FUSE session thread may still sit in a blocking read after a lazy unmount: do not
+    // let dropping the runtime wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

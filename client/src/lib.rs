@@ -15,5 +15,6 @@ pub mod client;
 pub mod data;
 pub mod fuse;
 pub mod meta;
+pub mod mount;
 
 pub use client::{Client, ClientConfig};

@@ -2,7 +2,13 @@
 //!
 //! Must not depend on: cirrus-meta, cirrus-client.
 
+pub mod node;
+pub mod peer;
 pub mod rangelock;
+pub mod rebuild;
+pub mod scrub;
+pub mod server;
+pub mod service;
 pub mod store;
 pub mod uring;
 
@@ -26,9 +32,24 @@ pub struct DataArgs {
     /// Address of the HTTP /metrics and /healthz endpoint (default: listen host, port 7102).
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Rebuild copy rate limit, MiB/s.
+    #[arg(long = "rebuild-rate", default_value_t = 200)]
+    pub rebuild_rate_mib: u64,
+    /// Scrub read rate limit, MiB/s.
+    #[arg(long = "scrub-rate", default_value_t = 50)]
+    pub scrub_rate_mib: u64,
+    /// Pause between scrub passes.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub scrub_interval: std::time::Duration,
+    /// Deadline of one forward to the next chain member.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    pub forward_timeout: std::time::Duration,
+    /// Heartbeat period.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: std::time::Duration,
 }
 
 /// Runs a data server until SIGINT/SIGTERM.
 pub async fn run(args: DataArgs) -> anyhow::Result<()> {
-    anyhow::bail!("cirrus data is not built yet (args: {args:?})")
+    server::run(args).await
 }

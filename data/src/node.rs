@@ -1,0 +1,536 @@
+//! The data server's core, independent of tonic: the cached chain table (the source of
+//! truth for versions, refreshed from meta), the chain-replication write path (verify,
+//! order, persist, forward), reads with repair from another member, sync, truncate,
+//! delete, and the counters that Info and /metrics show.
+//!
+//! Ordering: every member holds a per-object range lock over the block-aligned range of a
+//! write or truncate while it persists locally and forwards downstream, so overlapping
+//! operations (serialized first at the head) reach every member in the same order; the
+//! rebuild copy takes the same lock (see rebuild.rs).
+
+use crate::peer::Peers;
+use crate::rangelock::RangeLock;
+use crate::rebuild::Tracker;
+use crate::store::{ChunkStore, StoreError, BLOCK};
+use bytes::Bytes;
+use cirrus_proto::metrics::{Counter, Registry};
+use cirrus_proto::{pb, MetaConn};
+use cirrus_types::checksum::verify_pieces;
+use cirrus_types::{ChainId, ChainVersion, ClusterId, FsError, FsResult, ObjectKey, ServerId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Largest object offset accepted (1 PiB): keeps offset arithmetic far from overflow.
+pub const MAX_OBJECT_END: u64 = 1 << 50;
+
+/// One chain as this server knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainEntry {
+    pub id: ChainId,
+    pub version: ChainVersion,
+    /// Head first, tail last; these serve reads.
+    pub members: Vec<ServerId>,
+    /// Catching up: receive writes after `members`, serve no reads.
+    pub syncing: Vec<ServerId>,
+}
+
+impl ChainEntry {
+    /// The order writes travel in: members, then syncing members.
+    pub fn route(&self) -> Vec<ServerId> {
+        self.members
+            .iter()
+            .chain(self.syncing.iter())
+            .copied()
+            .collect()
+    }
+}
+
+/// The chain table cache.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    pub chains: HashMap<ChainId, ChainEntry>,
+    pub addrs: HashMap<ServerId, String>,
+}
+
+impl Table {
+    pub fn from_pb(t: &pb::ChainTable) -> Table {
+        Table {
+            chains: t
+                .chains
+                .iter()
+                .map(|c| {
+                    (
+                        ChainId(c.id),
+                        ChainEntry {
+                            id: ChainId(c.id),
+                            version: ChainVersion(c.version),
+                            members: c.members.iter().copied().map(ServerId).collect(),
+                            syncing: c.syncing.iter().copied().map(ServerId).collect(),
+                        },
+                    )
+                })
+                .collect(),
+            addrs: t
+                .servers
+                .iter()
+                .map(|s| (ServerId(s.id), s.address.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Tunables of the node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Deadline of one forward to the next member (and of repair reads).
+    pub forward_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            forward_timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+/// Counters shown by Info and /metrics.
+pub struct Stats {
+    pub writes: Counter,
+    pub write_bytes: Counter,
+    pub reads: Counter,
+    pub read_bytes: Counter,
+    pub corrupt_blocks: Counter,
+    pub repaired_blocks: Counter,
+    pub scrub_done_bytes: Counter,
+    pub scrub_errors: Counter,
+    pub scrub_passes: Counter,
+    pub rebuild_copied_bytes: Counter,
+    pub stale_rejected: Counter,
+}
+
+impl Stats {
+    fn new(r: &Registry) -> Stats {
+        let c = |n: &str, h: &str| r.counter(n, h, &[]);
+        Stats {
+            writes: c("cirrus_data_writes_total", "chain writes applied locally"),
+            write_bytes: c("cirrus_data_write_bytes_total", "bytes written locally"),
+            reads: c("cirrus_data_reads_total", "reads served"),
+            read_bytes: c("cirrus_data_read_bytes_total", "bytes served by reads"),
+            corrupt_blocks: c(
+                "cirrus_data_corrupt_blocks_total",
+                "4 KiB blocks found failing their crc32c (reads and scrub)",
+            ),
+            repaired_blocks: c(
+                "cirrus_data_repaired_blocks_total",
+                "blocks rewritten from another member's good copy",
+            ),
+            scrub_done_bytes: c("cirrus_data_scrub_bytes_total", "bytes verified by scrub"),
+            scrub_errors: c(
+                "cirrus_data_scrub_errors_total",
+                "scrub findings: bad blocks and unreadable ranges",
+            ),
+            scrub_passes: c("cirrus_data_scrub_passes_total", "completed scrub passes"),
+            rebuild_copied_bytes: c(
+                "cirrus_data_rebuild_bytes_total",
+                "bytes copied from members while rebuilding chains",
+            ),
+            stale_rejected: c(
+                "cirrus_data_stale_chain_rejected_total",
+                "requests refused for an old chain version",
+            ),
+        }
+    }
+}
+
+/// A write as the node sees it (validated wire request).
+#[derive(Clone, Debug)]
+pub struct WriteArgs {
+    pub chain: ChainId,
+    pub version: ChainVersion,
+    pub key: ObjectKey,
+    pub off: u64,
+    pub data: Bytes,
+    pub crcs: Vec<u32>,
+    pub sync: bool,
+    pub hop: u32,
+}
+
+pub struct Node {
+    pub store: Arc<dyn ChunkStore>,
+    pub cluster: ClusterId,
+    pub me: ServerId,
+    pub address: String,
+    table: RwLock<Table>,
+    meta: Option<Arc<MetaConn>>,
+    refresh_lock: tokio::sync::Mutex<()>,
+    pub peers: Peers,
+    locks: Mutex<HashMap<ObjectKey, Arc<RangeLock>>>,
+    pub tracker: Tracker,
+    pub stats: Stats,
+    pub registry: Arc<Registry>,
+    pub cfg: NodeConfig,
+    /// (rebuilding, caught up) chains, as last seen by the heartbeat loop, for Info.
+    pub rebuild_view: Mutex<(Vec<u32>, Vec<u32>)>,
+}
+
+fn align_down(x: u64) -> u64 {
+    x / BLOCK * BLOCK
+}
+fn align_up(x: u64) -> u64 {
+    x.div_ceil(BLOCK) * BLOCK
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn ChunkStore>,
+        cluster: ClusterId,
+        me: ServerId,
+        address: String,
+        table: Table,
+        meta: Option<Arc<MetaConn>>,
+        registry: Arc<Registry>,
+        cfg: NodeConfig,
+    ) -> Node {
+        let stats = Stats::new(&registry);
+        Node {
+            store,
+            cluster,
+            me,
+            address,
+            table: RwLock::new(table),
+            meta,
+            refresh_lock: tokio::sync::Mutex::new(()),
+            peers: Peers::new(cluster, cfg.forward_timeout),
+            locks: Mutex::new(HashMap::new()),
+            tracker: Tracker::default(),
+            stats,
+            registry,
+            cfg,
+            rebuild_view: Mutex::new((Vec::new(), Vec::new())),
+        }
+    }
+
+    pub fn table(&self) -> Table {
+        self.table.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    pub fn chain(&self, id: ChainId) -> Option<ChainEntry> {
+        self.table.read().ok()?.chains.get(&id).cloned()
+    }
+
+    /// Installs a table from meta (heartbeat or GetChains). Versions never go back: a
+    /// reply from a lagging node cannot undo a newer table.
+    pub fn set_table(&self, new: Table) {
+        let Ok(mut t) = self.table.write() else {
+            return;
+        };
+        let mut merged = new;
+        for (id, old) in t.chains.iter() {
+            if let Some(n) = merged.chains.get(id) {
+                if n.version < old.version {
+                    merged.chains.insert(*id, old.clone());
+                }
+            }
+        }
+        *t = merged;
+    }
+
+    pub fn addr_of(&self, id: ServerId) -> Option<String> {
+        self.table.read().ok()?.addrs.get(&id).cloned()
+    }
+
+    /// Asks meta for the chain table (coalescing concurrent callers).
+    pub async fn refresh(&self) -> FsResult<()> {
+        let Some(meta) = &self.meta else {
+            return Ok(());
+        };
+        let before = self.table();
+        let _g = self.refresh_lock.lock().await;
+        // Someone refreshed while we waited: their table is as good as ours would be.
+        if self.table().chains != before.chains {
+            return Ok(());
+        }
+        let cid = self.cluster.to_string();
+        let t = meta
+            .call("get chains", |mut c| {
+                let req = pb::GetChainsRequest {
+                    cluster_id: cid.clone(),
+                };
+                async move { c.get_chains(req).await }
+            })
+            .await?;
+        self.set_table(Table::from_pb(&t));
+        Ok(())
+    }
+
+    /// The chain at exactly `version`: older is refused with the current version, newer
+    /// makes this server refresh from meta first.
+    pub async fn check_chain(&self, id: ChainId, version: ChainVersion) -> FsResult<ChainEntry> {
+        for attempt in 0..2 {
+            match self.chain(id) {
+                Some(c) if c.version == version => return Ok(c),
+                Some(c) if version < c.version => {
+                    self.stats.stale_rejected.inc();
+                    return Err(FsError::StaleChain { current: c.version });
+                }
+                _ if attempt == 0 => self.refresh().await?,
+                Some(c) => {
+                    return Err(FsError::Unavailable(format!(
+                        "chain {id} version {version} is newer than this server's {} even after a refresh",
+                        c.version
+                    )))
+                }
+                None => {
+                    return Err(FsError::Unavailable(format!(
+                        "chain {id} is unknown to this server"
+                    )))
+                }
+            }
+        }
+        Err(FsError::Unavailable(format!("chain {id} not resolved")))
+    }
+
+    /// The per-object lock used for ordering writes, truncates and rebuild copies.
+    pub fn obj_lock(&self, key: ObjectKey) -> Arc<RangeLock> {
+        let mut g = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        g.entry(key).or_default().clone()
+    }
+
+    /// Chains with tracked syncing state.
+    pub fn tracker_chains(&self) -> Vec<ChainId> {
+        self.tracker.chains()
+    }
+
+    /// Drops locks of idle objects (called periodically).
+    pub fn gc_locks(&self) {
+        let mut g = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        g.retain(|_, l| Arc::strong_count(l) > 1 || !l.is_idle());
+    }
+
+    fn position(&self, c: &ChainEntry, hop: u32) -> FsResult<usize> {
+        let route = c.route();
+        let pos = route.iter().position(|s| *s == self.me).ok_or_else(|| {
+            FsError::Invalid(format!(
+                "server {} is not in chain {} version {}",
+                self.me, c.id, c.version
+            ))
+        })?;
+        if pos != hop as usize {
+            return Err(FsError::Invalid(format!(
+                "hop {hop} of chain {} version {} reached server {} at position {pos}",
+                c.id, c.version, self.me
+            )));
+        }
+        Ok(pos)
+    }
+
+    fn next_addr(&self, c: &ChainEntry, pos: usize) -> FsResult<Option<String>> {
+        let route = c.route();
+        match route.get(pos + 1) {
+            None => Ok(None),
+            Some(s) => self.addr_of(*s).map(Some).ok_or_else(|| {
+                FsError::Unavailable(format!("no address known for server {s}"))
+            }),
+        }
+    }
+
+    /// Chain write: verify, order, persist, forward; returns the object size.
+    pub async fn write(&self, w: WriteArgs) -> FsResult<u64> {
+        let c = self.check_chain(w.chain, w.version).await?;
+        let pos = self.position(&c, w.hop)?;
+        let end = w
+            .off
+            .checked_add(w.data.len() as u64)
+            .filter(|e| *e <= MAX_OBJECT_END)
+            .ok_or_else(|| FsError::Invalid(format!("write end past {MAX_OBJECT_END}")))?;
+        verify_pieces(w.off, &w.data, &w.crcs)?;
+        let lock = self.obj_lock(w.key);
+        let _g = lock.lock(align_down(w.off), align_up(end)).await;
+        if pos >= c.members.len() {
+            self.tracker
+                .note_write(c.id, w.key, w.off / BLOCK, end.div_ceil(BLOCK));
+        }
+        let size = self
+            .with_repair(&c, w.key, || self.store.write(c.id, w.key, w.off, &w.data))
+            .await?;
+        if w.sync {
+            self.store.sync(w.key).await?;
+        }
+        self.stats.writes.inc();
+        self.stats.write_bytes.add(w.data.len() as u64);
+        if let Some(next) = self.next_addr(&c, pos)? {
+            let mut fw = w.clone();
+            fw.hop += 1;
+            self.peers.write(&next, &fw).await?;
+        }
+        Ok(size)
+    }
+
+    /// Runs a store operation; on a checksum failure of blocks it must read (an edge
+    /// block), repairs them from another member and runs it once more.
+    async fn with_repair<'a, T, F>(&'a self, c: &ChainEntry, key: ObjectKey, op: F) -> FsResult<T>
+    where
+        F: Fn() -> futures::future::BoxFuture<'a, Result<T, StoreError>>,
+    {
+        match op().await {
+            Err(StoreError::Corrupt { blocks, .. }) => {
+                self.stats.corrupt_blocks.add(blocks.len() as u64);
+                self.repair(c, key, &blocks).await?;
+                Ok(op().await?)
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// Rewrites `blocks` of `key` from the first other member with a good copy.
+    pub async fn repair(&self, c: &ChainEntry, key: ObjectKey, blocks: &[u64]) -> FsResult<()> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut sorted = blocks.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        for b in sorted {
+            match runs.last_mut() {
+                Some((_, e)) if *e == b => *e += 1,
+                _ => runs.push((b, b + 1)),
+            }
+        }
+        let others: Vec<ServerId> = c.members.iter().copied().filter(|s| *s != self.me).collect();
+        for (first, end) in runs {
+            let off = first * BLOCK;
+            let len = ((end - first) * BLOCK) as u32;
+            let mut last = FsError::Checksum(format!(
+                "blocks {first}..{end} of {key:?} are bad and chain {} has no other member",
+                c.id
+            ));
+            let mut fixed = false;
+            for s in &others {
+                let Some(addr) = self.addr_of(*s) else {
+                    continue;
+                };
+                match self.peers.read(&addr, c, key, off, len, true).await {
+                    Ok((data, _)) => {
+                        let mut buf = data.to_vec();
+                        buf.resize(len as usize, 0);
+                        self.store.put_blocks(c.id, key, off, &buf, 0).await?;
+                        self.stats.repaired_blocks.add(end - first);
+                        tracing::warn!(
+                            ?key, chain = %c.id, from = %addr,
+                            "repaired blocks {first}..{end} from another member"
+                        );
+                        fixed = true;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(?key, from = %addr, "repair read failed: {e}");
+                        last = e;
+                    }
+                }
+            }
+            if !fixed {
+                return Err(last);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read from a member: verified locally, repaired from another member on a bad
+    /// block unless `local_only`. Returns (data, object size).
+    pub async fn read(
+        &self,
+        chain: ChainId,
+        version: ChainVersion,
+        key: ObjectKey,
+        off: u64,
+        len: u32,
+        local_only: bool,
+    ) -> FsResult<(Vec<u8>, u64)> {
+        let c = self.check_chain(chain, version).await?;
+        if !c.members.contains(&self.me) {
+            return Err(FsError::Unavailable(format!(
+                "server {} is not a readable member of chain {} version {} (catching up or absent)",
+                self.me, c.id, c.version
+            )));
+        }
+        if off > MAX_OBJECT_END {
+            return Err(FsError::Invalid(format!("read offset past {MAX_OBJECT_END}")));
+        }
+        let r = match self.store.read(key, off, len as usize).await {
+            Err(StoreError::Corrupt { blocks, .. }) if !local_only => {
+                self.stats.corrupt_blocks.add(blocks.len() as u64);
+                tracing::error!(?key, ?blocks, "checksum mismatch on read, repairing");
+                self.repair(&c, key, &blocks).await?;
+                self.store.read(key, off, len as usize).await?
+            }
+            Err(e @ StoreError::Corrupt { .. }) => {
+                if let StoreError::Corrupt { blocks, .. } = &e {
+                    self.stats.corrupt_blocks.add(blocks.len() as u64);
+                }
+                return Err(e.into());
+            }
+            r => r?,
+        };
+        self.stats.reads.inc();
+        self.stats.read_bytes.add(r.data.len() as u64);
+        Ok((r.data, r.size))
+    }
+
+    /// fdatasync of each object here, then downstream.
+    pub async fn sync(
+        &self,
+        chain: ChainId,
+        version: ChainVersion,
+        keys: &[ObjectKey],
+        hop: u32,
+    ) -> FsResult<()> {
+        let c = self.check_chain(chain, version).await?;
+        let pos = self.position(&c, hop)?;
+        let rs = futures::future::join_all(keys.iter().map(|k| self.store.sync(*k))).await;
+        for r in rs {
+            r?;
+        }
+        if let Some(next) = self.next_addr(&c, pos)? {
+            self.peers.sync(&next, &c, keys, hop + 1).await?;
+        }
+        Ok(())
+    }
+
+    /// Truncate here, then downstream.
+    pub async fn truncate(
+        &self,
+        chain: ChainId,
+        version: ChainVersion,
+        key: ObjectKey,
+        size: u64,
+        hop: u32,
+    ) -> FsResult<()> {
+        if size > MAX_OBJECT_END {
+            return Err(FsError::Invalid(format!("size past {MAX_OBJECT_END}")));
+        }
+        let c = self.check_chain(chain, version).await?;
+        let pos = self.position(&c, hop)?;
+        let lock = self.obj_lock(key);
+        let _g = lock.lock(align_down(size), u64::MAX).await;
+        if pos >= c.members.len() {
+            self.tracker.note_truncate(c.id, key, size);
+        }
+        self.with_repair(&c, key, || self.store.truncate(c.id, key, size))
+            .await?;
+        if let Some(next) = self.next_addr(&c, pos)? {
+            self.peers.truncate(&next, &c, key, size, hop + 1).await?;
+        }
+        Ok(())
+    }
+
+    /// Local delete (garbage collection).
+    pub async fn delete(&self, keys: &[ObjectKey]) -> FsResult<()> {
+        for k in keys {
+            let lock = self.obj_lock(*k);
+            let _g = lock.lock(0, u64::MAX).await;
+            self.store.delete(*k).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,180 @@
+//! Calls from this data server to other data servers: forwarding along the chain, repair
+//! reads and rebuild copies. One lazily connecting tuned channel per address; every call
+//! bounded by a deadline, and every returned payload checked against its crcs.
+
+use crate::node::{ChainEntry, WriteArgs};
+use bytes::Bytes;
+use cirrus_proto::{from_status, net, pb};
+use cirrus_types::checksum::verify_pieces;
+use cirrus_types::{ChainId, ClusterId, FsError, FsResult, ObjectKey};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Request metadata key: serve from the local copy only, never repair (a member that is
+/// itself repairing or rebuilding sets it, so two bad copies never call each other).
+pub const LOCAL_ONLY: &str = "cirrus-local-only";
+
+pub struct Peers {
+    cluster: ClusterId,
+    timeout: Duration,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+type Client = pb::data_client::DataClient<Channel>;
+
+impl Peers {
+    pub fn new(cluster: ClusterId, timeout: Duration) -> Peers {
+        Peers {
+            cluster,
+            timeout,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, addr: &str) -> FsResult<Client> {
+        let mut g = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let ch = match g.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = net::channel(addr)?;
+                g.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(net::data_client(ch))
+    }
+
+    async fn call<T, Fut>(&self, what: &str, addr: &str, fut: Fut) -> FsResult<T>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => {
+                let e = from_status(&s);
+                Err(match e {
+                    // Name the hop: the client sees which member failed.
+                    FsError::Unavailable(m) => {
+                        FsError::Unavailable(format!("{what} to data server {addr}: {m}"))
+                    }
+                    other => other,
+                })
+            }
+            Err(_) => Err(FsError::Timeout(format!(
+                "{what} to data server {addr} after {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    fn chain_ref(c: &ChainEntry) -> Option<pb::ChainRef> {
+        Some(pb::ChainRef {
+            id: c.id.0,
+            version: c.version.0,
+        })
+    }
+
+    pub async fn write(&self, addr: &str, w: &WriteArgs) -> FsResult<u64> {
+        let mut cl = self.client(addr)?;
+        let req = pb::WriteRequest {
+            cluster_id: self.cluster.to_string(),
+            chain: Some(pb::ChainRef {
+                id: w.chain.0,
+                version: w.version.0,
+            }),
+            object: Some(w.key.into()),
+            offset: w.off,
+            data: w.data.clone(),
+            crcs: w.crcs.clone(),
+            sync: w.sync,
+            hop: w.hop,
+        };
+        let r = self.call("forward write", addr, cl.write(req)).await?;
+        Ok(r.object_size)
+    }
+
+    /// Verified read of another member's copy; returns (data, object size).
+    pub async fn read(
+        &self,
+        addr: &str,
+        c: &ChainEntry,
+        key: ObjectKey,
+        off: u64,
+        len: u32,
+        local_only: bool,
+    ) -> FsResult<(Bytes, u64)> {
+        let mut cl = self.client(addr)?;
+        let mut req = tonic::Request::new(pb::ReadRequest {
+            cluster_id: self.cluster.to_string(),
+            chain: Self::chain_ref(c),
+            object: Some(key.into()),
+            offset: off,
+            len,
+        });
+        if local_only {
+            req.metadata_mut()
+                .insert(LOCAL_ONLY, tonic::metadata::MetadataValue::from_static("1"));
+        }
+        let r = self.call("read", addr, cl.read(req)).await?;
+        if r.data.len() > len as usize {
+            return Err(FsError::Io(format!(
+                "{addr} returned {} bytes for a {len}-byte read",
+                r.data.len()
+            )));
+        }
+        verify_pieces(off, &r.data, &r.crcs)?;
+        Ok((r.data, r.object_size))
+    }
+
+    pub async fn sync(&self, addr: &str, c: &ChainEntry, keys: &[ObjectKey], hop: u32) -> FsResult<()> {
+        let mut cl = self.client(addr)?;
+        let req = pb::SyncRequest {
+            cluster_id: self.cluster.to_string(),
+            chain: Self::chain_ref(c),
+            objects: keys.iter().map(|k| (*k).into()).collect(),
+            hop,
+        };
+        self.call("forward sync", addr, cl.sync(req)).await?;
+        Ok(())
+    }
+
+    pub async fn truncate(
+        &self,
+        addr: &str,
+        c: &ChainEntry,
+        key: ObjectKey,
+        size: u64,
+        hop: u32,
+    ) -> FsResult<()> {
+        let mut cl = self.client(addr)?;
+        let req = pb::TruncateRequest {
+            cluster_id: self.cluster.to_string(),
+            chain: Self::chain_ref(c),
+            object: Some(key.into()),
+            size,
+            hop,
+        };
+        self.call("forward truncate", addr, cl.truncate(req)).await?;
+        Ok(())
+    }
+
+    /// Objects (key, size) a member holds for `chain`.
+    pub async fn list(&self, addr: &str, chain: ChainId) -> FsResult<Vec<(ObjectKey, u64)>> {
+        let mut cl = self.client(addr)?;
+        let req = pb::ListObjectsRequest {
+            cluster_id: self.cluster.to_string(),
+            chain_id: chain.0,
+        };
+        let r = self.call("list objects", addr, cl.list_objects(req)).await?;
+        r.objects
+            .iter()
+            .map(|o| {
+                let k = cirrus_proto::convert::object_key(o.object.as_ref())?;
+                Ok((k, o.size))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,368 @@
+//! `cirrus data` as a process: the persisted identity (server uuid, cluster id, server
+//! id), registration with the meta group (refusing a group of another cluster), the
+//! heartbeat loop (chain table cache, garbage, rebuild start/stop, caught-up reports),
+//! scrub, /metrics + /healthz, and the gRPC server until SIGINT/SIGTERM.
+
+use crate::node::{Node, NodeConfig, Table};
+use crate::rebuild::{RebuildConfig, Rebuilds};
+use crate::scrub::{self, ScrubConfig};
+use crate::service::DataService;
+use crate::store::file::FileStore;
+use crate::store::ChunkStore;
+use crate::DataArgs;
+use anyhow::{bail, Context};
+use cirrus_proto::leader::parse_addrs;
+use cirrus_proto::metrics::{self, Registry};
+use cirrus_proto::{net, pb, CallPolicy, MetaConn};
+use cirrus_types::{ClusterId, FsError, ServerId};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const IDENTITY_FORMAT: &str = "cirrus-data-identity";
+
+/// What a data dir remembers about itself (`<dir>/identity.json`).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Identity {
+    pub format: String,
+    pub version: u32,
+    pub server_uuid: String,
+    pub cluster_id: Option<String>,
+    pub server_id: Option<u64>,
+}
+
+impl Identity {
+    pub fn load_or_create(dir: &Path) -> anyhow::Result<Identity> {
+        let p = dir.join("identity.json");
+        match std::fs::read(&p) {
+            Ok(b) => {
+                let id: Identity = serde_json::from_slice(&b)
+                    .with_context(|| format!("parse {}", p.display()))?;
+                if id.format != IDENTITY_FORMAT || id.version != 1 {
+                    bail!(
+                        "{} is not a version-1 data server identity ({:?} v{})",
+                        p.display(),
+                        id.format,
+                        id.version
+                    );
+                }
+                Ok(id)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = Identity {
+                    format: IDENTITY_FORMAT.into(),
+                    version: 1,
+                    server_uuid: format!("{:032x}", rand::random::<u128>()),
+                    cluster_id: None,
+                    server_id: None,
+                };
+                id.save(dir)?;
+                Ok(id)
+            }
+            Err(e) => Err(e).with_context(|| format!("read {}", p.display())),
+        }
+    }
+
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        let p = dir.join("identity.json");
+        let tmp = dir.join("identity.json.tmp");
+        let mut f = std::fs::File::create(&tmp).context("create identity file")?;
+        f.write_all(&serde_json::to_vec_pretty(self)?)?;
+        f.sync_all().context("fsync identity file")?;
+        std::fs::rename(&tmp, &p).context("install identity file")?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit: every open object holds two descriptors.
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid struct we own.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// The address to advertise: `--advertise`, else `--listen` unless it is a wildcard,
+/// else the local address the kernel would use to reach the first meta node.
+fn advertise_addr(args: &DataArgs, bound_port: u16, meta: &[String]) -> anyhow::Result<String> {
+    if let Some(a) = &args.advertise {
+        return Ok(a.clone());
+    }
+    let (host, _) = args
+        .listen
+        .rsplit_once(':')
+        .with_context(|| format!("--listen {:?} is not host:port", args.listen))?;
+    if host != "0.0.0.0" && host != "[::]" && host != "::" {
+        return Ok(format!("{host}:{bound_port}"));
+    }
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").context("probe local address")?;
+    let first = meta.first().context("no meta address")?;
+    probe
+        .connect(first)
+        .with_context(|| format!("find the local address that reaches {first}; pass --advertise"))?;
+    let ip = probe.local_addr()?.ip();
+    Ok(format!("{ip}:{bound_port}"))
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs a data server until SIGINT/SIGTERM.
+pub async fn run(args: DataArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("create data dir {}", args.dir.display()))?;
+    raise_nofile();
+    let store = Arc::new(
+        FileStore::open(&args.dir)
+            .with_context(|| format!("open object store in {}", args.dir.display()))?,
+    );
+    let mut ident = Identity::load_or_create(&args.dir)?;
+    let meta_addrs = parse_addrs(&args.meta)?;
+    let meta = Arc::new(MetaConn::new(
+        meta_addrs.clone(),
+        CallPolicy {
+            per_try: Duration::from_secs(3),
+            total: Duration::from_secs(10),
+        },
+    )?);
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "bind the data service on {} (another process on that port? a wrong address?)",
+                args.listen
+            )
+        })?;
+    let port = listener.local_addr()?.port();
+    let advertise = advertise_addr(&args, port, &meta_addrs)?;
+
+    let cluster = loop {
+        match meta.connect().await {
+            Ok(c) => break c,
+            Err(e) => tracing::warn!(
+                meta = ?meta_addrs,
+                "cannot reach an initialised meta group yet ({e}); retrying"
+            ),
+        }
+    };
+    if let Some(mine) = &ident.cluster_id {
+        if *mine != cluster.to_string() {
+            bail!(
+                "data dir {} belongs to cluster {mine}, but the meta group at {} is cluster {cluster}: \
+                 refusing to join another cluster (use an empty --dir for a new server)",
+                args.dir.display(),
+                args.meta
+            );
+        }
+    }
+    let (capacity, free) = store.space();
+    let reg = pb::RegisterServerRequest {
+        cluster_id: ident.cluster_id.clone().unwrap_or_default(),
+        server_uuid: ident.server_uuid.clone(),
+        address: advertise.clone(),
+        capacity_bytes: capacity,
+        free_bytes: free,
+    };
+    let reply = loop {
+        let r = meta
+            .call("register server", |mut c| {
+                let req = reg.clone();
+                async move { c.register_server(req).await }
+            })
+            .await;
+        match r {
+            Ok(r) => break r,
+            Err(e @ FsError::WrongCluster { .. }) => {
+                bail!("the meta group refused this data server: {e}")
+            }
+            Err(e) => tracing::warn!("register with the meta group: {e}; retrying"),
+        }
+    };
+    if reply.cluster_id != cluster.to_string() {
+        bail!(
+            "registration answered for cluster {}, expected {cluster}",
+            reply.cluster_id
+        );
+    }
+    ident.cluster_id = Some(cluster.to_string());
+    ident.server_id = Some(reply.server_id);
+    ident.save(&args.dir)?;
+    let me = ServerId(reply.server_id);
+    tracing::info!(server_id = %me, %cluster, address = %advertise, direct_io = store.direct_io(), "registered");
+
+    let registry = Registry::new();
+    let node = Arc::new(Node::new(
+        store.clone() as Arc<dyn ChunkStore>,
+        cluster,
+        me,
+        advertise.clone(),
+        Table::default(),
+        Some(meta.clone()),
+        registry.clone(),
+        NodeConfig {
+            forward_timeout: args.forward_timeout,
+        },
+    ));
+    if let Err(e) = node.refresh().await {
+        tracing::warn!("first chain table fetch: {e} (the heartbeat will bring it)");
+    }
+
+    let metrics_addr = args
+        .metrics_listen
+        .clone()
+        .unwrap_or_else(|| metrics::default_metrics_addr(&args.listen));
+    let last_hb = Arc::new(AtomicI64::new(now_ms()));
+    {
+        let last = last_hb.clone();
+        registry.set_health(move || {
+            let age = now_ms() - last.load(Ordering::Relaxed);
+            if age > 10_000 {
+                Err(format!("no heartbeat accepted by the meta group for {age} ms"))
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let metrics_task = metrics::serve(&metrics_addr, registry.clone())
+        .await
+        .with_context(|| format!("bind the metrics endpoint on {metrics_addr}"))?;
+
+    let hb_meta = Arc::new(MetaConn::new(
+        meta_addrs.clone(),
+        CallPolicy {
+            per_try: Duration::from_millis(1500),
+            total: Duration::from_secs(3),
+        },
+    )?);
+    hb_meta.set_cluster_id(cluster);
+    let hb = tokio::spawn(heartbeat_loop(
+        node.clone(),
+        hb_meta,
+        last_hb,
+        RebuildConfig {
+            dir: args.dir.clone(),
+            rate: args.rebuild_rate_mib.saturating_mul(1 << 20),
+        },
+        args.heartbeat_interval,
+    ));
+    let scrubber = tokio::spawn(scrub::run(
+        node.clone(),
+        ScrubConfig {
+            rate: args.scrub_rate_mib.saturating_mul(1 << 20),
+            interval: args.scrub_interval,
+        },
+    ));
+
+    tracing::info!(listen = %args.listen, metrics = %metrics_addr, "data server serving");
+    let r = net::server()
+        .add_service(DataService::new(node.clone()).into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown_signal(),
+        )
+        .await;
+    hb.abort();
+    scrubber.abort();
+    metrics_task.abort();
+    r.context("data gRPC server")?;
+    Ok(())
+}
+
+async fn heartbeat_loop(
+    node: Arc<Node>,
+    meta: Arc<MetaConn>,
+    last_ok: Arc<AtomicI64>,
+    rcfg: RebuildConfig,
+    every: Duration,
+) {
+    let mut rebuilds = Rebuilds::new(rcfg);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
+    loop {
+        tick.tick().await;
+        rebuilds.reconcile(&node);
+        let (capacity, free) = node.store.space();
+        let req = pb::HeartbeatRequest {
+            cluster_id: node.cluster.to_string(),
+            server_id: node.me.0,
+            capacity_bytes: capacity,
+            free_bytes: free,
+            caught_up_chains: rebuilds.caught_up(),
+            scrub_done_bytes: node.stats.scrub_done_bytes.get(),
+            scrub_errors: node.stats.scrub_errors.get(),
+        };
+        let r = meta
+            .call("heartbeat", |mut c| {
+                let req = req.clone();
+                async move { c.heartbeat(req).await }
+            })
+            .await;
+        match r {
+            Ok(reply) => {
+                failures = 0;
+                last_ok.store(now_ms(), Ordering::Relaxed);
+                if let Some(t) = &reply.table {
+                    node.set_table(Table::from_pb(t));
+                }
+                let garbage: Vec<_> = reply
+                    .garbage
+                    .iter()
+                    .filter_map(|o| cirrus_proto::convert::object_key(Some(o)).ok())
+                    .collect();
+                if !garbage.is_empty() {
+                    if let Err(e) = node.delete(&garbage).await {
+                        tracing::warn!("delete garbage objects: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                // Once per ~10 failures: a meta failover produces a burst.
+                if failures % 10 == 1 {
+                    tracing::warn!("heartbeat to the meta group {:?} failed: {e}", meta.addrs());
+                }
+            }
+        }
+        rebuilds.reconcile(&node);
+        if let Ok(mut v) = node.rebuild_view.lock() {
+            *v = (rebuilds.rebuilding(), rebuilds.caught_up());
+        }
+        node.gc_locks();
+    }
+}
+
+/// Parses a cluster id (for tests and tools).
+pub fn parse_cluster(s: &str) -> Result<ClusterId, FsError> {
+    s.parse()
+}

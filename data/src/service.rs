@@ -1,0 +1,196 @@
+//! The `Data` gRPC service: validates wire requests (cluster id, chain ref, object ref),
+//! converts them to node calls, and maps errors with the one status mapping in proto.
+//! `pb::` types stop here.
+
+use crate::node::{Node, WriteArgs};
+use crate::peer::LOCAL_ONLY;
+use cirrus_proto::convert::{check_cluster, object_key};
+use cirrus_proto::{pb, to_status};
+use cirrus_types::checksum::piece_crcs;
+use cirrus_types::{ChainId, ChainVersion, FsError, FsResult};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct DataService {
+    node: Arc<Node>,
+}
+
+impl DataService {
+    pub fn new(node: Arc<Node>) -> DataService {
+        DataService { node }
+    }
+
+    /// The tonic server wrapper with the message limits set.
+    pub fn into_server(self) -> pb::data_server::DataServer<DataService> {
+        pb::data_server::DataServer::new(self)
+            .max_decoding_message_size(cirrus_proto::net::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cirrus_proto::net::MAX_MESSAGE_BYTES)
+    }
+
+    fn cluster(&self, got: &str) -> FsResult<()> {
+        check_cluster(self.node.cluster, got, false)
+    }
+}
+
+fn chain_ref(c: Option<&pb::ChainRef>) -> FsResult<(ChainId, ChainVersion)> {
+    let c = c.ok_or_else(|| FsError::Invalid("missing chain".into()))?;
+    Ok((ChainId(c.id), ChainVersion(c.version)))
+}
+
+fn st<T>(r: FsResult<T>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(|e| to_status(&e))
+}
+
+#[tonic::async_trait]
+impl pb::data_server::Data for DataService {
+    async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let r = req.into_inner();
+        st(async {
+            self.cluster(&r.cluster_id)?;
+            let (chain, version) = chain_ref(r.chain.as_ref())?;
+            let key = object_key(r.object.as_ref())?;
+            let size = self
+                .node
+                .write(WriteArgs {
+                    chain,
+                    version,
+                    key,
+                    off: r.offset,
+                    data: r.data,
+                    crcs: r.crcs,
+                    sync: r.sync,
+                    hop: r.hop,
+                })
+                .await?;
+            Ok(pb::WriteReply { object_size: size })
+        }
+        .await)
+    }
+
+    async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadReply>, Status> {
+        let local_only = req.metadata().get(LOCAL_ONLY).is_some();
+        let r = req.into_inner();
+        st(async {
+            self.cluster(&r.cluster_id)?;
+            let (chain, version) = chain_ref(r.chain.as_ref())?;
+            let key = object_key(r.object.as_ref())?;
+            let (data, size) = self
+                .node
+                .read(chain, version, key, r.offset, r.len, local_only)
+                .await?;
+            let crcs = piece_crcs(r.offset, &data);
+            Ok(pb::ReadReply {
+                data: data.into(),
+                crcs,
+                object_size: size,
+            })
+        }
+        .await)
+    }
+
+    async fn sync(&self, req: Request<pb::SyncRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        st(async {
+            self.cluster(&r.cluster_id)?;
+            let (chain, version) = chain_ref(r.chain.as_ref())?;
+            let keys = r
+                .objects
+                .iter()
+                .map(|o| object_key(Some(o)))
+                .collect::<FsResult<Vec<_>>>()?;
+            self.node.sync(chain, version, &keys, r.hop).await?;
+            Ok(pb::Empty {})
+        }
+        .await)
+    }
+
+    async fn truncate(
+        &self,
+        req: Request<pb::TruncateRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        st(async {
+            self.cluster(&r.cluster_id)?;
+            let (chain, version) = chain_ref(r.chain.as_ref())?;
+            let key = object_key(r.object.as_ref())?;
+            self.node
+                .truncate(chain, version, key, r.size, r.hop)
+                .await?;
+            Ok(pb::Empty {})
+        }
+        .await)
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        st(async {
+            self.cluster(&r.cluster_id)?;
+            let keys = r
+                .objects
+                .iter()
+                .map(|o| object_key(Some(o)))
+                .collect::<FsResult<Vec<_>>>()?;
+            self.node.delete(&keys).await?;
+            Ok(pb::Empty {})
+        }
+        .await)
+    }
+
+    async fn list_objects(
+        &self,
+        req: Request<pb::ListObjectsRequest>,
+    ) -> Result<Response<pb::ListObjectsReply>, Status> {
+        let r = req.into_inner();
+        st(async {
+            self.cluster(&r.cluster_id)?;
+            let objects = self
+                .node
+                .store
+                .list()
+                .into_iter()
+                .filter(|o| o.chain.0 == r.chain_id)
+                .map(|o| pb::ObjectMeta {
+                    object: Some(o.key.into()),
+                    size: o.size,
+                })
+                .collect();
+            Ok(pb::ListObjectsReply { objects })
+        }
+        .await)
+    }
+
+    async fn info(
+        &self,
+        _req: Request<pb::DataInfoRequest>,
+    ) -> Result<Response<pb::DataInfoReply>, Status> {
+        let n = &self.node;
+        let (capacity, free) = n.store.space();
+        let (rebuilding, caught_up) = n
+            .rebuild_view
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Ok(Response::new(pb::DataInfoReply {
+            cluster_id: n.cluster.to_string(),
+            server_id: n.me.0,
+            address: n.address.clone(),
+            direct_io: n.store.direct_io(),
+            capacity_bytes: capacity,
+            free_bytes: free,
+            objects: n.store.list().len() as u64,
+            scrub_done_bytes: n.stats.scrub_done_bytes.get(),
+            scrub_errors: n.stats.scrub_errors.get(),
+            repaired_blocks: n.stats.repaired_blocks.get(),
+            now_ms,
+            corrupt_blocks: n.stats.corrupt_blocks.get(),
+            rebuild_copied_bytes: n.stats.rebuild_copied_bytes.get(),
+            rebuilding_chains: rebuilding,
+            caught_up_chains: caught_up,
+            scrub_passes: n.stats.scrub_passes.get(),
+        }))
+    }
+}

@@ -88,7 +88,10 @@ async fn each_bad_input_is_refused_with_its_error_and_changes_nothing() -> Resul
 
     is_invalid(create_raw(&conn, &cid, ROOT, b"").await, "empty name");
     is_invalid(create_raw(&conn, &cid, ROOT, b"a/b").await, "name with '/'");
-    is_invalid(create_raw(&conn, &cid, ROOT, b"a\0b").await, "name with NUL");
+    is_invalid(
+        create_raw(&conn, &cid, ROOT, b"a\0b").await,
+        "name with NUL",
+    );
     is_invalid(create_raw(&conn, &cid, ROOT, b"..").await, "name '..'");
     assert_eq!(
         create_raw(&conn, &cid, ROOT, &[b'x'; 256]).await,
@@ -109,7 +112,10 @@ async fn each_bad_input_is_refused_with_its_error_and_changes_nothing() -> Resul
     assert_eq!(rmdir(&conn, ROOT, b"file").await, Err(FsError::NotDir));
     assert_eq!(unlink(&conn, ROOT, b"dir").await, Err(FsError::IsDir));
     assert_eq!(rmdir(&conn, ROOT, b"dir").await, Err(FsError::NotEmpty));
-    assert_eq!(mkdir(&conn, ROOT, b"dir").await.err(), Some(FsError::Exists));
+    assert_eq!(
+        mkdir(&conn, ROOT, b"dir").await.err(),
+        Some(FsError::Exists)
+    );
     assert_eq!(
         create_raw(&conn, &cid, ROOT, b"file").await,
         Err(FsError::Exists),
@@ -137,13 +143,22 @@ async fn each_bad_input_is_refused_with_its_error_and_changes_nothing() -> Resul
         create_raw(&conn, &other, ROOT, b"intruder").await,
         Err(FsError::WrongCluster { .. })
     ));
-    assert!(matches!(
-        getattr(&conn, "", ROOT).await,
-        Err(FsError::WrongCluster { .. })
-    ), "a client API call without a cluster id is refused");
+    assert!(
+        matches!(
+            getattr(&conn, "", ROOT).await,
+            Err(FsError::WrongCluster { .. })
+        ),
+        "a client API call without a cluster id is refused"
+    );
 
     let (_, digest_after) = wait_converged(&c).await?;
-    assert_eq!(digest_after, digest_before, "a refused request changed the state");
-    assert_eq!(lookup(&conn, ROOT, b"intruder").await.err(), Some(FsError::NotFound));
+    assert_eq!(
+        digest_after, digest_before,
+        "a refused request changed the state"
+    );
+    assert_eq!(
+        lookup(&conn, ROOT, b"intruder").await.err(),
+        Some(FsError::NotFound)
+    );
     Ok(())
 }

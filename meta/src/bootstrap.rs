@@ -73,7 +73,12 @@ async fn probe(addr: &str) -> Result<pb::ClusterInfoReply, String> {
 }
 
 /// Initialises the group if this node is the lowest id and nobody has yet.
-pub async fn bootstrap(raft: Raft, self_id: NodeId, peers: BTreeMap<NodeId, String>, has_state: bool) {
+pub async fn bootstrap(
+    raft: Raft,
+    self_id: NodeId,
+    peers: BTreeMap<NodeId, String>,
+    has_state: bool,
+) {
     let lowest = peers.keys().next().copied();
     if lowest != Some(self_id) {
         tracing::info!("not the lowest id: waiting for node {lowest:?} to initialise the group");
@@ -142,10 +147,19 @@ mod tests {
         let p = parse_peers("1=a:1, 2=b:2,3=c:3", 2).unwrap();
         assert_eq!(p.len(), 3);
         assert_eq!(p[&2], "b:2");
-        assert!(matches!(parse_peers("1=a:1,1=b:2", 1), Err(PeersError::Duplicate(1))));
-        assert!(matches!(parse_peers("1=a:1", 2), Err(PeersError::SelfMissing(2))));
+        assert!(matches!(
+            parse_peers("1=a:1,1=b:2", 1),
+            Err(PeersError::Duplicate(1))
+        ));
+        assert!(matches!(
+            parse_peers("1=a:1", 2),
+            Err(PeersError::SelfMissing(2))
+        ));
         assert!(matches!(parse_peers("1=a", 1), Err(PeersError::Syntax(_))));
-        assert!(matches!(parse_peers("x=a:1", 1), Err(PeersError::Syntax(_))));
+        assert!(matches!(
+            parse_peers("x=a:1", 1),
+            Err(PeersError::Syntax(_))
+        ));
         assert!(matches!(parse_peers("", 1), Err(PeersError::Empty)));
     }
 }

@@ -30,7 +30,10 @@ pub fn header(magic: &[u8; 8], version: u32) -> [u8; HEADER_LEN] {
 pub fn check_header(buf: &[u8], magic: &[u8; 8], version: u32, what: &str) -> io::Result<()> {
     let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {m}"));
     if buf.len() < HEADER_LEN {
-        return Err(bad(format!("file is {} bytes, shorter than its header", buf.len())));
+        return Err(bad(format!(
+            "file is {} bytes, shorter than its header",
+            buf.len()
+        )));
     }
     if &buf[..8] != magic {
         return Err(bad("wrong magic: not a cirrus file of this kind".into()));
@@ -41,7 +44,9 @@ pub fn check_header(buf: &[u8], magic: &[u8; 8], version: u32, what: &str) -> io
     }
     let v = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
     if v != version {
-        return Err(bad(format!("format version {v}, this build reads {version}")));
+        return Err(bad(format!(
+            "format version {v}, this build reads {version}"
+        )));
     }
     Ok(())
 }

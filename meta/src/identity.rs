@@ -57,7 +57,9 @@ impl Identity {
             Some(old) if old == id => Ok(()),
             Some(old) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("state machine says cluster {id}, but this directory belongs to cluster {old}"),
+                format!(
+                    "state machine says cluster {id}, but this directory belongs to cluster {old}"
+                ),
             )),
             None => {
                 let bytes = frame::single_record_file(MAGIC, VERSION, &id.0.to_le_bytes());

@@ -106,9 +106,8 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
         .with_context(|| format!("create meta dir {}", args.dir.display()))?;
     let _lock = lock_dir(&args.dir)?;
     let has_state = args.dir.join("raft-vote").exists() || args.dir.join("snapshot").exists();
-    let identity = Arc::new(
-        identity::Identity::open(&args.dir).context("read the persisted cluster id")?,
-    );
+    let identity =
+        Arc::new(identity::Identity::open(&args.dir).context("read the persisted cluster id")?);
     let log = log_store::LogStore::<raft_types::TypeConfig>::open(&args.dir)
         .with_context(|| format!("open the raft log in {}", args.dir.display()))?;
     let sm = sm_store::SmStore::open(&args.dir, identity.clone())
@@ -176,11 +175,10 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("bind {addr} (is another process using the port?)"))?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let meta_svc = cirrus_proto::pb::meta_server::MetaServer::new(service::MetaService {
-        node: node.clone(),
-    })
-    .max_decoding_message_size(cirrus_proto::net::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(cirrus_proto::net::MAX_MESSAGE_BYTES);
+    let meta_svc =
+        cirrus_proto::pb::meta_server::MetaServer::new(service::MetaService { node: node.clone() })
+            .max_decoding_message_size(cirrus_proto::net::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cirrus_proto::net::MAX_MESSAGE_BYTES);
     let raft_svc = cirrus_proto::pb::raft_server::RaftServer::new(network::RaftService {
         raft: raft.clone(),
         identity: identity.clone(),
@@ -198,7 +196,12 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
     );
     tracing::info!(id = args.id, %addr, metrics = %metrics_addr, dir = %args.dir.display(), "meta node serving");
 
-    let boot = tokio::spawn(bootstrap::bootstrap(raft.clone(), args.id, peers, has_state));
+    let boot = tokio::spawn(bootstrap::bootstrap(
+        raft.clone(),
+        args.id,
+        peers,
+        has_state,
+    ));
     let duties = tokio::spawn(node::duties(node.clone()));
 
     wait_for_signal().await?;

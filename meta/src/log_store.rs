@@ -10,8 +10,8 @@
 use crate::frame;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
-    LogId, LogState, OptionalSend, RaftLogId, RaftLogReader, RaftTypeConfig,
-    StorageError, StorageIOError, Vote,
+    LogId, LogState, OptionalSend, RaftLogId, RaftLogReader, RaftTypeConfig, StorageError,
+    StorageIOError, Vote,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -78,8 +78,11 @@ fn encode<T: Serialize>(kind: u8, v: &T) -> io::Result<Vec<u8>> {
 }
 
 fn decode<T: DeserializeOwned>(b: &[u8], at: u64) -> io::Result<T> {
-    bincode::deserialize(b)
-        .map_err(|e| invalid(format!("raft log record at offset {at} does not decode: {e}")))
+    bincode::deserialize(b).map_err(|e| {
+        invalid(format!(
+            "raft log record at offset {at} does not decode: {e}"
+        ))
+    })
 }
 
 fn lock<C: RaftTypeConfig>(m: &Mutex<Inner<C>>) -> io::Result<std::sync::MutexGuard<'_, Inner<C>>> {
@@ -113,7 +116,9 @@ where
         };
         let buf = std::fs::read(&path)?;
         if buf.is_empty() {
-            inner.file.write_all(&frame::header(LOG_MAGIC, LOG_VERSION))?;
+            inner
+                .file
+                .write_all(&frame::header(LOG_MAGIC, LOG_VERSION))?;
             inner.file.sync_all()?;
             frame::fsync_dir(dir)?;
             inner.len = frame::HEADER_LEN as u64;
@@ -187,7 +192,11 @@ where
             KIND_COMMITTED => {
                 self.committed = decode(body, at)?;
             }
-            k => return Err(invalid(format!("unknown raft log record kind {k} at offset {at}"))),
+            k => {
+                return Err(invalid(format!(
+                    "unknown raft log record kind {k} at offset {at}"
+                )))
+            }
         }
         Ok(())
     }
@@ -203,7 +212,11 @@ where
         for (_, (_, size)) in std::mem::replace(&mut self.entries, keep) {
             self.live_bytes -= size;
         }
-        if self.last_purged.as_ref().is_none_or(|p| p.index < upto.index) {
+        if self
+            .last_purged
+            .as_ref()
+            .is_none_or(|p| p.index < upto.index)
+        {
             self.last_purged = Some(upto.clone());
         }
     }
@@ -252,7 +265,11 @@ where
         let path = self.dir.join(LOG_FILE);
         frame::atomic_write(&path, &buf)?;
         self.file = OpenOptions::new().read(true).append(true).open(&path)?;
-        tracing::info!(from = self.len, to = buf.len(), "compacted the raft log file");
+        tracing::info!(
+            from = self.len,
+            to = buf.len(),
+            "compacted the raft log file"
+        );
         self.len = buf.len() as u64;
         self.live_bytes = live;
         Ok(())
@@ -334,12 +351,18 @@ where
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+    async fn read_committed(
+        &mut self,
+    ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
         let g = lock(&self.inner).map_err(|e| StorageIOError::read(&e))?;
         Ok(g.committed.clone())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError<C::NodeId>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<C>,
+    ) -> Result<(), StorageError<C::NodeId>>
     where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -90,10 +90,12 @@ impl Peer {
         E: std::error::Error + DeserializeOwned,
     {
         let Some(ch) = self.channel.clone() else {
-            return Err(RPCError::Unreachable(Unreachable::new(&TransportError::Connect {
-                addr: self.addr.clone(),
-                msg: "bad address".into(),
-            })));
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &TransportError::Connect {
+                    addr: self.addr.clone(),
+                    msg: "bad address".into(),
+                },
+            )));
         };
         let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let msg = RaftBytes {
@@ -205,7 +207,12 @@ impl RaftService {
     }
 
     fn body<T: DeserializeOwned>(m: &RaftBytes) -> Result<T, Status> {
-        decode(&m.payload).map_err(|e| to_status(&FsError::Invalid(format!("raft message from node {}: {e}", m.from))))
+        decode(&m.payload).map_err(|e| {
+            to_status(&FsError::Invalid(format!(
+                "raft message from node {}: {e}",
+                m.from
+            )))
+        })
     }
 }
 
@@ -225,7 +232,10 @@ impl cirrus_proto::pb::raft_server::Raft for RaftService {
         Self::reply(&self.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
         let m = req.into_inner();
         self.check(&m)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = Self::body(&m)?;

@@ -122,7 +122,9 @@ impl MetaNode {
     /// entry is fsynced on a majority and applied here.
     pub async fn write(&self, cmd: Command) -> FsResult<Reply> {
         match tokio::time::timeout(OP_DEADLINE, self.raft.client_write(cmd)).await {
-            Err(_) => Err(FsError::Timeout("replicated write on the meta leader".into())),
+            Err(_) => Err(FsError::Timeout(
+                "replicated write on the meta leader".into(),
+            )),
             Ok(Ok(resp)) => resp.data,
             Ok(Err(e)) => Err(match &e {
                 RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f)) => {
@@ -203,7 +205,10 @@ impl MetaNode {
                     term: Some(m.current_term),
                     ..LeaderMem::default()
                 };
-                tracing::info!(term = m.current_term, "leading: liveness and lease timers start now");
+                tracing::info!(
+                    term = m.current_term,
+                    "leading: liveness and lease timers start now"
+                );
             }
             for s in table.servers.iter().filter(|s| s.alive) {
                 let seen = *g.server_seen.entry(s.id).or_insert(now);
@@ -222,7 +227,13 @@ impl MetaNode {
         }
         for s in down {
             tracing::warn!(server = %s, timeout = ?self.server_timeout, "data server stopped heartbeating: marking it down");
-            if let Err(e) = self.write(Command::ServerDown { server: s, now_ns: now_ns() }).await {
+            if let Err(e) = self
+                .write(Command::ServerDown {
+                    server: s,
+                    now_ns: now_ns(),
+                })
+                .await
+            {
                 tracing::warn!(server = %s, %e, "propose ServerDown");
             }
             if let Ok(mut g) = self.leader.lock() {
@@ -231,7 +242,13 @@ impl MetaNode {
         }
         for c in lapsed {
             tracing::info!(client = %c, lease = ?self.client_lease, "client lease lapsed: releasing its handles");
-            match self.write(Command::ReleaseClient { client: c, now_ns: now_ns() }).await {
+            match self
+                .write(Command::ReleaseClient {
+                    client: c,
+                    now_ns: now_ns(),
+                })
+                .await
+            {
                 Ok(_) => {
                     if let Ok(mut g) = self.leader.lock() {
                         g.client_seen.remove(&c);
@@ -253,7 +270,9 @@ impl MetaNode {
             now_ns: now_ns(),
         };
         match self.write(cmd).await {
-            Ok(_) => tracing::info!(cluster_id = %ClusterId(id), "initialised the cluster: cluster id created, root directory made"),
+            Ok(_) => {
+                tracing::info!(cluster_id = %ClusterId(id), "initialised the cluster: cluster id created, root directory made")
+            }
             // Another leader's Init may have won the race; the state then refuses ours.
             Err(e) => tracing::warn!(%e, "propose Init"),
         }

@@ -10,9 +10,7 @@ use crate::state::{self, Attr, ChainTable, Reply, SetAttr, TimeSet};
 use cirrus_proto::pb;
 use cirrus_proto::to_status;
 use cirrus_types::name::validate_name;
-use cirrus_types::{
-    ChainId, ClientId, FsError, FsResult, HandleId, InodeId, LayoutSpec, ServerId,
-};
+use cirrus_types::{ChainId, ClientId, FsError, FsResult, HandleId, InodeId, LayoutSpec, ServerId};
 use openraft::ServerState;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -60,7 +58,13 @@ fn attr_reply(r: Reply) -> FsResult<pb::AttrReply> {
 }
 
 fn time_set(t: Option<pb::TimeSpec>) -> Option<TimeSet> {
-    t.map(|t| if t.now { TimeSet::Now } else { TimeSet::Ns(t.ns) })
+    t.map(|t| {
+        if t.now {
+            TimeSet::Now
+        } else {
+            TimeSet::Ns(t.ns)
+        }
+    })
 }
 
 impl MetaNode {
@@ -124,7 +128,11 @@ impl MetaNode {
             })
             .collect();
         pb::ClusterInfoReply {
-            cluster_id: self.identity.get().map(|c| c.to_string()).unwrap_or_default(),
+            cluster_id: self
+                .identity
+                .get()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
             node_id: self.id,
             leader_id: m.current_leader.unwrap_or(0),
             leader_address: self.addr_of(m.current_leader).unwrap_or_default(),
@@ -145,429 +153,484 @@ impl pb::meta_server::Meta for MetaService {
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> Rpc<pb::AttrReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let parent = ino(r.parent, "lookup parent")?;
-            validate_name(&r.name)?;
-            let a = n.read(|s| s.lookup(parent, &r.name)).await?;
-            Ok(pb::AttrReply { attr: Some(pb_attr(&a)) })
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let parent = ino(r.parent, "lookup parent")?;
+                validate_name(&r.name)?;
+                let a = n.read(|s| s.lookup(parent, &r.name)).await?;
+                Ok(pb::AttrReply {
+                    attr: Some(pb_attr(&a)),
+                })
+            }
+            .await,
+        )
     }
 
     async fn getattr(&self, req: Request<pb::GetattrRequest>) -> Rpc<pb::AttrReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let i = ino(r.ino, "getattr")?;
-            let a = n.read(|s| s.getattr(i)).await?;
-            Ok(pb::AttrReply { attr: Some(pb_attr(&a)) })
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let i = ino(r.ino, "getattr")?;
+                let a = n.read(|s| s.getattr(i)).await?;
+                Ok(pb::AttrReply {
+                    attr: Some(pb_attr(&a)),
+                })
+            }
+            .await,
+        )
     }
 
     async fn setattr(&self, req: Request<pb::SetattrRequest>) -> Rpc<pb::AttrReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let set = SetAttr {
-                mode: r.mode,
-                uid: r.uid,
-                gid: r.gid,
-                size: r.size,
-                atime: time_set(r.atime),
-                mtime: time_set(r.mtime),
-            };
-            let cmd = Command::Setattr {
-                ino: ino(r.ino, "setattr")?,
-                set,
-                now_ns: now_ns(),
-            };
-            attr_reply(n.write(cmd).await?)
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let set = SetAttr {
+                    mode: r.mode,
+                    uid: r.uid,
+                    gid: r.gid,
+                    size: r.size,
+                    atime: time_set(r.atime),
+                    mtime: time_set(r.mtime),
+                };
+                let cmd = Command::Setattr {
+                    ino: ino(r.ino, "setattr")?,
+                    set,
+                    now_ns: now_ns(),
+                };
+                attr_reply(n.write(cmd).await?)
+            }
+            .await,
+        )
     }
 
     async fn create(&self, req: Request<pb::CreateRequest>) -> Rpc<pb::CreateReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            validate_name(&r.name)?;
-            let spec = LayoutSpec {
-                stripe_unit: r.stripe_unit,
-                stripe_count: r.stripe_count,
-            };
-            spec.validate()?;
-            let client = (r.client_id != 0).then_some(ClientId(r.client_id));
-            let cmd = Command::Create {
-                parent: ino(r.parent, "create parent")?,
-                name: r.name,
-                mode: r.mode,
-                uid: r.uid,
-                gid: r.gid,
-                exclusive: r.exclusive,
-                client,
-                spec,
-                now_ns: now_ns(),
-            };
-            if let Some(c) = client {
-                n.touch_client(c);
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                validate_name(&r.name)?;
+                let spec = LayoutSpec {
+                    stripe_unit: r.stripe_unit,
+                    stripe_count: r.stripe_count,
+                };
+                spec.validate()?;
+                let client = (r.client_id != 0).then_some(ClientId(r.client_id));
+                let cmd = Command::Create {
+                    parent: ino(r.parent, "create parent")?,
+                    name: r.name,
+                    mode: r.mode,
+                    uid: r.uid,
+                    gid: r.gid,
+                    exclusive: r.exclusive,
+                    client,
+                    spec,
+                    now_ns: now_ns(),
+                };
+                if let Some(c) = client {
+                    n.touch_client(c);
+                }
+                match n.write(cmd).await? {
+                    Reply::Created {
+                        attr,
+                        layout,
+                        handle,
+                        ..
+                    } => Ok(pb::CreateReply {
+                        attr: Some(pb_attr(&attr)),
+                        handle: handle.map(|h| h.0).unwrap_or(0),
+                        layout: Some((&layout).into()),
+                    }),
+                    other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
+                }
             }
-            match n.write(cmd).await? {
-                Reply::Created {
-                    attr,
-                    layout,
-                    handle,
-                    ..
-                } => Ok(pb::CreateReply {
-                    attr: Some(pb_attr(&attr)),
-                    handle: handle.map(|h| h.0).unwrap_or(0),
-                    layout: Some((&layout).into()),
-                }),
-                other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
-            }
-        }
-        .await)
+            .await,
+        )
     }
 
     async fn mkdir(&self, req: Request<pb::MkdirRequest>) -> Rpc<pb::AttrReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            validate_name(&r.name)?;
-            let cmd = Command::Mkdir {
-                parent: ino(r.parent, "mkdir parent")?,
-                name: r.name,
-                mode: r.mode,
-                uid: r.uid,
-                gid: r.gid,
-                now_ns: now_ns(),
-            };
-            attr_reply(n.write(cmd).await?)
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                validate_name(&r.name)?;
+                let cmd = Command::Mkdir {
+                    parent: ino(r.parent, "mkdir parent")?,
+                    name: r.name,
+                    mode: r.mode,
+                    uid: r.uid,
+                    gid: r.gid,
+                    now_ns: now_ns(),
+                };
+                attr_reply(n.write(cmd).await?)
+            }
+            .await,
+        )
     }
 
     async fn symlink(&self, req: Request<pb::SymlinkRequest>) -> Rpc<pb::AttrReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            validate_name(&r.name)?;
-            let cmd = Command::Symlink {
-                parent: ino(r.parent, "symlink parent")?,
-                name: r.name,
-                target: r.target,
-                uid: r.uid,
-                gid: r.gid,
-                now_ns: now_ns(),
-            };
-            attr_reply(n.write(cmd).await?)
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                validate_name(&r.name)?;
+                let cmd = Command::Symlink {
+                    parent: ino(r.parent, "symlink parent")?,
+                    name: r.name,
+                    target: r.target,
+                    uid: r.uid,
+                    gid: r.gid,
+                    now_ns: now_ns(),
+                };
+                attr_reply(n.write(cmd).await?)
+            }
+            .await,
+        )
     }
 
     async fn readlink(&self, req: Request<pb::ReadlinkRequest>) -> Rpc<pb::ReadlinkReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let i = ino(r.ino, "readlink")?;
-            let target = n.read(|s| s.readlink(i)).await?;
-            Ok(pb::ReadlinkReply { target: target.into() })
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let i = ino(r.ino, "readlink")?;
+                let target = n.read(|s| s.readlink(i)).await?;
+                Ok(pb::ReadlinkReply { target })
+            }
+            .await,
+        )
     }
 
     async fn link(&self, req: Request<pb::LinkRequest>) -> Rpc<pb::AttrReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            validate_name(&r.new_name)?;
-            let cmd = Command::Link {
-                ino: ino(r.ino, "link")?,
-                new_parent: ino(r.new_parent, "link parent")?,
-                new_name: r.new_name,
-                now_ns: now_ns(),
-            };
-            attr_reply(n.write(cmd).await?)
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                validate_name(&r.new_name)?;
+                let cmd = Command::Link {
+                    ino: ino(r.ino, "link")?,
+                    new_parent: ino(r.new_parent, "link parent")?,
+                    new_name: r.new_name,
+                    now_ns: now_ns(),
+                };
+                attr_reply(n.write(cmd).await?)
+            }
+            .await,
+        )
     }
 
     async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Rpc<pb::Empty> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            validate_name(&r.name)?;
-            let cmd = Command::Unlink {
-                parent: ino(r.parent, "unlink parent")?,
-                name: r.name,
-                now_ns: now_ns(),
-            };
-            n.write(cmd).await?;
-            Ok(pb::Empty {})
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                validate_name(&r.name)?;
+                let cmd = Command::Unlink {
+                    parent: ino(r.parent, "unlink parent")?,
+                    name: r.name,
+                    now_ns: now_ns(),
+                };
+                n.write(cmd).await?;
+                Ok(pb::Empty {})
+            }
+            .await,
+        )
     }
 
     async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Rpc<pb::Empty> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            validate_name(&r.name)?;
-            let cmd = Command::Rmdir {
-                parent: ino(r.parent, "rmdir parent")?,
-                name: r.name,
-                now_ns: now_ns(),
-            };
-            n.write(cmd).await?;
-            Ok(pb::Empty {})
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                validate_name(&r.name)?;
+                let cmd = Command::Rmdir {
+                    parent: ino(r.parent, "rmdir parent")?,
+                    name: r.name,
+                    now_ns: now_ns(),
+                };
+                n.write(cmd).await?;
+                Ok(pb::Empty {})
+            }
+            .await,
+        )
     }
 
     async fn rename(&self, req: Request<pb::RenameRequest>) -> Rpc<pb::Empty> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            validate_name(&r.name)?;
-            validate_name(&r.new_name)?;
-            if !matches!(r.flags, 0 | state::RENAME_NOREPLACE | state::RENAME_EXCHANGE) {
-                return Err(FsError::Invalid(format!("rename flags {:#x}", r.flags)));
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                validate_name(&r.name)?;
+                validate_name(&r.new_name)?;
+                if !matches!(
+                    r.flags,
+                    0 | state::RENAME_NOREPLACE | state::RENAME_EXCHANGE
+                ) {
+                    return Err(FsError::Invalid(format!("rename flags {:#x}", r.flags)));
+                }
+                let cmd = Command::Rename {
+                    parent: ino(r.parent, "rename parent")?,
+                    name: r.name,
+                    new_parent: ino(r.new_parent, "rename new parent")?,
+                    new_name: r.new_name,
+                    flags: r.flags,
+                    now_ns: now_ns(),
+                };
+                n.write(cmd).await?;
+                Ok(pb::Empty {})
             }
-            let cmd = Command::Rename {
-                parent: ino(r.parent, "rename parent")?,
-                name: r.name,
-                new_parent: ino(r.new_parent, "rename new parent")?,
-                new_name: r.new_name,
-                flags: r.flags,
-                now_ns: now_ns(),
-            };
-            n.write(cmd).await?;
-            Ok(pb::Empty {})
-        }
-        .await)
+            .await,
+        )
     }
 
     async fn readdir(&self, req: Request<pb::ReaddirRequest>) -> Rpc<pb::ReaddirReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let i = ino(r.ino, "readdir")?;
-            // Bound one reply so a huge directory never builds a giant message.
-            let limit = if r.limit == 0 { 4096 } else { r.limit.min(4096) };
-            n.read(|s| {
-                let (entries, eof) = s.readdir(i, r.cookie, limit)?;
-                let entries = entries
-                    .into_iter()
-                    .map(|e| pb::DirEntry {
-                        attr: if r.plus {
-                            s.getattr(e.ino).ok().map(|a| pb_attr(&a))
-                        } else {
-                            None
-                        },
-                        name: e.name.into(),
-                        ino: e.ino.0,
-                        kind: e.kind.code(),
-                        cookie: e.cookie,
-                    })
-                    .collect();
-                Ok(pb::ReaddirReply { entries, eof })
-            })
-            .await
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let i = ino(r.ino, "readdir")?;
+                // Bound one reply so a huge directory never builds a giant message.
+                let limit = if r.limit == 0 {
+                    4096
+                } else {
+                    r.limit.min(4096)
+                };
+                n.read(|s| {
+                    let (entries, eof) = s.readdir(i, r.cookie, limit)?;
+                    let entries = entries
+                        .into_iter()
+                        .map(|e| pb::DirEntry {
+                            attr: if r.plus {
+                                s.getattr(e.ino).ok().map(|a| pb_attr(&a))
+                            } else {
+                                None
+                            },
+                            name: e.name,
+                            ino: e.ino.0,
+                            kind: e.kind.code(),
+                            cookie: e.cookie,
+                        })
+                        .collect();
+                    Ok(pb::ReaddirReply { entries, eof })
+                })
+                .await
+            }
+            .await,
+        )
     }
 
     async fn get_xattr(&self, req: Request<pb::GetXattrRequest>) -> Rpc<pb::GetXattrReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let i = ino(r.ino, "getxattr")?;
-            let v = n.read(|s| s.getxattr(i, &r.name)).await?;
-            Ok(pb::GetXattrReply { value: v.into() })
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let i = ino(r.ino, "getxattr")?;
+                let v = n.read(|s| s.getxattr(i, &r.name)).await?;
+                Ok(pb::GetXattrReply { value: v })
+            }
+            .await,
+        )
     }
 
     async fn set_xattr(&self, req: Request<pb::SetXattrRequest>) -> Rpc<pb::Empty> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let cmd = Command::SetXattr {
-                ino: ino(r.ino, "setxattr")?,
-                name: r.name.into(),
-                value: r.value.into(),
-                flags: r.flags,
-                now_ns: now_ns(),
-            };
-            n.write(cmd).await?;
-            Ok(pb::Empty {})
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let cmd = Command::SetXattr {
+                    ino: ino(r.ino, "setxattr")?,
+                    name: r.name,
+                    value: r.value,
+                    flags: r.flags,
+                    now_ns: now_ns(),
+                };
+                n.write(cmd).await?;
+                Ok(pb::Empty {})
+            }
+            .await,
+        )
     }
 
     async fn list_xattr(&self, req: Request<pb::ListXattrRequest>) -> Rpc<pb::ListXattrReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let i = ino(r.ino, "listxattr")?;
-            let names = n.read(|s| s.listxattr(i)).await?;
-            Ok(pb::ListXattrReply {
-                names: names.into_iter().map(Into::into).collect(),
-            })
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let i = ino(r.ino, "listxattr")?;
+                let names = n.read(|s| s.listxattr(i)).await?;
+                Ok(pb::ListXattrReply { names })
+            }
+            .await,
+        )
     }
 
     async fn remove_xattr(&self, req: Request<pb::RemoveXattrRequest>) -> Rpc<pb::Empty> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let cmd = Command::RemoveXattr {
-                ino: ino(r.ino, "removexattr")?,
-                name: r.name.into(),
-                now_ns: now_ns(),
-            };
-            n.write(cmd).await?;
-            Ok(pb::Empty {})
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let cmd = Command::RemoveXattr {
+                    ino: ino(r.ino, "removexattr")?,
+                    name: r.name,
+                    now_ns: now_ns(),
+                };
+                n.write(cmd).await?;
+                Ok(pb::Empty {})
+            }
+            .await,
+        )
     }
 
     async fn statfs(&self, req: Request<pb::StatfsRequest>) -> Rpc<pb::StatfsReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let s = n.read(|s| Ok(s.statfs())).await?;
-            Ok(pb::StatfsReply {
-                total_bytes: s.total_bytes,
-                free_bytes: s.free_bytes,
-                files: s.files,
-                block_size: s.block_size,
-            })
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let s = n.read(|s| Ok(s.statfs())).await?;
+                Ok(pb::StatfsReply {
+                    total_bytes: s.total_bytes,
+                    free_bytes: s.free_bytes,
+                    files: s.files,
+                    block_size: s.block_size,
+                })
+            }
+            .await,
+        )
     }
 
     async fn open(&self, req: Request<pb::OpenRequest>) -> Rpc<pb::OpenReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            if r.client_id == 0 {
-                return Err(FsError::Invalid("open without a client id".into()));
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                if r.client_id == 0 {
+                    return Err(FsError::Invalid("open without a client id".into()));
+                }
+                let client = ClientId(r.client_id);
+                n.touch_client(client);
+                let cmd = Command::Open {
+                    ino: ino(r.ino, "open")?,
+                    client,
+                    truncate: r.truncate,
+                    now_ns: now_ns(),
+                };
+                match n.write(cmd).await? {
+                    Reply::Opened {
+                        handle,
+                        attr,
+                        layout,
+                    } => Ok(pb::OpenReply {
+                        handle: handle.0,
+                        attr: Some(pb_attr(&attr)),
+                        layout: Some((&layout).into()),
+                    }),
+                    other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
+                }
             }
-            let client = ClientId(r.client_id);
-            n.touch_client(client);
-            let cmd = Command::Open {
-                ino: ino(r.ino, "open")?,
-                client,
-                truncate: r.truncate,
-                now_ns: now_ns(),
-            };
-            match n.write(cmd).await? {
-                Reply::Opened {
-                    handle,
-                    attr,
-                    layout,
-                } => Ok(pb::OpenReply {
-                    handle: handle.0,
-                    attr: Some(pb_attr(&attr)),
-                    layout: Some((&layout).into()),
-                }),
-                other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
-            }
-        }
-        .await)
+            .await,
+        )
     }
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Rpc<pb::Empty> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            n.write(Command::Release {
-                handle: HandleId(r.handle),
-                now_ns: now_ns(),
-            })
-            .await?;
-            Ok(pb::Empty {})
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                n.write(Command::Release {
+                    handle: HandleId(r.handle),
+                    now_ns: now_ns(),
+                })
+                .await?;
+                Ok(pb::Empty {})
+            }
+            .await,
+        )
     }
 
     async fn commit_write(&self, req: Request<pb::CommitWriteRequest>) -> Rpc<pb::AttrReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let cmd = Command::CommitWrite {
-                ino: ino(r.ino, "commit write")?,
-                handle: (r.handle != 0).then_some(HandleId(r.handle)),
-                size: r.size,
-                mtime_ns: r.mtime_ns,
-                now_ns: now_ns(),
-            };
-            attr_reply(n.write(cmd).await?)
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let cmd = Command::CommitWrite {
+                    ino: ino(r.ino, "commit write")?,
+                    handle: (r.handle != 0).then_some(HandleId(r.handle)),
+                    size: r.size,
+                    mtime_ns: r.mtime_ns,
+                    now_ns: now_ns(),
+                };
+                attr_reply(n.write(cmd).await?)
+            }
+            .await,
+        )
     }
 
     async fn get_layout(&self, req: Request<pb::GetLayoutRequest>) -> Rpc<pb::LayoutReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let i = ino(r.ino, "get layout")?;
-            let l = n.read(|s| s.layout(i)).await?;
-            Ok(pb::LayoutReply {
-                layout: Some((&l).into()),
-            })
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let i = ino(r.ino, "get layout")?;
+                let l = n.read(|s| s.layout(i)).await?;
+                Ok(pb::LayoutReply {
+                    layout: Some((&l).into()),
+                })
+            }
+            .await,
+        )
     }
 
     async fn get_chains(&self, req: Request<pb::GetChainsRequest>) -> Rpc<pb::ChainTable> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let t = n.read(|s| Ok(s.chain_table())).await?;
-            Ok(n.pb_table(&t))
-        }
-        .await)
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let t = n.read(|s| Ok(s.chain_table())).await?;
+                Ok(n.pb_table(&t))
+            }
+            .await,
+        )
     }
 
     async fn renew_lease(&self, req: Request<pb::RenewLeaseRequest>) -> Rpc<pb::Empty> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            if r.client_id == 0 {
-                return Err(FsError::Invalid("lease for client id 0".into()));
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                if r.client_id == 0 {
+                    return Err(FsError::Invalid("lease for client id 0".into()));
+                }
+                // Only the leader keeps leases: the read barrier sends others to it.
+                n.read(|_| Ok(())).await?;
+                n.touch_client(ClientId(r.client_id));
+                Ok(pb::Empty {})
             }
-            // Only the leader keeps leases: the read barrier sends others to it.
-            n.read(|_| Ok(())).await?;
-            n.touch_client(ClientId(r.client_id));
-            Ok(pb::Empty {})
-        }
-        .await)
+            .await,
+        )
     }
 
     async fn register_server(
@@ -576,158 +639,168 @@ impl pb::meta_server::Meta for MetaService {
     ) -> Rpc<pb::RegisterServerReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, true)?;
-            if r.server_uuid.is_empty() {
-                return Err(FsError::Invalid("register without a server uuid".into()));
-            }
-            match r.address.rsplit_once(':') {
-                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
-                _ => {
-                    return Err(FsError::Invalid(format!(
-                        "advertised address {:?} is not host:port",
-                        r.address
-                    )))
+        done(
+            async {
+                n.check(&r.cluster_id, true)?;
+                if r.server_uuid.is_empty() {
+                    return Err(FsError::Invalid("register without a server uuid".into()));
+                }
+                match r.address.rsplit_once(':') {
+                    Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+                    _ => {
+                        return Err(FsError::Invalid(format!(
+                            "advertised address {:?} is not host:port",
+                            r.address
+                        )))
+                    }
+                }
+                let cmd = Command::RegisterServer {
+                    uuid: r.server_uuid,
+                    address: r.address,
+                    capacity: r.capacity_bytes,
+                    free: r.free_bytes,
+                    now_ns: now_ns(),
+                };
+                match n.write(cmd).await? {
+                    Reply::Server(id) => {
+                        n.touch_server(id);
+                        Ok(pb::RegisterServerReply {
+                            server_id: id.0,
+                            cluster_id: n.cluster_id()?.to_string(),
+                        })
+                    }
+                    other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
                 }
             }
-            let cmd = Command::RegisterServer {
-                uuid: r.server_uuid,
-                address: r.address,
-                capacity: r.capacity_bytes,
-                free: r.free_bytes,
-                now_ns: now_ns(),
-            };
-            match n.write(cmd).await? {
-                Reply::Server(id) => {
-                    n.touch_server(id);
-                    Ok(pb::RegisterServerReply {
-                        server_id: id.0,
-                        cluster_id: n.cluster_id()?.to_string(),
-                    })
-                }
-                other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
-            }
-        }
-        .await)
+            .await,
+        )
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Rpc<pb::HeartbeatReply> {
         let r = req.into_inner();
         let n = &self.node;
-        done(async {
-            n.check(&r.cluster_id, false)?;
-            let sid = ServerId(r.server_id);
-            let (info, table, garbage) = n
-                .read(|s| {
-                    let info = s.server(sid).cloned().ok_or(FsError::NotFound)?;
-                    Ok((info, s.chain_table(), s.garbage(1024)))
-                })
-                .await?;
-            n.touch_server(sid);
-            let mut table = table;
-            if !info.alive {
-                n.write(Command::ServerUp {
-                    server: sid,
-                    now_ns: now_ns(),
-                })
-                .await?;
-                table = n.read(|s| Ok(s.chain_table())).await?;
-            }
-            for c in &r.caught_up_chains {
-                let chain = ChainId(*c);
-                let syncing = table
-                    .chains
-                    .iter()
-                    .any(|ch| ch.id == chain && ch.syncing.contains(&sid));
-                if syncing {
-                    n.write(Command::ServerCaughtUp { server: sid, chain }).await?;
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                let sid = ServerId(r.server_id);
+                let (info, table, garbage) = n
+                    .read(|s| {
+                        let info = s.server(sid).cloned().ok_or(FsError::NotFound)?;
+                        Ok((info, s.chain_table(), s.garbage(1024)))
+                    })
+                    .await?;
+                n.touch_server(sid);
+                let mut table = table;
+                if !info.alive {
+                    n.write(Command::ServerUp {
+                        server: sid,
+                        now_ns: now_ns(),
+                    })
+                    .await?;
                     table = n.read(|s| Ok(s.chain_table())).await?;
                 }
-            }
-            let capacity_changed = info.capacity != r.capacity_bytes || info.free != r.free_bytes;
-            let due = n
-                .leader
-                .lock()
-                .map(|mut g| {
-                    let now = std::time::Instant::now();
-                    let due = g
-                        .capacity_sent
-                        .get(&sid)
-                        .is_none_or(|t| now.duration_since(*t) > std::time::Duration::from_secs(10));
-                    if due && capacity_changed {
-                        g.capacity_sent.insert(sid, now);
+                for c in &r.caught_up_chains {
+                    let chain = ChainId(*c);
+                    let syncing = table
+                        .chains
+                        .iter()
+                        .any(|ch| ch.id == chain && ch.syncing.contains(&sid));
+                    if syncing {
+                        n.write(Command::ServerCaughtUp { server: sid, chain })
+                            .await?;
+                        table = n.read(|s| Ok(s.chain_table())).await?;
                     }
-                    due
-                })
-                .unwrap_or(false);
-            if capacity_changed && due {
-                // Throttled: capacity is for statfs and placement, not worth an entry per beat.
-                n.write(Command::UpdateCapacity {
-                    server: sid,
-                    capacity: r.capacity_bytes,
-                    free: r.free_bytes,
-                })
-                .await?;
-            }
-            let mut objects = Vec::new();
-            let mut acked = Vec::new();
-            if let Ok(mut g) = n.leader.lock() {
-                for gb in &garbage {
-                    let mut holders = std::collections::BTreeSet::new();
-                    for (idx, chain) in gb.layout.chains.iter().enumerate() {
-                        let Some(ch) = table.chains.iter().find(|c| c.id == *chain) else {
-                            continue;
-                        };
-                        holders.extend(ch.members.iter().chain(ch.syncing.iter()).copied());
-                        if ch.members.contains(&sid) || ch.syncing.contains(&sid) {
-                            objects.push(pb::ObjectRef {
-                                ino: gb.ino.0,
-                                index: idx as u32,
-                            });
+                }
+                let capacity_changed =
+                    info.capacity != r.capacity_bytes || info.free != r.free_bytes;
+                let due = n
+                    .leader
+                    .lock()
+                    .map(|mut g| {
+                        let now = std::time::Instant::now();
+                        let due = g.capacity_sent.get(&sid).is_none_or(|t| {
+                            now.duration_since(*t) > std::time::Duration::from_secs(10)
+                        });
+                        if due && capacity_changed {
+                            g.capacity_sent.insert(sid, now);
+                        }
+                        due
+                    })
+                    .unwrap_or(false);
+                if capacity_changed && due {
+                    // Throttled: capacity is for statfs and placement, not worth an entry per beat.
+                    n.write(Command::UpdateCapacity {
+                        server: sid,
+                        capacity: r.capacity_bytes,
+                        free: r.free_bytes,
+                    })
+                    .await?;
+                }
+                let mut objects = Vec::new();
+                let mut acked = Vec::new();
+                if let Ok(mut g) = n.leader.lock() {
+                    for gb in &garbage {
+                        let mut holders = std::collections::BTreeSet::new();
+                        for (idx, chain) in gb.layout.chains.iter().enumerate() {
+                            let Some(ch) = table.chains.iter().find(|c| c.id == *chain) else {
+                                continue;
+                            };
+                            holders.extend(ch.members.iter().chain(ch.syncing.iter()).copied());
+                            if ch.members.contains(&sid) || ch.syncing.contains(&sid) {
+                                objects.push(pb::ObjectRef {
+                                    ino: gb.ino.0,
+                                    index: idx as u32,
+                                });
+                            }
+                        }
+                        let told = g.garbage_told.entry(gb.ino).or_default();
+                        told.insert(sid);
+                        if holders.iter().all(|h| told.contains(h)) {
+                            acked.push(gb.ino);
                         }
                     }
-                    let told = g.garbage_told.entry(gb.ino).or_default();
-                    told.insert(sid);
-                    if holders.iter().all(|h| told.contains(h)) {
-                        acked.push(gb.ino);
+                    for i in &acked {
+                        g.garbage_told.remove(i);
                     }
                 }
-                for i in &acked {
-                    g.garbage_told.remove(i);
+                if !acked.is_empty() {
+                    // Every holder has been told; deletion on the data servers is idempotent,
+                    // and a server that was down then is cleaned up by its own scrub.
+                    if let Err(e) = n.write(Command::AckGarbage { inos: acked }).await {
+                        tracing::debug!(%e, "propose AckGarbage");
+                    }
                 }
+                Ok(pb::HeartbeatReply {
+                    table: Some(n.pb_table(&table)),
+                    garbage: objects,
+                })
             }
-            if !acked.is_empty() {
-                // Every holder has been told; deletion on the data servers is idempotent,
-                // and a server that was down then is cleaned up by its own scrub.
-                if let Err(e) = n.write(Command::AckGarbage { inos: acked }).await {
-                    tracing::debug!(%e, "propose AckGarbage");
-                }
-            }
-            Ok(pb::HeartbeatReply {
-                table: Some(n.pb_table(&table)),
-                garbage: objects,
-            })
-        }
-        .await)
+            .await,
+        )
     }
 
-    async fn cluster_info(&self, _req: Request<pb::ClusterInfoRequest>) -> Rpc<pb::ClusterInfoReply> {
+    async fn cluster_info(
+        &self,
+        _req: Request<pb::ClusterInfoRequest>,
+    ) -> Rpc<pb::ClusterInfoReply> {
         Ok(Response::new(self.node.cluster_info()))
     }
 
     async fn status(&self, _req: Request<pb::ClusterInfoRequest>) -> Rpc<pb::StatusReply> {
         let n = &self.node;
-        done(async {
-            let (t, inodes, handles) = n
-                .read(|s| Ok((s.chain_table(), s.inode_count(), s.open_handle_count())))
-                .await?;
-            Ok(pb::StatusReply {
-                leader: Some(n.cluster_info()),
-                table: Some(n.pb_table(&t)),
-                inodes,
-                open_handles: handles,
-            })
-        }
-        .await)
+        done(
+            async {
+                let (t, inodes, handles) = n
+                    .read(|s| Ok((s.chain_table(), s.inode_count(), s.open_handle_count())))
+                    .await?;
+                Ok(pb::StatusReply {
+                    leader: Some(n.cluster_info()),
+                    table: Some(n.pb_table(&t)),
+                    inodes,
+                    open_handles: handles,
+                })
+            }
+            .await,
+        )
     }
 }

@@ -69,11 +69,13 @@ fn decode_snapshot(bytes: &[u8]) -> io::Result<SnapshotFile> {
 }
 
 fn rlock<T>(l: &RwLock<T>) -> io::Result<std::sync::RwLockReadGuard<'_, T>> {
-    l.read().map_err(|_| io::Error::other("state machine lock poisoned"))
+    l.read()
+        .map_err(|_| io::Error::other("state machine lock poisoned"))
 }
 
 fn wlock<T>(l: &RwLock<T>) -> io::Result<std::sync::RwLockWriteGuard<'_, T>> {
-    l.write().map_err(|_| io::Error::other("state machine lock poisoned"))
+    l.write()
+        .map_err(|_| io::Error::other("state machine lock poisoned"))
 }
 
 impl SmStore {
@@ -238,7 +240,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -249,7 +253,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
         let sig = Some(meta.signature());
-        let file = decode_snapshot(&bytes).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        let file =
+            decode_snapshot(&bytes).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         if file.meta.last_log_id != meta.last_log_id {
             let e = invalid(format!(
                 "snapshot body is at {:?} but its meta says {:?}",
@@ -278,7 +283,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let cur = rlock(&self.current)
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?
             .clone();

@@ -76,7 +76,10 @@ async fn reopened_log_keeps_entries_and_cuts_a_torn_tail() {
     let len_before = std::fs::metadata(&path).unwrap().len();
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
     }
     let mut log = LogStore::<TypeConfig>::open(dir.path()).unwrap();
@@ -103,7 +106,11 @@ async fn truncate_and_purge_survive_a_reopen() {
     let mut log = LogStore::<TypeConfig>::open(dir.path()).unwrap();
     assert_eq!(indexes(&mut log).await, vec![4, 5, 6, 7, 8]);
     let e = log.try_get_log_entries(8..9).await.unwrap();
-    assert_eq!(e[0].log_id, log_id(2, 8), "the entry appended after truncate wins");
+    assert_eq!(
+        e[0].log_id,
+        log_id(2, 8),
+        "the entry appended after truncate wins"
+    );
     let st = log.get_log_state().await.unwrap();
     assert_eq!(st.last_purged_log_id, Some(log_id(1, 3)));
     assert_eq!(st.last_log_id, Some(log_id(2, 8)));
@@ -113,7 +120,9 @@ async fn truncate_and_purge_survive_a_reopen() {
 async fn a_corrupt_header_is_refused_not_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("raft-log"), b"NOTALOG!xxxxxxxxxxxxxxxx").unwrap();
-    let err = LogStore::<TypeConfig>::open(dir.path()).err().expect("must refuse");
+    let err = LogStore::<TypeConfig>::open(dir.path())
+        .err()
+        .expect("must refuse");
     assert!(err.to_string().contains("magic"), "{err}");
 }
 
@@ -126,11 +135,20 @@ async fn snapshot_restores_state_after_reopen() {
         let mut sm = SmStore::open(dir.path(), id).unwrap();
         sm.apply(vec![entry(1, 1)]).await.unwrap();
         digest = sm.shared().read().unwrap().state.digest();
-        let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
         assert_eq!(snap.meta.last_log_id, Some(log_id(1, 1)));
     }
     let id = Arc::new(Identity::open(dir.path()).unwrap());
-    assert_eq!(id.get(), Some(ClusterId(7)), "cluster id persisted at apply");
+    assert_eq!(
+        id.get(),
+        Some(ClusterId(7)),
+        "cluster id persisted at apply"
+    );
     let mut sm = SmStore::open(dir.path(), id).unwrap();
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1, 1)));

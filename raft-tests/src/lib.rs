@@ -4,13 +4,20 @@
 //! - `cluster`: the shared test-cluster builder (3 meta + N data on 127.0.0.1 ephemeral
 //!   ports, temp dirs, kill/restart/pause, condition waits) used by every multi-process test.
 //!
-//! Must not depend on: cirrus-meta, cirrus-data, cirrus-client internals. It drives the
-//! `cirrus` binary and speaks the wire protocol (`cirrus-proto`) only, so it tests what
-//! operators run.
+//! - `history`, `model`, `wgl`: recorded operations, the namespace model, and a
+//!   Wing-Gong-Lowe linearizability checker.
+//! - `workload`: metadata clients over the wire, data writers through the client library.
+//!
+//! Must not depend on: cirrus-meta, cirrus-data (servers are tested from the outside, as
+//! processes). It uses the public API of `cirrus-client` for the data workload, because
+//! that is what applications and the FUSE mount run.
 
+pub mod check;
 pub mod cluster;
 
 pub use cluster::{cirrus_bin, ClusterBuilder, TestCluster};
 pub mod history;
 pub mod model;
+pub mod netns;
 pub mod wgl;
+pub mod workload;

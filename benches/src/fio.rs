@@ -53,7 +53,9 @@ impl SeqJob {
         let write = self.phase(dir, "write", timeout)?;
         let cached = sys::drop_caches();
         if !cached {
-            eprintln!("warning: could not drop caches (not root?); reads may be served from memory");
+            eprintln!(
+                "warning: could not drop caches (not root?); reads may be served from memory"
+            );
         }
         let read = self.phase(dir, "read", timeout)?;
         for t in 0..self.threads {

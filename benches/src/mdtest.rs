@@ -99,7 +99,8 @@ impl MetaJob {
             r.small_write = phase(&dirs, stotal, |d| {
                 for i in 0..sper {
                     let p = d.join(format!("s{i}"));
-                    let mut f = File::create(&p).with_context(|| format!("create {}", p.display()))?;
+                    let mut f =
+                        File::create(&p).with_context(|| format!("create {}", p.display()))?;
                     f.write_all(&small_content(d, i))
                         .with_context(|| format!("write {}", p.display()))?;
                 }
@@ -115,7 +116,11 @@ impl MetaJob {
                         .and_then(|mut f| f.read_to_end(&mut buf))
                         .with_context(|| format!("read {}", p.display()))?;
                     if buf != small_content(d, i) {
-                        bail!("{} read back different bytes ({} long)", p.display(), buf.len());
+                        bail!(
+                            "{} read back different bytes ({} long)",
+                            p.display(),
+                            buf.len()
+                        );
                     }
                 }
                 Ok(())

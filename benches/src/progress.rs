@@ -52,7 +52,9 @@ mod tests {
         let mut p = Progress::new(4);
         p.step("a");
         p.step("b");
-        assert!(p.line("x").starts_with(&format!("[{}{}]", "#".repeat(12), ".".repeat(12))));
+        assert!(p
+            .line("x")
+            .starts_with(&format!("[{}{}]", "#".repeat(12), ".".repeat(12))));
         for _ in 0..10 {
             p.step("c");
         }

@@ -23,7 +23,11 @@ const GIB: u64 = 1 << 30;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
     /// Systems to measure, in order: local, gluster, ceph, cirrus.
-    #[arg(long, value_delimiter = ',', default_value = "local,gluster,ceph,cirrus")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "local,gluster,ceph,cirrus"
+    )]
     pub systems: Vec<String>,
     /// Replica counts for the founding setup (R=1: distribute, R=2: mirrored).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
@@ -122,7 +126,10 @@ pub fn seq_section(r: u32) -> String {
     format!("seq 1 MiB R={r}")
 }
 pub fn meta_section(r: u32, threads: usize) -> String {
-    format!("metadata R={r}, {threads} thread{}", if threads == 1 { "" } else { "s" })
+    format!(
+        "metadata R={r}, {threads} thread{}",
+        if threads == 1 { "" } else { "s" }
+    )
 }
 pub const SCALING_SECTION: &str = "scaling R=1, direct";
 
@@ -163,7 +170,8 @@ impl Run<'_> {
             }
         }
         for &t in &self.cfg.md_threads.clone() {
-            self.progress.step(&format!("{label}: metadata, {t} threads"));
+            self.progress
+                .step(&format!("{label}: metadata, {t} threads"));
             let job = MetaJob {
                 threads: t,
                 files: self.cfg.files,
@@ -185,9 +193,9 @@ impl Run<'_> {
                         }
                     }
                 }
-                Err(e) => self
-                    .report
-                    .note(format!("{label}: metadata job with {t} threads failed: {e:#}")),
+                Err(e) => self.report.note(format!(
+                    "{label}: metadata job with {t} threads failed: {e:#}"
+                )),
             }
         }
     }
@@ -220,7 +228,8 @@ impl Run<'_> {
                 }
             }
             Err(e) => {
-                self.report.note(format!("{label}: could not be brought up: {e:#}"));
+                self.report
+                    .note(format!("{label}: could not be brought up: {e:#}"));
                 let n = self.per_config();
                 self.skip(n);
             }
@@ -282,7 +291,8 @@ pub fn run(cfg: &Config) -> Result<Report> {
                 }
             }
             Err(e) => {
-                run.report.note(format!("ceph: could not be brought up: {e:#}"));
+                run.report
+                    .note(format!("ceph: could not be brought up: {e:#}"));
                 let n = rs.len() * (1 + run.per_config()) - 1;
                 run.skip(n);
             }
@@ -330,11 +340,13 @@ fn scaling(run: &mut Run<'_>, rt: &tokio::runtime::Runtime, bin: &Path, work: &P
         let label = format!("scaling: cirrus R=1, {n} data");
         run.progress.step(&format!("{label}: bring up"));
         let c = Cirrus::start(rt, bin, work, n, 1);
-        run.progress.step(&format!("{label}: fio direct write+read"));
+        run.progress
+            .step(&format!("{label}: fio direct write+read"));
         let mut c = match c {
             Ok(c) => c,
             Err(e) => {
-                run.report.note(format!("{label}: could not be brought up: {e:#}"));
+                run.report
+                    .note(format!("{label}: could not be brought up: {e:#}"));
                 continue;
             }
         };
@@ -370,7 +382,10 @@ fn scaling(run: &mut Run<'_>, rt: &tokio::runtime::Runtime, bin: &Path, work: &P
 fn params(cfg: &Config, work: &Path) -> std::collections::BTreeMap<String, String> {
     let mut p = std::collections::BTreeMap::new();
     p.insert("threads".into(), cfg.threads.to_string());
-    p.insert("bytes_per_thread".into(), cfg.bytes_per_thread().to_string());
+    p.insert(
+        "bytes_per_thread".into(),
+        cfg.bytes_per_thread().to_string(),
+    );
     p.insert("block_size".into(), MIB.to_string());
     p.insert("data_servers".into(), cfg.data_servers.to_string());
     p.insert("replicas".into(), format!("{:?}", cfg.replicas));
@@ -396,7 +411,11 @@ pub fn machine(work: &Path) -> Machine {
     let w = work.to_string_lossy().into_owned();
     let disk = sys::run_ok("df", &["-hT", &w], Duration::from_secs(10))
         .ok()
-        .and_then(|o| o.lines().last().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .and_then(|o| {
+            o.lines()
+                .last()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
         .unwrap_or_default();
     Machine {
         nproc: std::thread::available_parallelism().map_or(0, usize::from),
@@ -473,7 +492,9 @@ mod tests {
     #[test]
     fn local_only_run_measures_every_job_and_writes_outputs() {
         if !sys::have("fio") {
-            panic!("this test needs fio on PATH (Debian package `fio`; scripts/test.sh installs it)");
+            panic!(
+                "this test needs fio on PATH (Debian package `fio`; scripts/test.sh installs it)"
+            );
         }
         let work = tempfile::tempdir().expect("tempdir");
         let out = work.path().join("out");
@@ -500,8 +521,16 @@ mod tests {
         let report = run(&c).expect("run");
         assert!(report.notes.is_empty(), "{:?}", report.notes);
         // 2 R sections x 4 seq jobs + 2 R x 2 thread counts x 6 metadata jobs.
-        assert_eq!(report.records.len(), 2 * 4 + 2 * 2 * 6, "{:#?}", report.records);
-        assert!(report.records.iter().all(|r| r.value > 0.0 && r.system == "local"));
+        assert_eq!(
+            report.records.len(),
+            2 * 4 + 2 * 2 * 6,
+            "{:#?}",
+            report.records
+        );
+        assert!(report
+            .records
+            .iter()
+            .all(|r| r.value > 0.0 && r.system == "local"));
         for f in ["results.json", "results.md", "results.svg"] {
             let text = std::fs::read_to_string(out.join(f)).expect(f);
             assert!(text.contains("create"), "{f} lacks the metadata rows");

@@ -64,17 +64,21 @@ fn tail(log: &Path) -> String {
 
 /// Waits until `mnt` is mounted, failing early (with its log) if `child` exits non-zero.
 fn wait_mounted(mnt: &Path, child: &mut Child, log: &Path, what: &str) -> Result<()> {
-    sys::wait_until(&format!("{what} to mount {}", mnt.display()), UP_TIMEOUT, || {
-        if sys::is_mounted(mnt) {
-            return Ok(true);
-        }
-        if let Some(st) = child.try_wait()? {
-            if !st.success() {
-                bail!("{what} exited with {st}: {}", tail(log));
+    sys::wait_until(
+        &format!("{what} to mount {}", mnt.display()),
+        UP_TIMEOUT,
+        || {
+            if sys::is_mounted(mnt) {
+                return Ok(true);
             }
-        }
-        Ok(false)
-    })
+            if let Some(st) = child.try_wait()? {
+                if !st.success() {
+                    bail!("{what} exited with {st}: {}", tail(log));
+                }
+            }
+            Ok(false)
+        },
+    )
 }
 
 // ---------------------------------------------------------------- local
@@ -323,7 +327,15 @@ osd memory target = 2147483648
     }
 
     fn bring_up(&mut self) -> Result<()> {
-        for d in ["run", "log", "mon/ceph-a", "mgr/ceph-x", "mds/ceph-a", "osd", "mnt"] {
+        for d in [
+            "run",
+            "log",
+            "mon/ceph-a",
+            "mgr/ceph-x",
+            "mds/ceph-a",
+            "osd",
+            "mnt",
+        ] {
             std::fs::create_dir_all(self.base.join(d))?;
         }
         let fsid = uuid()?;
@@ -331,7 +343,16 @@ osd memory target = 2147483648
         let keyring = self.base.join("keyring").to_string_lossy().into_owned();
         run_ok(
             "ceph-authtool",
-            &["--create-keyring", &keyring, "--gen-key", "-n", "mon.", "--cap", "mon", "allow *"],
+            &[
+                "--create-keyring",
+                &keyring,
+                "--gen-key",
+                "-n",
+                "mon.",
+                "--cap",
+                "mon",
+                "allow *",
+            ],
             CMD_TIMEOUT,
         )?;
         let monmap = self.base.join("monmap").to_string_lossy().into_owned();
@@ -344,7 +365,17 @@ osd memory target = 2147483648
         let conf = self.conf.to_string_lossy().into_owned();
         run_ok(
             "ceph-mon",
-            &["--mkfs", "-i", "a", "--monmap", &monmap, "-c", &conf, "--keyring", &keyring],
+            &[
+                "--mkfs",
+                "-i",
+                "a",
+                "--monmap",
+                &monmap,
+                "-c",
+                &conf,
+                "--keyring",
+                &keyring,
+            ],
             CMD_TIMEOUT,
         )?;
         self.daemon("ceph-mon", "a")?;
@@ -420,7 +451,15 @@ osd memory target = 2147483648
     pub fn set_replicas(&self, r: u32) -> Result<()> {
         let r = r.to_string();
         for p in ["cephfs_data", "cephfs_metadata"] {
-            self.ceph(&["osd", "pool", "set", p, "size", &r, "--yes-i-really-mean-it"])?;
+            self.ceph(&[
+                "osd",
+                "pool",
+                "set",
+                p,
+                "size",
+                &r,
+                "--yes-i-really-mean-it",
+            ])?;
             self.ceph(&["osd", "pool", "set", p, "min_size", "1"])?;
         }
         self.wait_clean()

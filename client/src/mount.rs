@@ -144,6 +144,9 @@ pub enum MountError {
     Option(String),
     #[error("mount daemon: {0}")]
     Daemon(String),
+    /// The daemon's own one-line reason, passed through.
+    #[error("{0}")]
+    Child(String),
 }
 
 /// Decodes the octal escapes of /proc/self/mountinfo (`\040` is a space).
@@ -365,7 +368,7 @@ async fn daemonize(opts: &MountOptions, canon: &Path) -> Result<(), MountError> 
     }
     let _ = child.wait();
     match line.strip_prefix("error: ") {
-        Some(msg) => Err(MountError::Daemon(msg.to_string())),
+        Some(msg) => Err(MountError::Child(msg.to_string())),
         None => Err(MountError::Daemon(format!(
             "mount daemon exited before the mount was ready; see {}",
             log.display()

@@ -331,9 +331,10 @@ impl Node {
         let route = c.route();
         match route.get(pos + 1) {
             None => Ok(None),
-            Some(s) => self.addr_of(*s).map(Some).ok_or_else(|| {
-                FsError::Unavailable(format!("no address known for server {s}"))
-            }),
+            Some(s) => self
+                .addr_of(*s)
+                .map(Some)
+                .ok_or_else(|| FsError::Unavailable(format!("no address known for server {s}"))),
         }
     }
 
@@ -397,7 +398,12 @@ impl Node {
                 _ => runs.push((b, b + 1)),
             }
         }
-        let others: Vec<ServerId> = c.members.iter().copied().filter(|s| *s != self.me).collect();
+        let others: Vec<ServerId> = c
+            .members
+            .iter()
+            .copied()
+            .filter(|s| *s != self.me)
+            .collect();
         for (first, end) in runs {
             let off = first * BLOCK;
             let len = ((end - first) * BLOCK) as u32;
@@ -455,7 +461,9 @@ impl Node {
             )));
         }
         if off > MAX_OBJECT_END {
-            return Err(FsError::Invalid(format!("read offset past {MAX_OBJECT_END}")));
+            return Err(FsError::Invalid(format!(
+                "read offset past {MAX_OBJECT_END}"
+            )));
         }
         let r = match self.store.read(key, off, len as usize).await {
             Err(StoreError::Corrupt { blocks, .. }) if !local_only => {

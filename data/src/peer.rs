@@ -129,7 +129,13 @@ impl Peers {
         Ok((r.data, r.object_size))
     }
 
-    pub async fn sync(&self, addr: &str, c: &ChainEntry, keys: &[ObjectKey], hop: u32) -> FsResult<()> {
+    pub async fn sync(
+        &self,
+        addr: &str,
+        c: &ChainEntry,
+        keys: &[ObjectKey],
+        hop: u32,
+    ) -> FsResult<()> {
         let mut cl = self.client(addr)?;
         let req = pb::SyncRequest {
             cluster_id: self.cluster.to_string(),
@@ -157,7 +163,8 @@ impl Peers {
             size,
             hop,
         };
-        self.call("forward truncate", addr, cl.truncate(req)).await?;
+        self.call("forward truncate", addr, cl.truncate(req))
+            .await?;
         Ok(())
     }
 
@@ -168,7 +175,9 @@ impl Peers {
             cluster_id: self.cluster.to_string(),
             chain_id: chain.0,
         };
-        let r = self.call("list objects", addr, cl.list_objects(req)).await?;
+        let r = self
+            .call("list objects", addr, cl.list_objects(req))
+            .await?;
         r.objects
             .iter()
             .map(|o| {

@@ -45,10 +45,7 @@ impl RangeLock {
 
     /// True when no range is held (an idle object may be closed).
     pub fn is_idle(&self) -> bool {
-        self.held
-            .lock()
-            .map(|h| h.is_empty())
-            .unwrap_or(false)
+        self.held.lock().map(|h| h.is_empty()).unwrap_or(false)
     }
 }
 
@@ -81,7 +78,10 @@ mod tests {
             let _g = l2.lock(100, 200).await;
         });
         tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "overlapping range granted while held");
+        assert!(
+            !waiter.is_finished(),
+            "overlapping range granted while held"
+        );
         drop(g);
         tokio::time::timeout(Duration::from_secs(10), waiter)
             .await

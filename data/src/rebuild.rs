@@ -45,7 +45,10 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<ChainId, HashMap<ObjectKey, ObjTrack>>) -> T) -> T {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut HashMap<ChainId, HashMap<ObjectKey, ObjTrack>>) -> T,
+    ) -> T {
         f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -372,10 +375,15 @@ async fn copy_object(
             }
             if !data.is_empty() {
                 let mut buf = data.to_vec();
-                buf.resize((data.len() as u64).div_ceil(BLOCK) as usize * BLOCK as usize, 0);
+                buf.resize(
+                    (data.len() as u64).div_ceil(BLOCK) as usize * BLOCK as usize,
+                    0,
+                );
                 let logical_end = off + data.len() as u64;
                 if clean {
-                    node.store.put_blocks(id, key, off, &buf, logical_end).await?;
+                    node.store
+                        .put_blocks(id, key, off, &buf, logical_end)
+                        .await?;
                 } else {
                     // Under constant writes: skip every block a chain operation touched.
                     let (dirty, trunc_at) = node.tracker.touched(id, key);

@@ -38,8 +38,8 @@ impl Identity {
         let p = dir.join("identity.json");
         match std::fs::read(&p) {
             Ok(b) => {
-                let id: Identity = serde_json::from_slice(&b)
-                    .with_context(|| format!("parse {}", p.display()))?;
+                let id: Identity =
+                    serde_json::from_slice(&b).with_context(|| format!("parse {}", p.display()))?;
                 if id.format != IDENTITY_FORMAT || id.version != 1 {
                     bail!(
                         "{} is not a version-1 data server identity ({:?} v{})",
@@ -107,9 +107,9 @@ fn advertise_addr(args: &DataArgs, bound_port: u16, meta: &[String]) -> anyhow::
     }
     let probe = std::net::UdpSocket::bind("0.0.0.0:0").context("probe local address")?;
     let first = meta.first().context("no meta address")?;
-    probe
-        .connect(first)
-        .with_context(|| format!("find the local address that reaches {first}; pass --advertise"))?;
+    probe.connect(first).with_context(|| {
+        format!("find the local address that reaches {first}; pass --advertise")
+    })?;
     let ip = probe.local_addr()?.ip();
     Ok(format!("{ip}:{bound_port}"))
 }
@@ -247,7 +247,9 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
         registry.set_health(move || {
             let age = now_ms() - last.load(Ordering::Relaxed);
             if age > 10_000 {
-                Err(format!("no heartbeat accepted by the meta group for {age} ms"))
+                Err(format!(
+                    "no heartbeat accepted by the meta group for {age} ms"
+                ))
             } else {
                 Ok(())
             }

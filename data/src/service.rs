@@ -43,7 +43,10 @@ fn st<T>(r: FsResult<T>) -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl pb::data_server::Data for DataService {
-    async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteReply>, Status> {
+    async fn write(
+        &self,
+        req: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
         let r = req.into_inner();
         st(async {
             self.cluster(&r.cluster_id)?;
@@ -165,11 +168,7 @@ impl pb::data_server::Data for DataService {
     ) -> Result<Response<pb::DataInfoReply>, Status> {
         let n = &self.node;
         let (capacity, free) = n.store.space();
-        let (rebuilding, caught_up) = n
-            .rebuild_view
-            .lock()
-            .map(|g| g.clone())
-            .unwrap_or_default();
+        let (rebuilding, caught_up) = n.rebuild_view.lock().map(|g| g.clone()).unwrap_or_default();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)

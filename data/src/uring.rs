@@ -201,11 +201,20 @@ impl Ring {
 
     /// fdatasync (or fsync) of `file`.
     pub async fn sync(&self, file: &Arc<File>, datasync: bool) -> io::Result<()> {
-        self.submit(file, Op::Fsync { datasync }).await.0.map(|_| ())
+        self.submit(file, Op::Fsync { datasync })
+            .await
+            .0
+            .map(|_| ())
     }
 
     /// fallocate(2) of `file`.
-    pub async fn fallocate(&self, file: &Arc<File>, off: u64, len: u64, mode: i32) -> io::Result<()> {
+    pub async fn fallocate(
+        &self,
+        file: &Arc<File>,
+        off: u64,
+        len: u64,
+        mode: i32,
+    ) -> io::Result<()> {
         self.submit(file, Op::Fallocate { off, len, mode })
             .await
             .0
@@ -288,11 +297,7 @@ fn drive(mut ring: IoUring, rx: mpsc::Receiver<Req>, wake: Arc<OwnedFd>, depth: 
                 let mut v: u64 = 0;
                 // SAFETY: reads 8 bytes into a valid u64 from our nonblocking eventfd.
                 unsafe {
-                    libc::read(
-                        wake.as_raw_fd(),
-                        &mut v as *mut u64 as *mut libc::c_void,
-                        8,
-                    );
+                    libc::read(wake.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8);
                 }
                 continue;
             }
@@ -319,11 +324,9 @@ fn drive(mut ring: IoUring, rx: mpsc::Receiver<Req>, wake: Arc<OwnedFd>, depth: 
 fn build_sqe(req: &Req, ud: u64) -> io_uring::squeue::Entry {
     let fd = types::Fd(req.file.as_raw_fd() as RawFd);
     match &req.op {
-        Op::Read { off, buf } => {
-            opcode::Read::new(fd, buf.ptr.as_ptr(), buf.len() as u32)
-                .offset(*off)
-                .build()
-        }
+        Op::Read { off, buf } => opcode::Read::new(fd, buf.ptr.as_ptr(), buf.len() as u32)
+            .offset(*off)
+            .build(),
         Op::Write { off, buf } => {
             opcode::Write::new(fd, buf.ptr.as_ptr() as *const u8, buf.len() as u32)
                 .offset(*off)
@@ -364,7 +367,9 @@ mod tests {
         }
         ring.sync(&f, true).await.unwrap();
         let f2 = Arc::new(File::open(dir.path().join("x")).unwrap());
-        let (n, buf) = ring.read_at(&f2, 63 * 8192, AlignedBuf::zeroed(16384)).await;
+        let (n, buf) = ring
+            .read_at(&f2, 63 * 8192, AlignedBuf::zeroed(16384))
+            .await;
         assert_eq!(n.unwrap(), 8192, "short read at end of file");
         assert!(buf.as_slice()[..8192].iter().all(|&b| b == 63));
         assert!(buf.as_slice()[8192..].iter().all(|&b| b == 0));

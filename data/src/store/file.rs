@@ -219,7 +219,12 @@ impl FileStore {
         })
     }
 
-    fn open_files(&self, chain: ChainId, key: ObjectKey, create: bool) -> StoreResult<(File, File)> {
+    fn open_files(
+        &self,
+        chain: ChainId,
+        key: ObjectKey,
+        create: bool,
+    ) -> StoreResult<(File, File)> {
         let dir = obj_dir(&self.root, chain);
         if create {
             std::fs::create_dir_all(&dir).map_err(io_err("create chain dir"))?;
@@ -372,7 +377,11 @@ impl FileStore {
                 bytes.extend_from_slice(&c.to_le_bytes());
             }
             self.ring
-                .write_at(&o.side, crc_offset(lo as u64), AlignedBuf::from_slice(&bytes))
+                .write_at(
+                    &o.side,
+                    crc_offset(lo as u64),
+                    AlignedBuf::from_slice(&bytes),
+                )
                 .await
                 .map_err(io_err("write checksum sidecar"))?;
         }
@@ -397,7 +406,13 @@ impl FileStore {
 
     fn snapshot(&self, m: &Meta, first: u64, n: u64) -> Vec<u32> {
         let mut v = vec![zero_block_crc(); (first + n) as usize];
-        for (i, c) in m.crcs.iter().enumerate().skip(first as usize).take(n as usize) {
+        for (i, c) in m
+            .crcs
+            .iter()
+            .enumerate()
+            .skip(first as usize)
+            .take(n as usize)
+        {
             v[i] = *c;
         }
         v
@@ -568,10 +583,7 @@ impl FileStore {
         let Some(o) = self.get(key) else {
             return Ok(());
         };
-        let (a, b) = tokio::join!(
-            self.ring.sync(&o.data, true),
-            self.ring.sync(&o.side, true)
-        );
+        let (a, b) = tokio::join!(self.ring.sync(&o.data, true), self.ring.sync(&o.side, true));
         a.map_err(io_err("fdatasync object file"))?;
         b.map_err(io_err("fdatasync checksum sidecar"))?;
         Ok(())

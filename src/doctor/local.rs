@@ -37,22 +37,38 @@ fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
     Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
 }
 
+/// What one O_DIRECT probe saw.
+#[derive(Debug)]
+enum ODirect {
+    /// The aligned write went through.
+    Works,
+    /// The file system refused O_DIRECT itself (EINVAL on open or on the aligned write).
+    Refused,
+    /// Anything else (permissions, read-only, disk errors).
+    Error(std::io::Error),
+}
+
+/// Sorts an error of the O_DIRECT open or write: EINVAL is the file system saying it does
+/// not support direct IO (tmpfs before Linux 6.6, some FUSE and network file systems);
+/// every other error is a real problem of the directory.
+fn classify_o_direct_error(e: std::io::Error) -> ODirect {
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        ODirect::Refused
+    } else {
+        ODirect::Error(e)
+    }
+}
+
 /// Writes one aligned 4 KiB block with O_DIRECT in `dir` and removes the file.
-/// Ok(false): the file system refuses O_DIRECT (EINVAL), as tmpfs does.
-fn probe_o_direct(dir: &Path) -> std::io::Result<bool> {
+fn probe_o_direct(dir: &Path) -> ODirect {
     let path = dir.join(format!(".cirrus-doctor-odirect-{}", std::process::id()));
     let res = (|| {
-        let f = match std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .custom_flags(libc::O_DIRECT)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(false),
-            Err(e) => return Err(e),
-        };
+            .open(&path)?;
         let layout = std::alloc::Layout::from_size_align(4096, 4096)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         // SAFETY: layout has a non-zero size; the buffer is freed below on every path.
@@ -66,16 +82,44 @@ fn probe_o_direct(dir: &Path) -> std::io::Result<bool> {
         let err = std::io::Error::last_os_error();
         // SAFETY: allocated above with the same layout, not freed before.
         unsafe { std::alloc::dealloc(buf, layout) };
-        if n == 4096 {
-            Ok(true)
-        } else if err.raw_os_error() == Some(libc::EINVAL) {
-            Ok(false)
-        } else {
-            Err(err)
+        match n {
+            4096 => Ok(()),
+            n if n >= 0 => Err(std::io::Error::other(format!(
+                "short O_DIRECT write: {n} of 4096 bytes"
+            ))),
+            _ => Err(err),
         }
     })();
     let _ = std::fs::remove_file(&path);
-    res
+    match res {
+        Ok(()) => ODirect::Works,
+        Err(e) => classify_o_direct_error(e),
+    }
+}
+
+/// The finding for one O_DIRECT probe of `probe_dir`.
+fn o_direct_finding(target: &str, probe_dir: &Path, seen: ODirect) -> Finding {
+    let tried = format!(
+        "O_DIRECT write of one 4 KiB block in {}",
+        probe_dir.display()
+    );
+    match seen {
+        ODirect::Works => Finding::ok("o_direct", target, "O_DIRECT writes work"),
+        ODirect::Refused => Finding::warn(
+            "o_direct",
+            target,
+            format!("the file system of {} refuses O_DIRECT", probe_dir.display()),
+            "the data server falls back to buffered IO (slower, page-cache bound): put the data dir on XFS or ext4",
+        )
+        .tried(tried),
+        ODirect::Error(e) => Finding::fail(
+            "o_direct",
+            target,
+            format!("cannot write in {}: {e}", probe_dir.display()),
+            "the data server must be able to write there: check permissions, read-only mounts and disk errors",
+        )
+        .tried(tried),
+    }
 }
 
 /// O_DIRECT and free space of one data directory.
@@ -119,31 +163,7 @@ pub async fn data_dir(dir: PathBuf, min_free: u64, deadline: Duration) -> Vec<Fi
             "the data server creates it; if it should be a mounted disk, mount it first",
         ));
     }
-    let tried = format!(
-        "O_DIRECT write of one 4 KiB block in {}",
-        probe_dir.display()
-    );
-    match odirect {
-        Ok(true) => out.push(Finding::ok("o_direct", target.clone(), "O_DIRECT writes work")),
-        Ok(false) => out.push(
-            Finding::warn(
-                "o_direct",
-                target.clone(),
-                format!("the file system of {} refuses O_DIRECT", probe_dir.display()),
-                "the data server falls back to buffered IO (slower, page-cache bound): put the data dir on XFS or ext4",
-            )
-            .tried(tried),
-        ),
-        Err(e) => out.push(
-            Finding::fail(
-                "o_direct",
-                target.clone(),
-                format!("cannot write in {}: {e}", probe_dir.display()),
-                "the data server must be able to write there: check permissions, read-only mounts and disk errors",
-            )
-            .tried(tried),
-        ),
-    }
+    out.push(o_direct_finding(&target, &probe_dir, odirect));
     match space {
         Ok((free, total)) if free >= min_free => out.push(Finding::ok(
             "free-space",
@@ -509,20 +529,41 @@ mod tests {
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 
-    #[tokio::test]
-    async fn o_direct_refusal_on_tmpfs_is_a_warning_naming_the_fallback() {
-        // /dev/shm is tmpfs on Linux, which refuses O_DIRECT.
-        let shm = Path::new("/dev/shm");
-        if !shm.is_dir() {
-            panic!("/dev/shm is missing: this test needs a tmpfs at /dev/shm");
+    #[test]
+    fn o_direct_refusal_is_a_warning_naming_the_fallback_and_other_errors_fail() {
+        // EINVAL from open(O_DIRECT) or from the aligned write is how a file system says
+        // it has no direct IO (tmpfs before Linux 6.6, some FUSE and network file systems):
+        // the data server then falls back to buffered IO, so it is a warning.
+        let dir = Path::new("/srv/cirrus/data");
+        let refused = classify_o_direct_error(std::io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(matches!(refused, ODirect::Refused), "{refused:?}");
+        let f = o_direct_finding("local d", dir, refused);
+        assert_eq!(f.status, Status::Warn, "{f:?}");
+        assert!(f.message.contains("refuses O_DIRECT"), "{f:?}");
+        assert!(f.fix.as_deref().unwrap_or("").contains("buffered"), "{f:?}");
+        assert!(f.tried.contains("/srv/cirrus/data"), "{f:?}");
+
+        // Anything else is a directory the data server cannot use: a failure.
+        for errno in [libc::EACCES, libc::EROFS, libc::EIO, libc::ENOSPC] {
+            let seen = classify_o_direct_error(std::io::Error::from_raw_os_error(errno));
+            assert!(matches!(seen, ODirect::Error(_)), "errno {errno}: {seen:?}");
+            let f = o_direct_finding("local d", dir, seen);
+            assert_eq!(f.status, Status::Fail, "errno {errno}: {f:?}");
+            assert!(f.message.contains("cannot write"), "{f:?}");
         }
-        let d = tempfile::tempdir_in(shm).unwrap();
-        let fs = data_dir(d.path().to_path_buf(), 0, Duration::from_secs(20)).await;
-        let od = fs.iter().find(|f| f.check == "o_direct").unwrap();
-        assert_eq!(od.status, Status::Warn, "{od:?}");
-        assert!(
-            od.fix.as_deref().unwrap_or("").contains("buffered"),
-            "{od:?}"
-        );
+
+        let f = o_direct_finding("local d", dir, ODirect::Works);
+        assert_eq!(f.status, Status::Ok, "{f:?}");
+    }
+
+    #[test]
+    fn o_direct_probe_of_a_non_directory_is_an_error_not_a_refusal() {
+        // A real error that is not EINVAL (ENOTDIR here; as root, permissions would not
+        // stop the write) must come back as an error, never as "no O_DIRECT".
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        let seen = probe_o_direct(&file);
+        assert!(matches!(seen, ODirect::Error(_)), "{seen:?}");
     }
 }

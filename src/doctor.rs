@@ -503,6 +503,9 @@ fn fmt_ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// What a handshake returned: the node's clock and its info reply.
+type Handshake = (i64, Option<pb::ClusterInfoReply>, Option<pb::DataInfoReply>);
+
 /// The gRPC handshake (ClusterInfo or Data.Info) and the clock check.
 async fn handshake(
     ep: &Endpoint,
@@ -525,10 +528,7 @@ async fn handshake(
         }
     };
     let sent = now_ms();
-    let (rpc, result): (
-        &str,
-        Result<(i64, Option<pb::ClusterInfoReply>, Option<pb::DataInfoReply>), String>,
-    ) = match ep.kind {
+    let (rpc, result): (&str, Result<Handshake, String>) = match ep.kind {
         Kind::Meta => {
             let mut c = net::meta_client(ch);
             let r =

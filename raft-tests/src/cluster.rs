@@ -83,8 +83,9 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
 
 type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
 
-/// Spawns `cmd` from the process-lifetime spawner thread (see the module doc).
-fn spawn_child(cmd: Command) -> std::io::Result<Child> {
+/// Spawns `cmd` from the process-lifetime spawner thread (see the module doc), so the
+/// child gets SIGKILL when this process dies.
+pub fn spawn_child(cmd: Command) -> std::io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
     let tx = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnJob>();
@@ -140,6 +141,8 @@ struct Node {
     dir: PathBuf,
     log: PathBuf,
     args: Vec<String>,
+    /// Network namespace to run in (`ip netns exec NS cirrus ...`), if any.
+    netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -167,7 +170,16 @@ impl Node {
             self.args.join(" ")
         );
         let err = log.try_clone().context("clone log handle")?;
-        let mut cmd = Command::new(bin);
+        // `ip netns exec` execs in place, so the child's pid is cirrus itself and the
+        // signals below reach it.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.as_str()]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -245,6 +257,17 @@ pub struct ClusterBuilder {
     env: BTreeMap<String, String>,
     bin: Option<PathBuf>,
     start_timeout: Duration,
+    places: Vec<Place>,
+    data_dirs: Vec<PathBuf>,
+}
+
+/// Where one node runs: the IP it binds and, optionally, a network namespace to run in.
+/// A node in its own namespace owns its port space and binds the default ports (meta
+/// 7001/7002, data 7101/7102); otherwise ports are picked free.
+#[derive(Clone, Debug)]
+pub struct Place {
+    pub ip: String,
+    pub netns: Option<String>,
 }
 
 impl Default for ClusterBuilder {
@@ -265,6 +288,8 @@ impl ClusterBuilder {
             env: BTreeMap::new(),
             bin: None,
             start_timeout: START_TIMEOUT,
+            places: Vec::new(),
+            data_dirs: Vec::new(),
         }
     }
 
@@ -316,6 +341,28 @@ impl ClusterBuilder {
         self
     }
 
+    /// Where each node runs: meta 0..3 first, then the data servers in order. Nodes
+    /// without an entry run on 127.0.0.1 in the caller's namespace.
+    pub fn places(mut self, p: Vec<Place>) -> Self {
+        self.places = p;
+        self
+    }
+
+    /// Existing `--dir`s for the data servers (e.g. small loop-mounted filesystems), in
+    /// order; servers without an entry get a fresh dir in the cluster's temp dir.
+    pub fn data_dirs(mut self, d: Vec<PathBuf>) -> Self {
+        self.data_dirs = d;
+        self
+    }
+
+    /// Address and optional namespace of node `k` (meta 0..3, then data).
+    fn place(&self, k: usize) -> (String, Option<String>) {
+        match self.places.get(k) {
+            Some(p) => (p.ip.clone(), p.netns.clone()),
+            None => ("127.0.0.1".into(), None),
+        }
+    }
+
     /// Starts the meta group, waits for a leader and a cluster id, then starts the data
     /// servers and waits until each is alive in the chain table.
     pub async fn start(self) -> Result<TestCluster> {
@@ -352,10 +399,13 @@ impl ClusterBuilder {
         let mut metas = Vec::new();
         let mut meta_addrs = Vec::new();
         for i in 0..3 {
-            let addr = format!("127.0.0.1:{}", next_port()?);
-            let metrics = format!("127.0.0.1:{}", next_port()?);
+            let (ip, ns) = self.place(i);
+            let (p, m) = (next_port()?, next_port()?);
+            let (p, m) = if ns.is_some() { (7001, 7002) } else { (p, m) };
+            let addr = format!("{ip}:{p}");
+            let metrics = format!("{ip}:{m}");
             meta_addrs.push(addr.clone());
-            metas.push((addr, metrics, i));
+            metas.push((addr, metrics, i, ns));
         }
         let peers = meta_addrs
             .iter()
@@ -365,7 +415,7 @@ impl ClusterBuilder {
             .join(",");
         let server_timeout = format!("{}ms", self.server_timeout.as_millis());
         let mut meta = Vec::new();
-        for (addr, metrics, i) in metas {
+        for (addr, metrics, i, netns) in metas {
             let dir = tmp.path().join(format!("meta-{}", i + 1));
             std::fs::create_dir_all(&dir).context("create meta dir")?;
             let mut args: Vec<String> = vec![
@@ -394,15 +444,26 @@ impl ClusterBuilder {
                 log: tmp.path().join(format!("meta-{}.log", i + 1)),
                 dir,
                 args,
+                netns,
                 child: None,
             });
         }
         let meta_list = meta_addrs.join(",");
         let mut data = Vec::new();
         for i in 0..self.data_servers {
-            let addr = format!("127.0.0.1:{}", next_port()?);
-            let metrics = format!("127.0.0.1:{}", next_port()?);
-            let dir = tmp.path().join(format!("data-{}", i + 1));
+            let (ip, netns) = self.place(3 + i);
+            let (p, m) = (next_port()?, next_port()?);
+            let (p, m) = if netns.is_some() {
+                (7101, 7102)
+            } else {
+                (p, m)
+            };
+            let addr = format!("{ip}:{p}");
+            let metrics = format!("{ip}:{m}");
+            let dir = match self.data_dirs.get(i) {
+                Some(d) => d.clone(),
+                None => tmp.path().join(format!("data-{}", i + 1)),
+            };
             std::fs::create_dir_all(&dir).context("create data dir")?;
             let mut args: Vec<String> = vec![
                 "data".into(),
@@ -424,6 +485,7 @@ impl ClusterBuilder {
                 log: tmp.path().join(format!("data-{}.log", i + 1)),
                 dir,
                 args,
+                netns,
                 child: None,
             });
         }
@@ -935,6 +997,7 @@ mod tests {
             dir: d.path().to_path_buf(),
             log: d.path().join("n.log"),
             args: vec!["-c".into(), "echo hello; exec sleep 1000".into()],
+            netns: None,
             child: None,
         };
         n.spawn(Path::new("/bin/sh"), &BTreeMap::new())

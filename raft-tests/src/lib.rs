@@ -7,11 +7,14 @@
 //! - `history`, `model`, `wgl`: recorded operations, the namespace model, and a
 //!   Wing-Gong-Lowe linearizability checker.
 //! - `workload`: metadata clients over the wire, data writers through the client library.
+//! - `check`: one checker per property; `chaos`: the `cirrus-chaos` harness (faults from a
+//!   seeded schedule, network namespaces, reports).
 //!
 //! Must not depend on: cirrus-meta, cirrus-data (servers are tested from the outside, as
 //! processes). It uses the public API of `cirrus-client` for the data workload, because
 //! that is what applications and the FUSE mount run.
 
+pub mod chaos;
 pub mod check;
 pub mod cluster;
 

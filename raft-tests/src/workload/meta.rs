@@ -29,7 +29,7 @@ use tonic::transport::Channel;
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
 /// One independent group: two directories and the time window it is used in.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Group {
     pub id: usize,
     pub dirs: [u64; 2],

@@ -290,14 +290,14 @@ async fn doctor_names_the_dropped_port_the_refused_daemon_and_the_other_cluster(
         .collect::<Vec<_>>()
         .join(",");
     let mut metas = Vec::new();
-    for j in 0..3 {
+    for (j, listen) in metas_a.iter().enumerate() {
         let dir = tmp.path().join(format!("meta-a{j}"));
         let args = s(&[
             "meta",
             "--id",
             &(j + 1).to_string(),
             "--listen",
-            &metas_a[j],
+            listen,
             "--peers",
             &peers_a,
             "--dir",

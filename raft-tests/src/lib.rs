@@ -22,5 +22,6 @@ pub use cluster::{cirrus_bin, ClusterBuilder, TestCluster};
 pub mod history;
 pub mod model;
 pub mod netns;
+pub mod posix;
 pub mod wgl;
 pub mod workload;

@@ -1,0 +1,805 @@
+//! A seeded random POSIX exerciser: the same random sequence of system calls (create,
+//! open, pwrite at random offsets and sizes, pread, truncate up and down by path and by
+//! fd, fsync, rename, link, unlink while open, mkdir, rmdir, readdir, stat, the four
+//! xattr calls) runs on a Cirrus mount and on a local directory side by side; every
+//! result (errno, byte count, bytes, sizes, link counts, directory listings, xattr
+//! values) must be equal. A call on the mount that takes longer than the deadline is a
+//! failure too. The seed is printed; the same seed replays the same sequence.
+//!
+//! Used by `cirrus-exercise` (the binary) and by the FUSE tests of the root package.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ExerciseConfig {
+    pub seed: u64,
+    pub ops: usize,
+    /// Any call on the mount that takes longer than this fails the run.
+    pub deadline: Duration,
+    /// Largest offset a write or truncate reaches (files stay below this plus one write).
+    pub max_offset: u64,
+    /// Largest single write or read.
+    pub max_io: usize,
+    /// Run the xattr calls (the local directory must support `user.` xattrs).
+    pub xattrs: bool,
+    /// Print every operation.
+    pub verbose: bool,
+}
+
+impl ExerciseConfig {
+    pub fn new(seed: u64) -> Self {
+        ExerciseConfig {
+            seed,
+            ops: 300,
+            deadline: Duration::from_secs(45),
+            max_offset: 3 << 20,
+            max_io: 300 << 10,
+            xattrs: true,
+            verbose: false,
+        }
+    }
+}
+
+/// What a finished run did.
+#[derive(Clone, Debug, Default)]
+pub struct ExerciseReport {
+    pub ops: usize,
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+    /// Slowest single call on the mount.
+    pub slowest: Duration,
+    pub slowest_op: String,
+}
+
+/// Shared with a watchdog thread: when the current call on the mount started (ms since
+/// the run began, 0 = none in flight), and how many ops are done.
+#[derive(Default, Debug)]
+pub struct Progress {
+    pub in_flight_since_ms: AtomicU64,
+    pub done: AtomicU64,
+    pub stop: AtomicBool,
+}
+
+/// One call's outcome, comparable across the two trees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Out {
+    Ok,
+    Errno(i32),
+    Count(usize),
+    Bytes(Vec<u8>),
+    Stat {
+        kind: u32,
+        size: u64,
+        nlink: u64,
+        mode: u32,
+    },
+    Names(Vec<String>),
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Out::Bytes(b) => write!(f, "{} bytes (crc32-ish {:08x})", b.len(), fnv(b)),
+            Out::Errno(e) => write!(f, "errno {e} ({})", std::io::Error::from_raw_os_error(*e)),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+fn fnv(b: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c9dc5;
+    for x in b {
+        h = (h ^ *x as u32).wrapping_mul(0x01000193);
+    }
+    h
+}
+
+fn errno_of(e: &std::io::Error) -> Out {
+    Out::Errno(e.raw_os_error().unwrap_or(-1))
+}
+
+fn res<T>(r: std::io::Result<T>, f: impl FnOnce(T) -> Out) -> Out {
+    match r {
+        Ok(v) => f(v),
+        Err(e) => errno_of(&e),
+    }
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("exerciser paths have no NUL")
+}
+
+fn last_err() -> Out {
+    errno_of(&std::io::Error::last_os_error())
+}
+
+/// The operations. Names are relative to the tree root.
+#[derive(Clone, Debug)]
+enum Op {
+    Create {
+        slot: usize,
+        path: String,
+    },
+    Open {
+        slot: usize,
+        path: String,
+    },
+    Close {
+        slot: usize,
+    },
+    Write {
+        slot: usize,
+        off: u64,
+        len: usize,
+        fill: u64,
+    },
+    Read {
+        slot: usize,
+        off: u64,
+        len: usize,
+    },
+    Ftruncate {
+        slot: usize,
+        size: u64,
+    },
+    Truncate {
+        path: String,
+        size: u64,
+    },
+    Fsync {
+        slot: usize,
+    },
+    Fstat {
+        slot: usize,
+    },
+    Stat {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Link {
+        from: String,
+        to: String,
+    },
+    Unlink {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+    },
+    Rmdir {
+        path: String,
+    },
+    Readdir {
+        path: String,
+    },
+    ReadWhole {
+        path: String,
+    },
+    SetXattr {
+        path: String,
+        key: String,
+        val: Vec<u8>,
+    },
+    GetXattr {
+        path: String,
+        key: String,
+    },
+    ListXattr {
+        path: String,
+    },
+    RemoveXattr {
+        path: String,
+        key: String,
+    },
+}
+
+const SLOTS: usize = 6;
+const DIRS: [&str; 3] = ["", "d1", "d1/d2"];
+const FILES: [&str; 5] = ["a", "b", "c", "long-file-name.dat", "e"];
+const KEYS: [&str; 3] = ["user.k1", "user.k2", "user.cirrus-test"];
+
+fn pick_dir(rng: &mut SmallRng) -> &'static str {
+    DIRS[rng.gen_range(0..DIRS.len())]
+}
+
+fn pick_path(rng: &mut SmallRng) -> String {
+    let d = pick_dir(rng);
+    let f = FILES[rng.gen_range(0..FILES.len())];
+    if d.is_empty() {
+        f.to_string()
+    } else {
+        format!("{d}/{f}")
+    }
+}
+
+/// A file or a directory name (renames and links of directories too).
+fn pick_any(rng: &mut SmallRng) -> String {
+    if rng.gen_bool(0.15) {
+        ["d1", "d1/d2", "d3", "d1/d3"][rng.gen_range(0..4)].to_string()
+    } else {
+        pick_path(rng)
+    }
+}
+
+fn gen_op(rng: &mut SmallRng, cfg: &ExerciseConfig) -> Op {
+    let slot = rng.gen_range(0..SLOTS);
+    let off = |rng: &mut SmallRng| -> u64 {
+        // Bias toward stripe and page boundaries, where bugs live.
+        match rng.gen_range(0..4) {
+            0 => rng.gen_range(0..cfg.max_offset),
+            1 => (rng.gen_range(0..=(cfg.max_offset >> 20))) << 20,
+            2 => ((rng.gen_range(0..=(cfg.max_offset >> 20))) << 20)
+                .saturating_sub(rng.gen_range(1..5000)),
+            _ => rng.gen_range(0..64 << 10),
+        }
+    };
+    let len = |rng: &mut SmallRng| -> usize {
+        match rng.gen_range(0..3) {
+            0 => rng.gen_range(1..4096),
+            1 => rng.gen_range(1..=cfg.max_io),
+            _ => rng.gen_range(1..64 << 10),
+        }
+    };
+    let x = cfg.xattrs;
+    loop {
+        let op = match rng.gen_range(0..100) {
+            0..=9 => Op::Create {
+                slot,
+                path: pick_path(rng),
+            },
+            10..=15 => Op::Open {
+                slot,
+                path: pick_path(rng),
+            },
+            16..=21 => Op::Close { slot },
+            22..=39 => Op::Write {
+                slot,
+                off: off(rng),
+                len: len(rng),
+                fill: rng.gen(),
+            },
+            40..=51 => Op::Read {
+                slot,
+                off: off(rng),
+                len: len(rng),
+            },
+            52..=54 => Op::Ftruncate {
+                slot,
+                size: off(rng),
+            },
+            55..=57 => Op::Truncate {
+                path: pick_path(rng),
+                size: off(rng),
+            },
+            58..=59 => Op::Fsync { slot },
+            60..=61 => Op::Fstat { slot },
+            62..=64 => Op::Stat {
+                path: pick_any(rng),
+            },
+            65..=69 => Op::Rename {
+                from: pick_any(rng),
+                to: pick_any(rng),
+            },
+            70..=72 => Op::Link {
+                from: pick_path(rng),
+                to: pick_path(rng),
+            },
+            73..=77 => Op::Unlink {
+                path: pick_path(rng),
+            },
+            78..=80 => Op::Mkdir {
+                path: pick_any(rng),
+            },
+            81..=82 => Op::Rmdir {
+                path: pick_any(rng),
+            },
+            83..=86 => Op::Readdir {
+                path: pick_dir(rng).to_string(),
+            },
+            87..=89 => Op::ReadWhole {
+                path: pick_path(rng),
+            },
+            90..=92 if x => Op::SetXattr {
+                path: pick_any(rng),
+                key: KEYS[rng.gen_range(0..KEYS.len())].into(),
+                val: (0..rng.gen_range(0..200)).map(|_| rng.gen()).collect(),
+            },
+            93..=95 if x => Op::GetXattr {
+                path: pick_any(rng),
+                key: KEYS[rng.gen_range(0..KEYS.len())].into(),
+            },
+            96..=97 if x => Op::ListXattr {
+                path: pick_any(rng),
+            },
+            98..=99 if x => Op::RemoveXattr {
+                path: pick_any(rng),
+                key: KEYS[rng.gen_range(0..KEYS.len())].into(),
+            },
+            _ => continue,
+        };
+        return op;
+    }
+}
+
+fn fill_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = SmallRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    r.fill(&mut v[..]);
+    v
+}
+
+/// One side: a root and its open files.
+struct Side {
+    root: PathBuf,
+    slots: Vec<Option<File>>,
+}
+
+impl Side {
+    fn new(root: &Path) -> Self {
+        Side {
+            root: root.to_path_buf(),
+            slots: (0..SLOTS).map(|_| None).collect(),
+        }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    fn fd(&self, slot: usize) -> Result<&File, Out> {
+        self.slots[slot].as_ref().ok_or(Out::Errno(libc::EBADF))
+    }
+
+    fn apply(&mut self, op: &Op) -> Out {
+        match op {
+            Op::Create { slot, path } => {
+                let r = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o644)
+                    .open(self.p(path));
+                match r {
+                    Ok(f) => {
+                        self.slots[*slot] = Some(f);
+                        Out::Ok
+                    }
+                    Err(e) => errno_of(&e),
+                }
+            }
+            Op::Open { slot, path } => {
+                match OpenOptions::new().read(true).write(true).open(self.p(path)) {
+                    Ok(f) => {
+                        self.slots[*slot] = Some(f);
+                        Out::Ok
+                    }
+                    Err(e) => errno_of(&e),
+                }
+            }
+            Op::Close { slot } => match self.slots[*slot].take() {
+                // close(2) reports write-back errors; File's Drop would swallow them.
+                Some(f) => {
+                    use std::os::fd::IntoRawFd;
+                    let fd = f.into_raw_fd();
+                    // SAFETY: fd was just released from the File, which no longer owns it.
+                    if unsafe { libc::close(fd) } == 0 {
+                        Out::Ok
+                    } else {
+                        last_err()
+                    }
+                }
+                None => Out::Errno(libc::EBADF),
+            },
+            Op::Write {
+                slot,
+                off,
+                len,
+                fill,
+            } => match self.fd(*slot) {
+                Ok(f) => res(f.write_at(&fill_bytes(*fill, *len), *off), Out::Count),
+                Err(e) => e,
+            },
+            Op::Read { slot, off, len } => match self.fd(*slot) {
+                Ok(f) => {
+                    let mut buf = vec![0u8; *len];
+                    let mut got = 0;
+                    loop {
+                        match f.read_at(&mut buf[got..], off + got as u64) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                got += n;
+                                if got == buf.len() {
+                                    break;
+                                }
+                            }
+                            Err(e) => return errno_of(&e),
+                        }
+                    }
+                    buf.truncate(got);
+                    Out::Bytes(buf)
+                }
+                Err(e) => e,
+            },
+            Op::Ftruncate { slot, size } => match self.fd(*slot) {
+                Ok(f) => res(f.set_len(*size), |_| Out::Ok),
+                Err(e) => e,
+            },
+            Op::Truncate { path, size } => {
+                let c = cpath(&self.p(path));
+                // SAFETY: c is a valid C string.
+                if unsafe { libc::truncate(c.as_ptr(), *size as libc::off_t) } == 0 {
+                    Out::Ok
+                } else {
+                    last_err()
+                }
+            }
+            Op::Fsync { slot } => match self.fd(*slot) {
+                Ok(f) => res(f.sync_all(), |_| Out::Ok),
+                Err(e) => e,
+            },
+            Op::Fstat { slot } => match self.fd(*slot) {
+                Ok(f) => res(f.metadata(), stat_out),
+                Err(e) => e,
+            },
+            Op::Stat { path } => res(std::fs::symlink_metadata(self.p(path)), stat_out),
+            Op::Rename { from, to } => res(std::fs::rename(self.p(from), self.p(to)), |_| Out::Ok),
+            Op::Link { from, to } => res(std::fs::hard_link(self.p(from), self.p(to)), |_| Out::Ok),
+            Op::Unlink { path } => res(std::fs::remove_file(self.p(path)), |_| Out::Ok),
+            Op::Mkdir { path } => res(std::fs::create_dir(self.p(path)), |_| Out::Ok),
+            Op::Rmdir { path } => res(std::fs::remove_dir(self.p(path)), |_| Out::Ok),
+            Op::Readdir { path } => res(list_dir(&self.p(path)), Out::Names),
+            Op::ReadWhole { path } => res(std::fs::read(self.p(path)), Out::Bytes),
+            Op::SetXattr { path, key, val } => {
+                let (c, k) = (
+                    cpath(&self.p(path)),
+                    CString::new(key.as_str()).expect("key"),
+                );
+                // SAFETY: valid C strings and a buffer of val.len() bytes.
+                let rc = unsafe {
+                    libc::lsetxattr(c.as_ptr(), k.as_ptr(), val.as_ptr().cast(), val.len(), 0)
+                };
+                if rc == 0 {
+                    Out::Ok
+                } else {
+                    last_err()
+                }
+            }
+            Op::GetXattr { path, key } => {
+                let (c, k) = (
+                    cpath(&self.p(path)),
+                    CString::new(key.as_str()).expect("key"),
+                );
+                let mut buf = vec![0u8; 4096];
+                // SAFETY: valid C strings and a buffer of buf.len() bytes.
+                let n = unsafe {
+                    libc::lgetxattr(c.as_ptr(), k.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                };
+                if n < 0 {
+                    return last_err();
+                }
+                buf.truncate(n as usize);
+                Out::Bytes(buf)
+            }
+            Op::ListXattr { path } => {
+                let c = cpath(&self.p(path));
+                let mut buf = vec![0u8; 4096];
+                // SAFETY: a valid C string and a buffer of buf.len() bytes.
+                let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    return last_err();
+                }
+                buf.truncate(n as usize);
+                let mut names: Vec<String> = buf
+                    .split(|b| *b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    // Other namespaces (security., system.) differ between filesystems.
+                    .filter(|s| s.starts_with("user."))
+                    .collect();
+                names.sort();
+                Out::Names(names)
+            }
+            Op::RemoveXattr { path, key } => {
+                let (c, k) = (
+                    cpath(&self.p(path)),
+                    CString::new(key.as_str()).expect("key"),
+                );
+                // SAFETY: valid C strings.
+                if unsafe { libc::lremovexattr(c.as_ptr(), k.as_ptr()) } == 0 {
+                    Out::Ok
+                } else {
+                    last_err()
+                }
+            }
+        }
+    }
+
+    fn close_all(&mut self) -> Vec<(usize, Out)> {
+        let open: Vec<usize> = (0..SLOTS).filter(|s| self.slots[*s].is_some()).collect();
+        open.into_iter()
+            .map(|s| (s, self.apply(&Op::Close { slot: s })))
+            .collect()
+    }
+}
+
+fn stat_out(m: std::fs::Metadata) -> Out {
+    let kind = m.mode() & libc::S_IFMT;
+    Out::Stat {
+        kind,
+        // A directory's size is filesystem-specific.
+        size: if kind == libc::S_IFDIR { 0 } else { m.size() },
+        // So is a directory's link count (btrfs says 1, ext4 counts subdirectories).
+        nlink: if kind == libc::S_IFDIR { 0 } else { m.nlink() },
+        mode: m.mode() & 0o7777,
+    }
+}
+
+fn list_dir(p: &Path) -> std::io::Result<Vec<String>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        let t = e.file_type()?;
+        let tag = if t.is_dir() { "/" } else { "" };
+        v.push(format!("{}{tag}", e.file_name().to_string_lossy()));
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// A difference between the two trees, or a call on the mount that took too long.
+#[derive(Debug)]
+pub struct ExerciseFailure {
+    pub seed: u64,
+    pub op_index: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for ExerciseFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {} op #{}: {} (replay: cirrus-exercise --seed {} ...)",
+            self.seed, self.op_index, self.message, self.seed
+        )
+    }
+}
+
+impl std::error::Error for ExerciseFailure {}
+
+/// Runs `cfg.ops` random operations on `mount` and `local` (both existing, empty
+/// directories), comparing every result, then compares the whole trees.
+pub fn run(
+    mount: &Path,
+    local: &Path,
+    cfg: &ExerciseConfig,
+    progress: Option<Arc<Progress>>,
+) -> Result<ExerciseReport, ExerciseFailure> {
+    let mut rng = SmallRng::seed_from_u64(cfg.seed);
+    let mut m = Side::new(mount);
+    let mut l = Side::new(local);
+    let mut rep = ExerciseReport::default();
+    let begun = Instant::now();
+    let fail = |i: usize, message: String| ExerciseFailure {
+        seed: cfg.seed,
+        op_index: i,
+        message,
+    };
+    let timed = |i: usize,
+                 what: &str,
+                 rep: &mut ExerciseReport,
+                 f: &mut dyn FnMut() -> Out|
+     -> Result<Out, ExerciseFailure> {
+        if let Some(p) = &progress {
+            p.in_flight_since_ms
+                .store(begun.elapsed().as_millis() as u64 + 1, Ordering::SeqCst);
+        }
+        let t = Instant::now();
+        let out = f();
+        let took = t.elapsed();
+        if let Some(p) = &progress {
+            p.in_flight_since_ms.store(0, Ordering::SeqCst);
+        }
+        if took > rep.slowest {
+            rep.slowest = took;
+            rep.slowest_op = what.to_string();
+        }
+        if took > cfg.deadline {
+            return Err(fail(
+                i,
+                format!(
+                    "{what} on the mount took {took:?}, over the {:?} deadline",
+                    cfg.deadline
+                ),
+            ));
+        }
+        Ok(out)
+    };
+    for i in 0..cfg.ops {
+        if progress
+            .as_ref()
+            .is_some_and(|p| p.stop.load(Ordering::SeqCst))
+        {
+            break;
+        }
+        let op = gen_op(&mut rng, cfg);
+        let what = format!("{op:?}").chars().take(160).collect::<String>();
+        if cfg.verbose {
+            eprintln!("#{i} {what}");
+        }
+        let want = l.apply(&op);
+        let got = timed(i, &what, &mut rep, &mut || m.apply(&op))?;
+        if want != got {
+            return Err(fail(
+                i,
+                format!("{what}: local gave {want}, mount gave {got}"),
+            ));
+        }
+        match (&op, &got) {
+            (Op::Write { .. }, Out::Count(n)) => rep.bytes_written += *n as u64,
+            (Op::Read { .. } | Op::ReadWhole { .. }, Out::Bytes(b)) => {
+                rep.bytes_read += b.len() as u64
+            }
+            _ => {}
+        }
+        rep.ops += 1;
+        if let Some(p) = &progress {
+            p.done.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    // Close everything (flush on the mount), then compare the whole trees.
+    let want = l.close_all();
+    let got = timed(cfg.ops, "close all", &mut rep, &mut || {
+        let v = m.close_all();
+        Out::Names(v.iter().map(|(s, o)| format!("{s}:{o}")).collect())
+    })?;
+    let want = Out::Names(want.iter().map(|(s, o)| format!("{s}:{o}")).collect());
+    if want != got {
+        return Err(fail(
+            cfg.ops,
+            format!("final close: local {want}, mount {got}"),
+        ));
+    }
+    compare_trees(mount, local).map_err(|e| fail(cfg.ops, format!("final tree: {e}")))?;
+    Ok(rep)
+}
+
+/// Compares two trees: names, kinds, sizes, bytes, modes. Returns the number of entries.
+pub fn compare_trees(a: &Path, b: &Path) -> Result<usize, String> {
+    let la = list_dir(a).map_err(|e| format!("list {}: {e}", a.display()))?;
+    let lb = list_dir(b).map_err(|e| format!("list {}: {e}", b.display()))?;
+    if la != lb {
+        return Err(format!(
+            "{} lists {la:?}, {} lists {lb:?}",
+            a.display(),
+            b.display()
+        ));
+    }
+    let mut n = 0;
+    for name in la {
+        n += 1;
+        let (pa, pb) = (
+            a.join(name.trim_end_matches('/')),
+            b.join(name.trim_end_matches('/')),
+        );
+        let (ma, mb) = (
+            std::fs::symlink_metadata(&pa).map_err(|e| format!("stat {}: {e}", pa.display()))?,
+            std::fs::symlink_metadata(&pb).map_err(|e| format!("stat {}: {e}", pb.display()))?,
+        );
+        let (sa, sb) = (stat_out(ma.clone()), stat_out(mb));
+        if sa != sb {
+            return Err(format!("{}: {sa} vs {}: {sb}", pa.display(), pb.display()));
+        }
+        if ma.is_dir() {
+            n += compare_trees(&pa, &pb)?;
+        } else if ma.is_file() {
+            let da = std::fs::read(&pa).map_err(|e| format!("read {}: {e}", pa.display()))?;
+            let db = std::fs::read(&pb).map_err(|e| format!("read {}: {e}", pb.display()))?;
+            if da != db {
+                let first = da.iter().zip(&db).position(|(x, y)| x != y);
+                return Err(format!(
+                    "{} and {} differ ({} vs {} bytes, first difference at {first:?})",
+                    pa.display(),
+                    pb.display(),
+                    da.len(),
+                    db.len()
+                ));
+            }
+        } else if ma.file_type().is_symlink() {
+            let (ta, tb) = (std::fs::read_link(&pa), std::fs::read_link(&pb));
+            if ta.as_ref().ok() != tb.as_ref().ok() {
+                return Err(format!("symlink {}: {ta:?} vs {tb:?}", pa.display()));
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Whether `dir`'s filesystem supports `user.` xattrs (tmpfs before 6.6 does not).
+pub fn supports_user_xattrs(dir: &Path) -> bool {
+    let p = dir.join(".xattr-probe");
+    if std::fs::write(&p, b"").is_err() {
+        return false;
+    }
+    let c = cpath(&p);
+    let k = CString::new("user.probe").expect("key");
+    // SAFETY: valid C strings and a 1-byte buffer.
+    let rc = unsafe { libc::setxattr(c.as_ptr(), k.as_ptr(), b"x".as_ptr().cast(), 1, 0) };
+    let _ = std::fs::remove_file(&p);
+    rc == 0
+}
+
+/// Parses `30s`, `500ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_ops_and_two_local_dirs_agree() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let mut cfg = ExerciseConfig::new(7);
+        cfg.ops = 400;
+        cfg.xattrs = supports_user_xattrs(a.path());
+        let r = run(a.path(), b.path(), &cfg, None).unwrap();
+        assert_eq!(r.ops, 400);
+        let mut r1 = SmallRng::seed_from_u64(9);
+        let mut r2 = SmallRng::seed_from_u64(9);
+        for _ in 0..50 {
+            assert_eq!(
+                format!("{:?}", gen_op(&mut r1, &cfg)),
+                format!("{:?}", gen_op(&mut r2, &cfg))
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_byte_is_caught() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::write(a.path().join("x"), b"hello").unwrap();
+        std::fs::write(b.path().join("x"), b"hellO").unwrap();
+        assert!(compare_trees(a.path(), b.path()).is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("soon").is_err());
+    }
+}

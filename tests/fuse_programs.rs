@@ -1,0 +1,158 @@
+//! Real programs on a real mount of a real cluster: tar, diff, cp -a, git, and a program
+//! doing mixed pwrite/pread/ftruncate/fsync checked against a local file.
+
+mod fuse_common;
+
+use fuse_common::{cluster, runtime, sh, within, Mount};
+use rand::{Rng, SeedableRng};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(300);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn git_archive_extracts_diffs_and_copies_back() {
+    let rt = runtime();
+    let c = cluster(&rt, 3, 2);
+    let m = Mount::new(&c.meta_addrs());
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let tar = w.join("src.tar");
+    sh(
+        repo(),
+        &format!("git archive --format=tar -o {} HEAD", tar.display()),
+        LONG,
+    );
+    std::fs::create_dir(w.join("local")).unwrap();
+    sh(
+        &w.join("local"),
+        &format!("tar -xf {}", tar.display()),
+        LONG,
+    );
+    let on = m.path.join("tree");
+    std::fs::create_dir(&on).unwrap();
+    sh(&on, &format!("tar -xf {}", tar.display()), LONG);
+    sh(w, &format!("diff -r local {}", on.display()), LONG);
+    // And back out, with modes and times.
+    sh(w, &format!("cp -a {} back", on.display()), LONG);
+    sh(w, "diff -r local back", LONG);
+    let files = sh(w, "find back -type f | wc -l", LONG);
+    assert!(
+        files.trim().parse::<u32>().unwrap() > 50,
+        "the archive should be a real source tree, got {files} files"
+    );
+}
+
+#[test]
+fn git_init_add_commit_log_on_the_mount() {
+    let rt = runtime();
+    let c = cluster(&rt, 3, 2);
+    let m = Mount::new(&c.meta_addrs());
+    let r = m.path.join("repo");
+    std::fs::create_dir(&r).unwrap();
+    sh(&r, "git init -q -b main .", LONG);
+    std::fs::write(r.join("README"), "first\n").unwrap();
+    std::fs::create_dir(r.join("src")).unwrap();
+    std::fs::write(r.join("src/lib.rs"), "pub fn x() {}\n".repeat(500)).unwrap();
+    sh(&r, "git add -A && git commit -q -m one", LONG);
+    std::fs::write(r.join("README"), "second\n").unwrap();
+    sh(
+        &r,
+        "git mv src/lib.rs src/main.rs && git commit -q -am two",
+        LONG,
+    );
+    let log = sh(&r, "git log --format=%s", LONG);
+    assert_eq!(log, "two\none\n");
+    sh(
+        &r,
+        "git fsck --strict --no-progress && git status --porcelain | (! grep .)",
+        LONG,
+    );
+    let show = sh(&r, "git show HEAD~1:README", LONG);
+    assert_eq!(show, "first\n");
+}
+
+#[test]
+fn mixed_pwrite_pread_ftruncate_fsync_match_a_local_file() {
+    let rt = runtime();
+    let c = cluster(&rt, 3, 2);
+    let m = Mount::new(&c.meta_addrs());
+    let local = tempfile::tempdir().unwrap();
+    let (mp, lp) = (m.path.join("mixed.bin"), local.path().join("mixed.bin"));
+    within("mixed pwrite/pread program", LONG, move || {
+        let open = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(p)
+                .unwrap()
+        };
+        let (fm, fl) = (open(&mp), open(&lp));
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(20261129);
+        const MIB: u64 = 1 << 20;
+        for i in 0..400 {
+            match rng.gen_range(0..10) {
+                0..=4 => {
+                    // Straddle stripe (1 MiB) boundaries often.
+                    let off = rng.gen_range(0..5 * MIB) & !(rng.gen_range(0..2) * 0xfff);
+                    let big = rng.gen_bool(0.2);
+                    let len = rng.gen_range(1..(if big { 2 * MIB } else { 70_000 }));
+                    let buf: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                    fm.write_all_at(&buf, off).unwrap();
+                    fl.write_all_at(&buf, off).unwrap();
+                }
+                5..=7 => {
+                    let off = rng.gen_range(0..6 * MIB);
+                    let len = rng.gen_range(1..(3 * MIB as usize / 2));
+                    let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
+                    let na = read_full(&fm, &mut a, off);
+                    let nb = read_full(&fl, &mut b, off);
+                    assert_eq!(na, nb, "op {i}: pread({off}, {len}) count differs");
+                    assert!(
+                        a[..na] == b[..nb],
+                        "op {i}: pread({off}, {len}) bytes differ"
+                    );
+                }
+                8 => {
+                    let size = rng.gen_range(0..6 * MIB);
+                    fm.set_len(size).unwrap();
+                    fl.set_len(size).unwrap();
+                }
+                _ => {
+                    fm.sync_all().unwrap();
+                    fl.sync_all().unwrap();
+                    assert_eq!(
+                        fm.metadata().unwrap().len(),
+                        fl.metadata().unwrap().len(),
+                        "op {i}: size after fsync"
+                    );
+                }
+            }
+        }
+        fm.sync_all().unwrap();
+        drop(fm);
+        drop(fl);
+        assert!(
+            std::fs::read(&mp).unwrap() == std::fs::read(&lp).unwrap(),
+            "final contents differ"
+        );
+    });
+}
+
+fn read_full(f: &std::fs::File, buf: &mut [u8], off: u64) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], off + got as u64).unwrap() {
+            0 => break,
+            n => got += n,
+        }
+    }
+    got
+}

@@ -350,13 +350,17 @@ impl Node {
         verify_pieces(w.off, &w.data, &w.crcs)?;
         let lock = self.obj_lock(w.key);
         let _g = lock.lock(align_down(w.off), align_up(end)).await;
-        if pos >= c.members.len() {
+        let syncing = pos >= c.members.len();
+        if syncing {
             self.tracker
                 .note_write(c.id, w.key, w.off / BLOCK, end.div_ceil(BLOCK));
         }
-        let size = self
-            .with_repair(&c, w.key, || self.store.write(c.id, w.key, w.off, &w.data))
-            .await?;
+        let size = if syncing && (!w.off.is_multiple_of(BLOCK) || !end.is_multiple_of(BLOCK)) {
+            self.write_blocks_from_tail(&c, &w, end).await?
+        } else {
+            self.with_repair(&c, w.key, || self.store.write(c.id, w.key, w.off, &w.data))
+                .await?
+        };
         if w.sync {
             self.store.sync(w.key).await?;
         }
@@ -368,6 +372,55 @@ impl Node {
             self.peers.write(&next, &fw).await?;
         }
         Ok(size)
+    }
+
+    /// An unaligned write reaching a member that is still syncing. Its edge blocks may hold
+    /// bytes rebuild has not copied yet, so a local read-modify-write would persist a block
+    /// that is right only where this write covers it, and rebuild skips blocks a chain
+    /// write touched. Instead the whole blocks come from the tail member: it has applied
+    /// this write (members persist before forwarding) and holds the range locked until
+    /// this server answers, so its blocks are exactly the state after this write.
+    async fn write_blocks_from_tail(
+        &self,
+        c: &ChainEntry,
+        w: &WriteArgs,
+        end: u64,
+    ) -> FsResult<u64> {
+        let (a, b) = (align_down(w.off), align_up(end));
+        let mut buf = self.tail_blocks(c, w.key, a, b).await?;
+        let at = (w.off - a) as usize;
+        if buf[at..at + w.data.len()] != w.data[..] {
+            return Err(FsError::Io(format!(
+                "the tail of chain {} version {} holds other bytes than the write it forwarded for {:?} at {}",
+                c.id, c.version, w.key, w.off
+            )));
+        }
+        buf.resize((b - a) as usize, 0);
+        Ok(self.store.put_blocks(c.id, w.key, a, &buf, end).await?)
+    }
+
+    /// Blocks `[a, b)` (aligned byte offsets) of the tail member's copy, zero-filled past
+    /// its object end.
+    async fn tail_blocks(
+        &self,
+        c: &ChainEntry,
+        key: ObjectKey,
+        a: u64,
+        b: u64,
+    ) -> FsResult<Vec<u8>> {
+        let tail = c.members.last().filter(|s| **s != self.me).ok_or_else(|| {
+            FsError::Unavailable(format!("chain {} has no member to sync from", c.id))
+        })?;
+        let addr = self
+            .addr_of(*tail)
+            .ok_or_else(|| FsError::Unavailable(format!("no address known for server {tail}")))?;
+        let (data, _) = self
+            .peers
+            .read(&addr, c, key, a, (b - a) as u32, true)
+            .await?;
+        let mut buf = data.to_vec();
+        buf.resize((b - a) as usize, 0);
+        Ok(buf)
     }
 
     /// Runs a store operation; on a checksum failure of blocks it must read (an edge
@@ -521,11 +574,19 @@ impl Node {
         let pos = self.position(&c, hop)?;
         let lock = self.obj_lock(key);
         let _g = lock.lock(align_down(size), u64::MAX).await;
-        if pos >= c.members.len() {
+        let syncing = pos >= c.members.len();
+        if syncing {
             self.tracker.note_truncate(c.id, key, size);
         }
         self.with_repair(&c, key, || self.store.truncate(c.id, key, size))
             .await?;
+        if syncing && !size.is_multiple_of(BLOCK) {
+            // The kept head of the new last block may not have been copied yet (see
+            // write_blocks_from_tail); the tail member has applied this truncate.
+            let a = align_down(size);
+            let blk = self.tail_blocks(&c, key, a, a + BLOCK).await?;
+            self.store.put_blocks(c.id, key, a, &blk, size).await?;
+        }
         if let Some(next) = self.next_addr(&c, pos)? {
             self.peers.truncate(&next, &c, key, size, hop + 1).await?;
         }

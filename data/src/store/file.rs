@@ -480,7 +480,7 @@ impl FileStore {
         data: &[u8],
         logical_end: u64,
     ) -> StoreResult<u64> {
-        if off % BLOCK != 0 || data.len() as u64 % BLOCK != 0 {
+        if !off.is_multiple_of(BLOCK) || !(data.len() as u64).is_multiple_of(BLOCK) {
             return Err(StoreError::Invalid("put_blocks needs whole blocks".into()));
         }
         let o = self.get_or_create(chain, key).await?;
@@ -549,7 +549,7 @@ impl FileStore {
             return Ok(());
         }
         let mut tail_crc = Vec::new();
-        if size % BLOCK != 0 {
+        if !size.is_multiple_of(BLOCK) {
             let a = align_down(size);
             let crcs = {
                 let m = o.meta.lock().await;

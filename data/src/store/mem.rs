@@ -54,11 +54,11 @@ impl MemStore {
         f(&mut self.objs.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn obj<'m>(
-        m: &'m mut HashMap<ObjectKey, MemObj>,
+    fn obj(
+        m: &mut HashMap<ObjectKey, MemObj>,
         chain: ChainId,
         key: ObjectKey,
-    ) -> StoreResult<&'m mut MemObj> {
+    ) -> StoreResult<&mut MemObj> {
         let o = m.entry(key).or_insert_with(|| MemObj {
             chain,
             data: Vec::new(),
@@ -170,7 +170,7 @@ impl ChunkStore for MemStore {
     ) -> BoxFuture<'_, StoreResult<()>> {
         let r = self.with(|m| {
             let o = Self::obj(m, chain, key)?;
-            if size < o.data.len() as u64 && size % BLOCK != 0 {
+            if size < o.data.len() as u64 && !size.is_multiple_of(BLOCK) {
                 let a = size / BLOCK * BLOCK;
                 verify(key, o, a, a + BLOCK)?;
             }

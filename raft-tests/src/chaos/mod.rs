@@ -181,8 +181,19 @@ impl Harness {
         3 + self.opts.data_servers
     }
 
+    /// The current meta leader; waits up to 5 s for one (right after a heal the group
+    /// may be between leaders).
     async fn leader(&self) -> Option<usize> {
-        self.cluster.leader_index().await.ok()
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(l) = self.cluster.leader_index().await {
+                return Some(l);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The `pick`-th node of `pool` that is not `busy`.
@@ -573,6 +584,13 @@ impl Harness {
             let begun = Instant::now();
             for p in &s.faults {
                 match self.start(p, &mut busy).await {
+                    Ok((ids, _)) if ids.is_empty() => {
+                        let t = now_ns(self.t0) as f64 / 1e9;
+                        self.notes.push(format!(
+                            "at {t:.1}s {} skipped: no target (no leader, no free node, or no data on disk yet)",
+                            p.kind.name()
+                        ));
+                    }
                     Ok(x) => active.push(x),
                     Err(e) => {
                         let t = now_ns(self.t0) as f64 / 1e9;
@@ -876,7 +894,16 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
         workers.push((child, cfg));
     }
     let posix = if opts.workloads.contains(&Workload::Posix) {
-        Some(posix_start(&meta_addrs, &opts, t0, work.path())?)
+        let ns = lab
+            .as_ref()
+            .map(|l| l.nodes[n_nodes + opts.clients - 1].ns.clone());
+        Some(posix_start(
+            &meta_addrs,
+            &opts,
+            t0,
+            work.path(),
+            ns.as_deref(),
+        )?)
     } else {
         None
     };
@@ -1124,13 +1151,140 @@ struct PosixHandle {
     mnt: PathBuf,
 }
 
+/// Mounts the filesystem with `cirrus mount --foreground` (inside the last client's
+/// network namespace when there is one: `nsenter --net` keeps the mount visible here),
+/// then runs the POSIX exerciser against it in a loop, each run in a fresh directory
+/// beside a local reference directory, until stopped.
 fn posix_start(
-    _meta: &str,
-    _opts: &Options,
-    _t0: Instant,
-    _work: &std::path::Path,
+    meta: &str,
+    opts: &Options,
+    t0: Instant,
+    work: &std::path::Path,
+    netns: Option<&str>,
 ) -> Result<PosixHandle> {
-    bail!("the posix workload is not available yet")
+    use crate::posix::{self, ExerciseConfig, Progress};
+    let mnt = work.join("mnt");
+    let local = work.join("local");
+    std::fs::create_dir_all(&mnt).context("create mount point")?;
+    std::fs::create_dir_all(&local).context("create local reference dir")?;
+    let bin = opts.cirrus.clone().unwrap_or_else(crate::cirrus_bin);
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let log = std::fs::File::create(opts.out.join("mount.log")).context("create mount log")?;
+    let err = log.try_clone().context("clone log")?;
+    cmd.args(["mount", "--foreground", "--deadline", "20s", meta])
+        .arg(&mnt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err));
+    let mut mount = crate::cluster::spawn_child(cmd).context("spawn cirrus mount")?;
+    let want = mnt.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|m| {
+                m.lines()
+                    .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+            })
+            .unwrap_or(false);
+        if mounted {
+            break;
+        }
+        if let Ok(Some(st)) = mount.try_wait() {
+            bail!(
+                "cirrus mount exited ({st}) before mounting; see {}",
+                opts.out.join("mount.log").display()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = mount.kill();
+            bail!("the FUSE mount was not ready within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
+    let (seed, st, pr, m2) = (opts.seed, stop.clone(), progress.clone(), mnt.clone());
+    let xattrs = posix::supports_user_xattrs(&local);
+    let thread = std::thread::spawn(move || {
+        let mut runs = Vec::new();
+        let mut i = 0u64;
+        while !st.load(std::sync::atomic::Ordering::SeqCst) {
+            i += 1;
+            let (a, b) = (m2.join(format!("run-{i}")), local.join(format!("run-{i}")));
+            let start_ns = now_ns(t0);
+            let rseed = seed ^ (i << 20);
+            if let Err(e) = std::fs::create_dir(&a) {
+                runs.push(PosixRun {
+                    seed: rseed,
+                    start_ns,
+                    end_ns: now_ns(t0),
+                    outcome: "unavailable".into(),
+                    ops: 0,
+                    slowest_s: 0.0,
+                    detail: format!("mkdir on the mount: {e}"),
+                });
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            let _ = std::fs::create_dir(&b);
+            let mut cfg = ExerciseConfig::new(rseed);
+            cfg.ops = 150;
+            cfg.xattrs = xattrs;
+            let r = posix::run(&a, &b, &cfg, Some(pr.clone()));
+            let end_ns = now_ns(t0);
+            runs.push(match r {
+                Ok(rep) => PosixRun {
+                    seed: rseed,
+                    start_ns,
+                    end_ns,
+                    outcome: "ok".into(),
+                    ops: rep.ops,
+                    slowest_s: rep.slowest.as_secs_f64(),
+                    detail: format!("slowest {}", rep.slowest_op),
+                },
+                Err(f) => {
+                    // EIO, ETIMEDOUT or ENOTCONN from the mount while faults run is the
+                    // mount giving up within its deadline, as designed; anything else
+                    // (different bytes, a wrong errno, a call past the deadline) is not.
+                    let unavailable = [
+                        "mount gave errno 5 ",
+                        "mount gave errno 110 ",
+                        "mount gave errno 107 ",
+                    ]
+                    .iter()
+                    .any(|p| f.message.contains(p));
+                    PosixRun {
+                        seed: rseed,
+                        start_ns,
+                        end_ns,
+                        outcome: if unavailable {
+                            "unavailable"
+                        } else {
+                            "violation"
+                        }
+                        .into(),
+                        ops: f.op_index,
+                        slowest_s: 0.0,
+                        detail: f.to_string(),
+                    }
+                }
+            });
+        }
+        runs
+    });
+    Ok(PosixHandle {
+        stop,
+        thread,
+        mount,
+        mnt,
+    })
 }
 
 async fn posix_stop(p: PosixHandle) -> Vec<PosixRun> {

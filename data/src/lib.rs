@@ -3,6 +3,7 @@
 //! Must not depend on: cirrus-meta, cirrus-client.
 
 pub mod node;
+pub mod ops_metrics;
 pub mod peer;
 pub mod rangelock;
 pub mod rebuild;

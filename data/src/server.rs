@@ -286,8 +286,16 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
     ));
 
     tracing::info!(listen = %args.listen, metrics = %metrics_addr, "data server serving");
+    let gauges = tokio::spawn(crate::ops_metrics::run(
+        node.clone(),
+        registry.clone(),
+        Duration::from_secs(2),
+    ));
     let r = net::server()
-        .add_service(DataService::new(node.clone()).into_server())
+        .add_service(metrics::Metered::new(
+            DataService::new(node.clone()).into_server(),
+            registry.clone(),
+        ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown_signal(),
@@ -295,6 +303,7 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
         .await;
     hb.abort();
     scrubber.abort();
+    gauges.abort();
     metrics_task.abort();
     r.context("data gRPC server")?;
     Ok(())

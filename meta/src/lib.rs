@@ -11,6 +11,7 @@ pub mod identity;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod ops_metrics;
 pub mod raft_types;
 pub mod service;
 pub mod sm_store;
@@ -188,8 +189,14 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         cirrus_proto::net::server()
-            .add_service(meta_svc)
-            .add_service(raft_svc)
+            .add_service(cirrus_proto::metrics::Metered::new(
+                meta_svc,
+                registry.clone(),
+            ))
+            .add_service(cirrus_proto::metrics::Metered::new(
+                raft_svc,
+                registry.clone(),
+            ))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             }),
@@ -203,10 +210,16 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
         has_state,
     ));
     let duties = tokio::spawn(node::duties(node.clone()));
+    let gauges = tokio::spawn(ops_metrics::run(
+        node.clone(),
+        registry.clone(),
+        Duration::from_secs(1),
+    ));
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
     duties.abort();
+    gauges.abort();
     boot.abort();
     let _ = stop_tx.send(());
     if let Err(e) = raft.shutdown().await {

@@ -265,6 +265,88 @@ pub async fn serve(
     }))
 }
 
+/// A gRPC service wrapped so that every call is counted and timed by method:
+/// `cirrus_requests_total{op,code}` (code = the gRPC status, "Ok" on success) and
+/// `cirrus_latency_seconds{op}` (until the response head, which for unary calls is after
+/// the handler finished). `op` is the method name of the path (`/cirrus.Meta/Lookup` ->
+/// `Lookup`), so the series cover every RPC without each handler doing anything.
+#[derive(Clone)]
+pub struct Metered<S> {
+    inner: S,
+    registry: Arc<Registry>,
+}
+
+impl<S> Metered<S> {
+    pub fn new(inner: S, registry: Arc<Registry>) -> Self {
+        Metered { inner, registry }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Metered<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, RB> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Metered<S>
+where
+    S: tonic::codegen::Service<
+        tonic::codegen::http::Request<B>,
+        Response = tonic::codegen::http::Response<RB>,
+    >,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let op = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("unknown")
+            .to_string();
+        let start = std::time::Instant::now();
+        let fut = self.inner.call(req);
+        let reg = self.registry.clone();
+        Box::pin(async move {
+            let r = fut.await;
+            let code = match &r {
+                Ok(resp) => match resp.headers().get("grpc-status") {
+                    Some(v) => format!("{:?}", tonic::Code::from_bytes(v.as_bytes())),
+                    None => "Ok".to_string(),
+                },
+                Err(_) => "transport".to_string(),
+            };
+            reg.histogram(
+                "cirrus_latency_seconds",
+                "gRPC call latency by method, seconds",
+                &[("op", &op)],
+            )
+            .observe(start.elapsed());
+            reg.counter(
+                "cirrus_requests_total",
+                "gRPC calls served, by method and status",
+                &[("op", &op), ("code", &code)],
+            )
+            .inc();
+            r
+        })
+    }
+}
+
 /// The default metrics address for a role: the listen host with `port + 1`.
 pub fn default_metrics_addr(listen: &str) -> String {
     match listen.rsplit_once(':') {

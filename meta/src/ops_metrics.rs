@@ -99,3 +99,53 @@ pub async fn run(node: Arc<MetaNode>, registry: Arc<Registry>, every: Duration) 
         tokio::time::sleep(every).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{
+        BasicNode, CommittedLeaderId, LogId, Membership, RaftMetrics, StoredMembership,
+    };
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn log(i: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), i)
+    }
+
+    fn metrics(state: ServerState, last_log: u64, applied: u64) -> RaftMetrics<NodeId, BasicNode> {
+        let voters: BTreeSet<NodeId> = [1, 2, 3].into();
+        let nodes: BTreeMap<NodeId, BasicNode> = voters
+            .iter()
+            .map(|v| (*v, BasicNode::new(format!("h{v}:7001"))))
+            .collect();
+        let mut m = RaftMetrics::new_initial(1);
+        m.state = state;
+        m.last_log_index = Some(last_log);
+        m.last_applied = Some(log(applied));
+        m.membership_config = Arc::new(StoredMembership::new(
+            Some(log(1)),
+            Membership::new(vec![voters], nodes),
+        ));
+        m
+    }
+
+    #[test]
+    fn leader_commit_index_is_the_majority_matched_index() {
+        let mut m = metrics(ServerState::Leader, 10, 7);
+        m.replication = Some([(1, Some(log(10))), (2, Some(log(8))), (3, Some(log(5)))].into());
+        assert_eq!(commit_index(&m), 8);
+        // The leader's own entry may lag in the map: its last log index counts.
+        m.replication = Some([(2, Some(log(9))), (3, None)].into());
+        assert_eq!(commit_index(&m), 9);
+        // Nobody matched yet: never below what was applied.
+        m.replication = Some([(2, None), (3, None)].into());
+        assert_eq!(commit_index(&m), 7);
+    }
+
+    #[test]
+    fn follower_commit_index_is_what_it_applied() {
+        let mut m = metrics(ServerState::Follower, 12, 11);
+        m.replication = None;
+        assert_eq!(commit_index(&m), 11);
+    }
+}

@@ -1,0 +1,116 @@
+//! Truncate and garbage collection through real processes (3 meta + 2 data, R=2): a chain
+//! truncate reaches every member, and bytes cut off read as zeros when a later write
+//! extends the object again, on each member's own copy; unlinking a file makes meta hand
+//! its objects to the data servers as garbage, and every member deletes the files.
+
+mod data_common;
+
+use anyhow::{anyhow, ensure, Result};
+use cirrus_raft_tests::cluster::ClusterBuilder;
+use cirrus_types::{ChainId, ChainVersion, InodeId, ObjectKey};
+use data_common::*;
+use std::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_bytes_read_as_zeros_after_extension_and_unlinked_objects_are_collected(
+) -> Result<()> {
+    let c = ClusterBuilder::new()
+        .data_servers(2)
+        .replicas(2)
+        .start()
+        .await?;
+    let cl = client(&c).await?;
+    let p = peers(&c).await?;
+    let (ino, layout) = new_file(&cl, "cut").await?;
+    let mut keys = Vec::new();
+    for (index, chain_id) in layout.chains.iter().enumerate() {
+        let key = ObjectKey {
+            inode: ino,
+            index: index as u32,
+        };
+        write(&cl, *chain_id, key, 0, pattern(index as u64, 0, 50_000))
+            .await
+            .map_err(|e| anyhow!("write object {index}: {e}"))?;
+        keys.push((*chain_id, key));
+    }
+    let (chain_id, key) = keys[0];
+
+    // Cut inside a block, then extend far past the old end.
+    cl.data()
+        .truncate(chain_id, key, 5_000, Instant::now() + GENEROUS)
+        .await
+        .map_err(|e| anyhow!("truncate: {e}"))?;
+    let tail = pattern(9, 70_000, 300);
+    write(&cl, chain_id, key, 70_000, tail.clone())
+        .await
+        .map_err(|e| anyhow!("extend: {e}"))?;
+    let mut want = pattern(0, 0, 5_000);
+    want.resize(70_000, 0);
+    want.extend_from_slice(&tail);
+    let got = read(&cl, chain_id, key, 0, 1 << 20)
+        .await
+        .map_err(|e| anyhow!("read: {e}"))?;
+    ensure!(
+        got == want,
+        "client read after truncate + extension is wrong"
+    );
+    let ch = chain(&c, chain_id).await?;
+    ensure!(ch.members.len() == 2, "chain should have 2 members: {ch:?}");
+    for sid in &ch.members {
+        let i = index_of(&c, *sid).await?;
+        let (own, size) = local_read(
+            &c,
+            &p,
+            i,
+            chain_id,
+            ChainVersion(ch.version),
+            key,
+            0,
+            1 << 20,
+        )
+        .await
+        .map_err(|e| anyhow!("local read on data-{}: {e}", i + 1))?;
+        ensure!(
+            own == want && size == want.len() as u64,
+            "data-{} holds other bytes after truncate + extension",
+            i + 1
+        );
+    }
+
+    // Unlink: every member of every chain of the file deletes its objects.
+    cl.meta()
+        .unlink(InodeId::ROOT, b"cut")
+        .await
+        .map_err(|e| anyhow!("unlink: {e}"))?;
+    let chains: Vec<ChainId> = layout.chains.clone();
+    wait_for(
+        "every object of the unlinked file deleted on every member",
+        || async {
+            for ch in &chains {
+                let Ok(info) = chain(&c, *ch).await else {
+                    return None;
+                };
+                for sid in info.members.iter().chain(info.syncing.iter()) {
+                    let i = index_of(&c, *sid).await.ok()?;
+                    let listed = list_objects(&c, &p, i, *ch).await.ok()?;
+                    if listed.iter().any(|(o, _, _)| *o == ino.0) {
+                        return None;
+                    }
+                }
+            }
+            Some(())
+        },
+    )
+    .await?;
+    for i in 0..c.data_count() {
+        for (ch, key) in &keys {
+            let (dat, crc) = object_files(&c, i, *ch, *key);
+            ensure!(
+                !dat.exists() && !crc.exists(),
+                "data-{} still has files of the unlinked object {key:?}",
+                i + 1
+            );
+        }
+    }
+    Ok(())
+}

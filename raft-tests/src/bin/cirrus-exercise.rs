@@ -62,8 +62,8 @@ fn main() -> std::process::ExitCode {
     match posix::run(&m, &l, &cfg, None) {
         Ok(r) => {
             println!(
-                "cirrus-exercise: seed {seed}: {} ops agree ({} B written, {} B read; slowest call {:?}: {})",
-                r.ops, r.bytes_written, r.bytes_read, r.slowest, r.slowest_op
+                "cirrus-exercise: seed {seed}: {} ops agree ({} succeeded; {} B written, {} B read; slowest call {:?}: {})",
+                r.ops, r.ok_ops, r.bytes_written, r.bytes_read, r.slowest, r.slowest_op
             );
             std::process::ExitCode::SUCCESS
         }

@@ -1,0 +1,45 @@
+//! The seeded random POSIX exerciser (`cirrus_raft_tests::posix`, also the
+//! `cirrus-exercise` binary) on a real mount against a local directory, for a few seeds.
+//! Every result (errno, counts, bytes, stats, listings, xattrs) must agree.
+
+mod fuse_common;
+
+use cirrus_raft_tests::posix::{self, ExerciseConfig};
+use fuse_common::{cluster, runtime, within, Mount};
+use std::time::Duration;
+
+#[test]
+fn random_posix_calls_agree_with_a_local_directory() {
+    let rt = runtime();
+    let c = cluster(&rt, 3, 2);
+    let m = Mount::new(&c.meta_addrs());
+    let local = tempfile::tempdir().unwrap();
+    let xattrs = posix::supports_user_xattrs(local.path());
+    assert!(
+        xattrs,
+        "the local temp dir {} has no user xattrs; the xattr calls cannot be compared",
+        local.path().display()
+    );
+    for seed in [1u64, 2, 3] {
+        let (md, ld) = (
+            m.path.join(format!("s{seed}")),
+            local.path().join(format!("s{seed}")),
+        );
+        std::fs::create_dir(&md).unwrap();
+        std::fs::create_dir(&ld).unwrap();
+        let mut cfg = ExerciseConfig::new(seed);
+        cfg.ops = 250;
+        cfg.deadline = Duration::from_secs(40);
+        eprintln!("exerciser seed {seed} (replay: cirrus-exercise --seed {seed} --ops 250)");
+        let r = within("exerciser", Duration::from_secs(400), move || {
+            posix::run(&md, &ld, &cfg, None)
+        });
+        match r {
+            Ok(rep) => eprintln!(
+                "seed {seed}: {} ops ({} succeeded), {} B written, {} B read, slowest {:?} ({})",
+                rep.ops, rep.ok_ops, rep.bytes_written, rep.bytes_read, rep.slowest, rep.slowest_op
+            ),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

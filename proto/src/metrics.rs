@@ -427,4 +427,60 @@ mod tests {
         assert_eq!(default_metrics_addr("0.0.0.0:7001"), "0.0.0.0:7002");
         assert_eq!(default_metrics_addr("127.0.0.1:7101"), "127.0.0.1:7102");
     }
+
+    /// A stand-in gRPC service: paths ending in "Bad" answer NOT_FOUND (trailers-only).
+    #[derive(Clone)]
+    struct Fake;
+    impl tonic::codegen::Service<tonic::codegen::http::Request<()>> for Fake {
+        type Response = tonic::codegen::http::Response<()>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: tonic::codegen::http::Request<()>) -> Self::Future {
+            let mut resp = tonic::codegen::http::Response::new(());
+            if req.uri().path().ends_with("Bad") {
+                resp.headers_mut().insert(
+                    "grpc-status",
+                    tonic::codegen::http::HeaderValue::from_static("5"),
+                );
+            }
+            std::future::ready(Ok(resp))
+        }
+    }
+
+    #[tokio::test]
+    async fn metered_counts_and_times_each_method_with_its_status() {
+        use tonic::codegen::Service;
+        let r = Registry::new();
+        let mut svc = Metered::new(Fake, r.clone());
+        for path in [
+            "/cirrus.v1.Meta/Lookup",
+            "/cirrus.v1.Meta/Lookup",
+            "/cirrus.v1.Meta/Bad",
+        ] {
+            let req = tonic::codegen::http::Request::builder()
+                .uri(path)
+                .body(())
+                .unwrap();
+            svc.call(req).await.unwrap();
+        }
+        let text = r.render();
+        assert!(
+            text.contains("cirrus_requests_total{op=\"Lookup\",code=\"Ok\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cirrus_requests_total{op=\"Bad\",code=\"NotFound\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cirrus_latency_seconds_count{op=\"Lookup\"} 2"),
+            "{text}"
+        );
+    }
 }

@@ -5,7 +5,8 @@
 //! them, hard links, renames, and the mode bit. Server-allocated inode numbers are taken
 //! from the observed outputs (a successful create says which inode it made, and the model
 //! requires it to be fresh); an operation with an unknown outcome gets a placeholder inode
-//! that any observed inode number matches, which weakens the check only around such ops.
+//! that any fresh observed inode number matches, which weakens the check only around such
+//! ops; the first observation binds the placeholder to the real number.
 
 use crate::history::{DirIx, ErrKind, MetaOp, MetaRet, SeenAttr};
 use crate::wgl;
@@ -63,6 +64,18 @@ impl NsState {
             mode: i.mode,
             nlink: i.nlink,
         })
+    }
+
+    /// Renames placeholder inode `from` to the real number `to`.
+    fn rebind(&mut self, from: u64, to: u64) {
+        if let Some(i) = self.inodes.remove(&from) {
+            self.inodes.insert(to, i);
+        }
+        for v in self.entries.values_mut() {
+            if *v == from {
+                *v = to;
+            }
+        }
     }
 
     fn drop_link(&mut self, ino: u64) {
@@ -234,7 +247,21 @@ impl wgl::Model for NsModel {
         let want = next.apply(op, new_ino).ok()?;
         match out {
             None => Some(next),
-            Some(got) if matches(&want, got) => Some(next),
+            Some(got) if matches(&want, got) => {
+                // An observation of an inode the model only knows by placeholder (made by
+                // an op with an unknown outcome) reveals its real number: from here on the
+                // client may use that number (getattr, link, setattr), so bind it.
+                if let (MetaRet::Attr { attr: w }, MetaRet::Attr { attr: g }) = (&want, got) {
+                    if w.ino >= PLACEHOLDER_BASE && g.ino < PLACEHOLDER_BASE {
+                        if next.inodes.contains_key(&g.ino) {
+                            // That number belongs to another live inode.
+                            return None;
+                        }
+                        next.rebind(w.ino, g.ino);
+                    }
+                }
+                Some(next)
+            }
             Some(_) => None,
         }
     }
@@ -521,6 +548,56 @@ mod tests {
         ];
         assert!(matches!(
             check(&NsModel, &wrong, B),
+            Verdict::Violation { .. }
+        ));
+    }
+
+    /// Found by cirrus-chaos seed 3: a create whose outcome was unknown (timeout during a
+    /// partition) made inode 28; a lookup revealed 28, the client then called getattr(28)
+    /// and the model, still knowing the inode only by its placeholder, said NotFound.
+    #[test]
+    fn inode_of_an_unknown_create_learned_by_lookup_is_then_known_by_number() {
+        let lookup = MetaOp::Lookup {
+            dir: 0,
+            name: "b".into(),
+        };
+        let h = vec![
+            o(0, 0, None, create("b"), None),
+            o(
+                1,
+                2,
+                Some(3),
+                lookup.clone(),
+                Some(attr(28, false, 0o644, 1)),
+            ),
+            o(
+                2,
+                4,
+                Some(5),
+                MetaOp::Getattr { ino: 28 },
+                Some(attr(28, false, 0o644, 1)),
+            ),
+            o(
+                3,
+                6,
+                Some(7),
+                MetaOp::Link {
+                    ino: 28,
+                    dir: 1,
+                    name: "l".into(),
+                },
+                Some(attr(28, false, 0o644, 2)),
+            ),
+        ];
+        assert_eq!(check(&NsModel, &h, B), Verdict::Linearizable);
+        // The revealed number must still be fresh: another live file's inode is not.
+        let taken = vec![
+            o(0, 0, Some(1), create("a"), Some(attr(10, false, 0o644, 1))),
+            o(1, 2, None, create("b"), None),
+            o(2, 4, Some(5), lookup, Some(attr(10, false, 0o644, 1))),
+        ];
+        assert!(matches!(
+            check(&NsModel, &taken, B),
             Verdict::Violation { .. }
         ));
     }

@@ -146,7 +146,7 @@ enum Undo {
 /// Samples of the monitor: (ns, leader index), (ns, chains healthy).
 #[derive(Default)]
 struct Samples {
-    leader: Vec<(u64, Option<usize>)>,
+    leader: Vec<(u64, Option<(usize, u64)>)>,
     chains: Vec<(u64, bool)>,
 }
 
@@ -701,7 +701,7 @@ async fn monitor(
             }
         }
         if let Ok(mut s) = samples.lock() {
-            s.leader.push((t, best.map(|(_, i)| i)));
+            s.leader.push((t, best.map(|(term, i)| (i, term))));
             if let Some(h) = healthy {
                 s.chains.push((t, h));
             }
@@ -1074,11 +1074,20 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
     let s = s.unwrap_or_default();
     let mut failovers = Vec::new();
     for (i, old) in &h.aimed_leader {
+        // A new leader: another node, or the same one re-elected in a later term.
         let from = h.faults[*i].start_ns;
+        let old_term = s
+            .leader
+            .iter()
+            .filter(|(t, _)| *t <= from)
+            .filter_map(|(_, l)| *l)
+            .next_back()
+            .map(|(_, term)| term)
+            .unwrap_or(0);
         if let Some((t, _)) = s
             .leader
             .iter()
-            .find(|(t, l)| *t > from && l.is_some_and(|l| l != *old))
+            .find(|(t, l)| *t > from && l.is_some_and(|(l, term)| l != *old || term > old_term))
         {
             failovers.push((*t - from) as f64 / 1e9);
         }
@@ -1250,13 +1259,15 @@ fn posix_start(
                     detail: format!("slowest {}", rep.slowest_op),
                 },
                 Err(f) => {
-                    // EIO, ETIMEDOUT or ENOTCONN from the mount while faults run is the
+                    // EIO, ETIMEDOUT, ENOTCONN or ENOSPC from the mount while faults run is the
                     // mount giving up within its deadline, as designed; anything else
                     // (different bytes, a wrong errno, a call past the deadline) is not.
                     let unavailable = [
                         "mount gave errno 5 ",
                         "mount gave errno 110 ",
                         "mount gave errno 107 ",
+                        // A data server's disk really is full during disk-full.
+                        "mount gave errno 28 ",
                     ]
                     .iter()
                     .any(|p| f.message.contains(p));

@@ -850,7 +850,15 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
     if let Some(bin) = &opts.cirrus {
         b = b.bin(bin);
     }
+    let began = Instant::now();
+    let phase = |what: &str| {
+        println!(
+            "cirrus-chaos: {:>6.1}s {what}",
+            began.elapsed().as_secs_f64()
+        )
+    };
     let cluster = b.start().await.context("start the cluster")?;
+    phase("cluster up");
     let meta_addrs = cluster.meta_addrs();
     let addrs: Vec<String> = meta_addrs.split(',').map(String::from).collect();
     let cluster_id = meta::cluster_id(&addrs).await?;
@@ -932,7 +940,9 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
         notes,
     };
     let end = t0 + opts.duration;
+    phase("safety phase: faults on");
     h.safety(&steps, end).await;
+    phase("safety phase over: stopping clients");
     let safety_s = t0.elapsed().as_secs_f64();
 
     // Stop the clients (they finish their current call, bounded by its deadline).
@@ -976,6 +986,7 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
     };
 
     // ---- heal phase
+    phase("heal phase: undoing every fault");
     h.heal_all().await;
     let heal_start_ns = now_ns(t0);
     let (serves, serves_s) = check::serves_after_heal::check(
@@ -1015,6 +1026,7 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
         r.id = next_id;
         next_id += 1;
     }
+    phase("healed; reading every acknowledged slot back");
     let unreadable = if want_data {
         match verifier.verify_all(&meta_addrs).await {
             Ok(n) => n,
@@ -1041,6 +1053,7 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
     let reads = verifier.reads.lock().map(|r| r.clone()).unwrap_or_default();
 
     // ---- check
+    phase("checking");
     let mut checks = Vec::new();
     if want_meta {
         checks.push(check::linearizable::check(

@@ -167,6 +167,7 @@ async fn metrics_of_meta_and_data_cover_ops_bytes_raft_chains_rebuild_and_scrub_
             "cirrus_data_scrub_bytes_total",
             "cirrus_data_scrub_errors_total",
             "cirrus_data_objects",
+            "cirrus_data_stored_bytes",
             "cirrus_data_free_bytes",
         ] {
             s.get(name, &[]);
@@ -259,7 +260,9 @@ async fn metrics_of_meta_and_data_cover_ops_bytes_raft_chains_rebuild_and_scrub_
     let deadline = tokio::time::Instant::now() + MOVE;
     let d2 = loop {
         let v = scrape_all(&data_m).await?;
-        if total(&v, "cirrus_data_objects", &[]) >= 2.0 {
+        if total(&v, "cirrus_data_objects", &[]) >= 2.0
+            && total(&v, "cirrus_data_stored_bytes", &[]) >= 2.0 * data.len() as f64
+        {
             break v;
         }
         if tokio::time::Instant::now() > deadline {

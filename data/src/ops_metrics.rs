@@ -1,8 +1,8 @@
 //! Gauges of a data server for `/metrics`, refreshed every few seconds: rebuild progress
 //! (chains being rebuilt into this server, chains it has caught up in), the store (objects,
-//! capacity, free bytes) and whether O_DIRECT is in use. Counters (requests and bytes,
-//! scrub and rebuild bytes, passes, errors) are bumped where the work happens
-//! (`node::Stats`, `cirrus_proto::metrics::Metered`).
+//! their bytes, which is what one scrub pass reads, capacity, free bytes) and whether
+//! O_DIRECT is in use. Counters (requests and bytes, scrub and rebuild bytes, passes,
+//! errors) are bumped where the work happens (`node::Stats`, `metrics::Metered`).
 
 use crate::node::Node;
 use cirrus_proto::metrics::Registry;
@@ -21,6 +21,10 @@ pub async fn run(node: Arc<Node>, registry: Arc<Registry>, every: Duration) {
         "chains this server finished rebuilding, waiting for the meta group to make it a member",
     );
     let objects = g("cirrus_data_objects", "objects in the store");
+    let stored = g(
+        "cirrus_data_stored_bytes",
+        "logical bytes of all objects: one scrub pass reads this much",
+    );
     let capacity = g("cirrus_data_capacity_bytes", "size of the data file system");
     let free = g(
         "cirrus_data_free_bytes",
@@ -39,15 +43,18 @@ pub async fn run(node: Arc<Node>, registry: Arc<Registry>, every: Duration) {
         rebuilding.set(r as i64);
         caught_up.set(c as i64);
         let store = node.store.clone();
-        if let Ok((cap, fr, n)) = tokio::task::spawn_blocking(move || {
+        if let Ok((cap, fr, n, bytes)) = tokio::task::spawn_blocking(move || {
             let (cap, fr) = store.space();
-            (cap, fr, store.list().len())
+            let list = store.list();
+            let bytes: u64 = list.iter().map(|o| o.size).sum();
+            (cap, fr, list.len(), bytes)
         })
         .await
         {
             capacity.set(cap as i64);
             free.set(fr as i64);
             objects.set(n as i64);
+            stored.set(bytes as i64);
         }
         direct.set(i64::from(node.store.direct_io()));
         tokio::time::sleep(every).await;

@@ -103,6 +103,8 @@ pub enum ErrKind {
     IsDir,
     NotDir,
     NotEmpty,
+    /// ENOSPC: a create with no chain that has a live member (no layout can be chosen).
+    NoSpace,
     Other,
 }
 

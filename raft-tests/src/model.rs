@@ -243,6 +243,19 @@ impl wgl::Model for NsModel {
             Some(MetaRet::Attr { attr }) => attr.ino,
             _ => PLACEHOLDER_BASE + id as u64,
         };
+        // A create may be refused with ENOSPC when no chain has a live data server (its
+        // layout is fixed at create): no effect, and only where the name is free, since
+        // the server checks the name first.
+        if let (
+            MetaOp::Create { dir, name, .. },
+            Some(MetaRet::Err {
+                err: ErrKind::NoSpace,
+                ..
+            }),
+        ) = (op, out)
+        {
+            return (!state.entries.contains_key(&(*dir, name.clone()))).then(|| state.clone());
+        }
         let mut next = state.clone();
         let want = next.apply(op, new_ino).ok()?;
         match out {
@@ -548,6 +561,38 @@ mod tests {
         ];
         assert!(matches!(
             check(&NsModel, &wrong, B),
+            Verdict::Violation { .. }
+        ));
+    }
+
+    /// Found by cirrus-chaos seed 2: a split put every data server on the far side of the
+    /// meta leader, meta dropped them all, and a create answered ENOSPC (no chain with a
+    /// live member to lay the file out on). That is a definite refusal with no effect.
+    #[test]
+    fn create_refused_with_enospc_while_no_data_server_is_alive_changes_nothing() {
+        let nospc = MetaRet::Err {
+            err: ErrKind::NoSpace,
+            msg: "no space left on device".into(),
+        };
+        let h = vec![
+            o(0, 0, Some(1), create("a"), Some(nospc.clone())),
+            o(
+                1,
+                2,
+                Some(3),
+                MetaOp::Readdir { dir: 0 },
+                Some(MetaRet::Names { names: vec![] }),
+            ),
+            o(2, 4, Some(5), create("a"), Some(attr(7, false, 0o644, 1))),
+        ];
+        assert_eq!(check(&NsModel, &h, B), Verdict::Linearizable);
+        // Where the name is taken the server says Exists first, so ENOSPC is not possible.
+        let bad = vec![
+            o(0, 0, Some(1), create("a"), Some(attr(7, false, 0o644, 1))),
+            o(1, 2, Some(3), create("a"), Some(nospc)),
+        ];
+        assert!(matches!(
+            check(&NsModel, &bad, B),
             Verdict::Violation { .. }
         ));
     }

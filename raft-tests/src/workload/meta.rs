@@ -63,6 +63,7 @@ fn classify_err(e: &FsError) -> Option<ErrKind> {
         FsError::IsDir => ErrKind::IsDir,
         FsError::NotDir => ErrKind::NotDir,
         FsError::NotEmpty => ErrKind::NotEmpty,
+        FsError::NoSpace => ErrKind::NoSpace,
         FsError::NotLeader { .. }
         | FsError::Unavailable(_)
         | FsError::Timeout(_)

@@ -16,12 +16,13 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -35,6 +36,21 @@ const FILE_TTL: Duration = Duration::ZERO;
 pub struct CirrusFs {
     client: Arc<Client>,
     rt: tokio::runtime::Handle,
+    /// `security.*` xattrs known to be absent, until the instant given. The kernel asks
+    /// for `security.capability` before every write(2) (to drop file capabilities); without
+    /// this each write waited for a meta round trip. Local set/remove clear the entry;
+    /// another mount's `setcap` is seen within `DIR_TTL`, like a new name.
+    absent_xattrs: Arc<std::sync::Mutex<HashMap<(u64, Vec<u8>), Instant>>>,
+    /// Bumped by every local `security.*` set/remove: an absent answer fetched across one
+    /// is not cached (it may predate the change).
+    xattr_gen: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Entries kept in `absent_xattrs` before it is cleared wholesale.
+const ABSENT_XATTRS_MAX: usize = 65536;
+
+fn is_security_xattr(n: &[u8]) -> bool {
+    n.starts_with(b"security.")
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -122,7 +138,21 @@ fn set_time(t: TimeOrNow) -> SetTime {
 
 impl CirrusFs {
     pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle) -> Self {
-        CirrusFs { client, rt }
+        CirrusFs {
+            client,
+            rt,
+            absent_xattrs: Arc::default(),
+            xattr_gen: Arc::default(),
+        }
+    }
+
+    fn forget_absent(&self, ino: u64, n: &[u8]) {
+        if is_security_xattr(n) {
+            let mut m = self.absent_xattrs.lock().unwrap_or_else(|p| p.into_inner());
+            self.xattr_gen
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            m.remove(&(ino, n.to_vec()));
+        }
     }
 
     /// Runs `f` on the runtime under the client's deadline; `done` gets its result.
@@ -640,6 +670,7 @@ impl Filesystem for CirrusFs {
     ) {
         let (n, v) = (name(n), value.to_vec());
         let flags = (flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE)) as u32;
+        self.forget_absent(ino.0, &n);
         self.run(
             move |c| async move { c.meta().setxattr(InodeId(ino.0), &n, &v, flags).await },
             move |r| empty(reply, r),
@@ -648,9 +679,39 @@ impl Filesystem for CirrusFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
         let n = name(n);
+        let cache = is_security_xattr(&n).then(|| self.absent_xattrs.clone());
+        if let Some(c) = &cache {
+            let key = (ino.0, n.clone());
+            let mut m = c.lock().unwrap_or_else(|p| p.into_inner());
+            match m.get(&key) {
+                Some(until) if *until > Instant::now() => {
+                    drop(m);
+                    reply.error(errno(&FsError::NoAttr));
+                    return;
+                }
+                Some(_) => {
+                    m.remove(&key);
+                }
+                None => {}
+            }
+        }
+        let key_name = n.clone();
+        let gen = self.xattr_gen.clone();
+        let gen0 = gen.load(std::sync::atomic::Ordering::SeqCst);
         self.run(
             move |c| async move { c.meta().getxattr(InodeId(ino.0), &n).await },
-            move |r| xattr_reply(reply, size, r),
+            move |r| {
+                if let (Some(c), Err(FsError::NoAttr)) = (&cache, &r) {
+                    let mut m = c.lock().unwrap_or_else(|p| p.into_inner());
+                    if gen.load(std::sync::atomic::Ordering::SeqCst) == gen0 {
+                        if m.len() >= ABSENT_XATTRS_MAX {
+                            m.clear();
+                        }
+                        m.insert((ino.0, key_name), Instant::now() + DIR_TTL);
+                    }
+                }
+                xattr_reply(reply, size, r)
+            },
         );
     }
 
@@ -671,6 +732,7 @@ impl Filesystem for CirrusFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let n = name(n);
+        self.forget_absent(ino.0, &n);
         self.run(
             move |c| async move { c.meta().removexattr(InodeId(ino.0), &n).await },
             move |r| empty(reply, r),
@@ -698,19 +760,33 @@ impl Filesystem for CirrusFs {
         }
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
         let exclusive = flags & libc::O_EXCL != 0;
+        let absent = self.absent_xattrs.clone();
         self.run(
             move |c| async move {
                 c.create(InodeId(parent.0), &n, mode, uid, gid, exclusive)
                     .await
             },
             move |r| match r {
-                Ok((fh, a)) => reply.created(
-                    &DIR_TTL,
-                    &file_attr(&a),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+                Ok((fh, a)) => {
+                    if exclusive {
+                        // A file this call made has no xattrs: spare the first write's
+                        // security.capability round trip.
+                        let mut m = absent.lock().unwrap_or_else(|p| p.into_inner());
+                        if m.len() < ABSENT_XATTRS_MAX {
+                            m.insert(
+                                (a.ino.0, b"security.capability".to_vec()),
+                                Instant::now() + DIR_TTL,
+                            );
+                        }
+                    }
+                    reply.created(
+                        &DIR_TTL,
+                        &file_attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }
                 Err(e) => reply.error(errno(&e)),
             },
         );

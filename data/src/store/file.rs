@@ -15,7 +15,7 @@
 
 use super::format::{crc_offset, Header};
 use super::{
-    bad_blocks, zero_block_crc, ChunkStore, ObjectInfo, ReadOut, StoreError, StoreResult, BLOCK,
+    bad_blocks_in, zero_block_crc, ChunkStore, ObjectInfo, ReadOut, StoreError, StoreResult, BLOCK,
 };
 use crate::rangelock::RangeLock;
 use crate::uring::{AlignedBuf, Ring};
@@ -404,16 +404,13 @@ impl FileStore {
         Ok(new_size)
     }
 
+    /// The crcs of blocks `[first, first + n)` (holes past the end as zero blocks). Only
+    /// the window: a copy of the whole vector would cost O(object size) per request.
     fn snapshot(&self, m: &Meta, first: u64, n: u64) -> Vec<u32> {
-        let mut v = vec![zero_block_crc(); (first + n) as usize];
-        for (i, c) in m
-            .crcs
-            .iter()
-            .enumerate()
-            .skip(first as usize)
-            .take(n as usize)
-        {
-            v[i] = *c;
+        let mut v = vec![zero_block_crc(); n as usize];
+        let have = m.crcs.get(first as usize..).unwrap_or(&[]);
+        for (slot, c) in v.iter_mut().zip(have) {
+            *slot = *c;
         }
         v
     }
@@ -451,7 +448,11 @@ impl FileStore {
         }
         for e in edges {
             let blk = self.read_blocks(&o, e, e + BLOCK).await?;
-            let bad = bad_blocks(e / BLOCK, blk.as_slice(), &crcs);
+            let bad = bad_blocks_in(
+                e / BLOCK,
+                blk.as_slice(),
+                &crcs[((e - a) / BLOCK) as usize..],
+            );
             if !bad.is_empty() {
                 return Err(StoreError::Corrupt { key, blocks: bad });
             }
@@ -525,7 +526,7 @@ impl FileStore {
             });
         }
         let buf = self.read_blocks(&o, a, b).await?;
-        let bad = bad_blocks(a / BLOCK, buf.as_slice(), &crcs);
+        let bad = bad_blocks_in(a / BLOCK, buf.as_slice(), &crcs);
         if !bad.is_empty() {
             return Err(StoreError::Corrupt { key, blocks: bad });
         }
@@ -556,7 +557,7 @@ impl FileStore {
                 self.snapshot(&m, a / BLOCK, 1)
             };
             let mut blk = self.read_blocks(&o, a, a + BLOCK).await?;
-            let bad = bad_blocks(a / BLOCK, blk.as_slice(), &crcs);
+            let bad = bad_blocks_in(a / BLOCK, blk.as_slice(), &crcs);
             if !bad.is_empty() {
                 return Err(StoreError::Corrupt { key, blocks: bad });
             }

@@ -132,13 +132,19 @@ pub fn zero_block_crc() -> u32 {
     *ZERO.get_or_init(|| crc32c::crc32c(&[0u8; BLOCK as usize]))
 }
 
-/// Checks `buf` (which starts at block `first`) against `crcs`; returns bad block indexes.
+/// Checks `buf` (which starts at block `first`) against `crcs` (indexed by block number);
+/// returns bad block indexes.
 pub fn bad_blocks(first: u64, buf: &[u8], crcs: &[u32]) -> Vec<u64> {
+    bad_blocks_in(first, buf, crcs.get(first as usize..).unwrap_or(&[]))
+}
+
+/// Like [`bad_blocks`], with `window[i]` the crc of block `first + i` (missing: a hole).
+pub fn bad_blocks_in(first: u64, buf: &[u8], window: &[u32]) -> Vec<u64> {
     buf.chunks(BLOCK as usize)
         .enumerate()
         .filter_map(|(i, chunk)| {
             let b = first + i as u64;
-            let want = crcs.get(b as usize).copied().unwrap_or_else(zero_block_crc);
+            let want = window.get(i).copied().unwrap_or_else(zero_block_crc);
             let got = if chunk.len() == BLOCK as usize {
                 crc32c::crc32c(chunk)
             } else {

@@ -16,7 +16,7 @@ async fn create_raw(conn: &MetaConn, cluster_id: &str, parent: u64, name: &[u8])
         let req = pb::CreateRequest {
             cluster_id: cid.clone(),
             parent,
-            name: name.clone().into(),
+            name: name.clone(),
             mode: 0o644,
             exclusive: true,
             ..Default::default()
@@ -46,7 +46,7 @@ async fn unlink(conn: &MetaConn, parent: u64, name: &[u8]) -> FsResult<()> {
         let req = pb::UnlinkRequest {
             cluster_id: cid.clone(),
             parent,
-            name: name.clone().into(),
+            name: name.clone(),
         };
         async move { c.unlink(req).await }
     })
@@ -60,7 +60,7 @@ async fn rmdir(conn: &MetaConn, parent: u64, name: &[u8]) -> FsResult<()> {
         let req = pb::RmdirRequest {
             cluster_id: cid.clone(),
             parent,
-            name: name.clone().into(),
+            name: name.clone(),
         };
         async move { c.rmdir(req).await }
     })

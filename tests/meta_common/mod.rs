@@ -20,7 +20,7 @@ pub async fn create(conn: &MetaConn, parent: u64, name: &[u8]) -> FsResult<pb::C
         let req = pb::CreateRequest {
             cluster_id: cid.clone(),
             parent,
-            name: name.clone().into(),
+            name: name.clone(),
             mode: 0o644,
             exclusive: true,
             ..Default::default()
@@ -38,7 +38,7 @@ pub async fn mkdir(conn: &MetaConn, parent: u64, name: &[u8]) -> FsResult<pb::At
             let req = pb::MkdirRequest {
                 cluster_id: cid.clone(),
                 parent,
-                name: name.clone().into(),
+                name: name.clone(),
                 mode: 0o755,
                 ..Default::default()
             };
@@ -63,9 +63,9 @@ pub async fn rename(
         let req = pb::RenameRequest {
             cluster_id: cid.clone(),
             parent,
-            name: name.clone().into(),
+            name: name.clone(),
             new_parent,
-            new_name: new_name.clone().into(),
+            new_name: new_name.clone(),
             flags,
         };
         async move { c.rename(req).await }
@@ -82,7 +82,7 @@ pub async fn lookup(conn: &MetaConn, parent: u64, name: &[u8]) -> FsResult<pb::A
             let req = pb::LookupRequest {
                 cluster_id: cid.clone(),
                 parent,
-                name: name.clone().into(),
+                name: name.clone(),
             };
             async move { c.lookup(req).await }
         })

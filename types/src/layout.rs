@@ -59,7 +59,8 @@ impl LayoutSpec {
 
     pub fn validate(&self) -> FsResult<()> {
         if self.stripe_unit != 0
-            && (self.stripe_unit % STRIPE_UNIT_ALIGN != 0 || self.stripe_unit > MAX_STRIPE_UNIT)
+            && (!self.stripe_unit.is_multiple_of(STRIPE_UNIT_ALIGN)
+                || self.stripe_unit > MAX_STRIPE_UNIT)
         {
             return Err(FsError::Invalid(format!(
                 "stripe_unit {} must be a multiple of {STRIPE_UNIT_ALIGN} and at most {MAX_STRIPE_UNIT}",
@@ -121,7 +122,7 @@ impl Layout {
             )));
         }
         if self.stripe_unit == 0
-            || self.stripe_unit % STRIPE_UNIT_ALIGN != 0
+            || !self.stripe_unit.is_multiple_of(STRIPE_UNIT_ALIGN)
             || self.stripe_unit > MAX_STRIPE_UNIT
         {
             return Err(FsError::Invalid(format!(

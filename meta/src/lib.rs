@@ -114,10 +114,7 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
     let sm = sm_store::SmStore::open(&args.dir, identity.clone())
         .with_context(|| format!("open the state machine snapshot in {}", args.dir.display()))?;
     let shared = sm.shared();
-    let network = network::Network {
-        self_id: args.id,
-        identity: identity.clone(),
-    };
+    let network = network::Network::new(args.id, identity.clone());
     let config = Arc::new(raft_config(args.snapshot_every)?);
     let raft = raft_types::Raft::new(args.id, config, network, log, sm)
         .await
@@ -148,6 +145,7 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
         leader: Default::default(),
         registry: registry.clone(),
         gauges,
+        read_barrier: Default::default(),
     });
     {
         let raft = raft.clone();

@@ -1,7 +1,11 @@
 //! The durable raft log (`RaftLogStorage`): one append-only file `raft-log` of framed
 //! records (entry, truncate, purge, committed) plus a `raft-vote` file replaced
 //! atomically. Every append is fdatasynced before openraft's callback fires, so an entry
-//! counts toward a quorum only once it is on disk. Recovery replays the records into an
+//! counts toward a quorum only once it is on disk. The fdatasync runs on a flusher thread,
+//! not in `append`: openraft hands over one client write per `append` call, so an inline
+//! sync would cost one fdatasync per entry and stall the raft core (and replication to
+//! the followers) behind the disk. The flusher takes every append queued while it synced,
+//! syncs once for all of them (group commit) and then fires their callbacks in order. Recovery replays the records into an
 //! in-memory index and stops cleanly at a torn tail (a crash mid-append), cutting it off.
 //! When purged records make up most of the file, it is rewritten (temp, fsync, rename).
 //!
@@ -21,7 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 pub const LOG_MAGIC: &[u8; 8] = b"CIRRUSLG";
 pub const LOG_VERSION: u32 = 1;
@@ -54,15 +58,43 @@ struct Inner<C: RaftTypeConfig> {
     vote: Option<Vote<NodeIdOf<C>>>,
 }
 
-/// The log store handed to openraft; clones share one file and index.
+/// The log store handed to openraft; clones share one file, index and flusher.
 pub struct LogStore<C: RaftTypeConfig> {
     inner: Arc<Mutex<Inner<C>>>,
+    /// Callbacks of written-but-not-yet-synced appends, in append order. The flusher
+    /// thread exits when the last clone (and so the last sender) is dropped.
+    flush_tx: mpsc::Sender<LogFlushed<C>>,
 }
 
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
             inner: self.inner.clone(),
+            flush_tx: self.flush_tx.clone(),
+        }
+    }
+}
+
+/// Group commit: waits for queued appends, fdatasyncs the log file once for everything
+/// queued so far, then acknowledges each append in order.
+fn flusher<C: RaftTypeConfig>(inner: Arc<Mutex<Inner<C>>>, rx: mpsc::Receiver<LogFlushed<C>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        // Sync a dup of the current file without holding the lock, so appends go on
+        // while the disk works. Everything queued was written before it was queued, into
+        // this file or into an older one that compaction copied here (and synced).
+        let res = lock(&inner)
+            .and_then(|g| g.file.try_clone())
+            .and_then(|f| f.sync_data());
+        tracing::trace!(entries = batch.len(), "raft log group commit");
+        for cb in batch {
+            cb.log_io_completed(match &res {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            });
         }
     }
 }
@@ -144,9 +176,13 @@ where
             inner.len = pos as u64;
         }
         inner.vote = read_vote_file::<C>(dir)?;
-        Ok(LogStore {
-            inner: Arc::new(Mutex::new(inner)),
-        })
+        let inner = Arc::new(Mutex::new(inner));
+        let (flush_tx, rx) = mpsc::channel();
+        let fi = inner.clone();
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flusher(fi, rx))?;
+        Ok(LogStore { inner, flush_tx })
     }
 }
 
@@ -374,7 +410,8 @@ where
                 .iter()
                 .map(|e| encode(KIND_ENTRY, e))
                 .collect::<io::Result<Vec<_>>>()?;
-            let sizes = g.write_records(&payloads, true)?;
+            // Written to the page cache here; the flusher makes it durable.
+            let sizes = g.write_records(&payloads, false)?;
             for (e, size) in entries.into_iter().zip(sizes) {
                 let idx = e.get_log_id().index;
                 if let Some((_, old)) = g.entries.insert(idx, (e, size)) {
@@ -386,7 +423,11 @@ where
         })();
         match result {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                if let Err(mpsc::SendError(cb)) = self.flush_tx.send(callback) {
+                    // The flusher is gone (it cannot be while a clone lives): sync here.
+                    let r = lock(&self.inner).and_then(|g| g.file.sync_data());
+                    cb.log_io_completed(r);
+                }
                 Ok(())
             }
             Err(e) => {

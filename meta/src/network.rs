@@ -22,7 +22,8 @@ use openraft::raft::{
 use openraft::{BasicNode, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -37,11 +38,36 @@ pub enum TransportError {
     Codec(String),
 }
 
-/// Creates one `Peer` per target node; openraft owns them.
+/// Creates `Peer`s for openraft. Peers to one address share one HTTP/2 connection:
+/// openraft asks for a new client not only per replication stream but for *every*
+/// leadership check of a linearizable read, and a fresh connection (TCP + HTTP/2
+/// handshake) per read cost ~20 ms of the ~22 ms a read took before.
 #[derive(Clone)]
 pub struct Network {
-    pub self_id: NodeId,
-    pub identity: Arc<Identity>,
+    self_id: NodeId,
+    identity: Arc<Identity>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Network {
+    pub fn new(self_id: NodeId, identity: Arc<Identity>) -> Self {
+        Network {
+            self_id,
+            identity,
+            channels: Arc::default(),
+        }
+    }
+
+    /// The shared channel to `addr` (tonic reconnects it by itself after failures).
+    fn channel(&self, addr: &str) -> Option<Channel> {
+        let mut g = self.channels.lock().ok()?;
+        if let Some(ch) = g.get(addr) {
+            return Some(ch.clone());
+        }
+        let ch = net::channel(addr).ok()?;
+        g.insert(addr.to_string(), ch.clone());
+        Some(ch)
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -52,7 +78,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             self_id: self.self_id,
             target,
             addr: node.addr.clone(),
-            channel: net::channel(&node.addr).ok(),
+            channel: self.channel(&node.addr),
             identity: self.identity.clone(),
         }
     }

@@ -14,6 +14,7 @@ use cirrus_types::{ClientId, ClusterId, FsError, FsResult, InodeId, ServerId};
 use openraft::error::{ForwardToLeader, RaftError};
 use openraft::{BasicNode, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +46,26 @@ pub struct Gauges {
     pub inodes: Gauge,
 }
 
+/// Coalesces linearizable-read barriers (see `MetaNode::read`).
+pub struct ReadBarrier {
+    /// Held by the one barrier in flight.
+    turn: tokio::sync::Mutex<()>,
+    /// Number of barriers started.
+    started: AtomicU64,
+    /// Start number of the latest barrier that completed successfully.
+    done: AtomicU64,
+}
+
+impl Default for ReadBarrier {
+    fn default() -> Self {
+        ReadBarrier {
+            turn: tokio::sync::Mutex::new(()),
+            started: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        }
+    }
+}
+
 /// Everything a handler needs.
 pub struct MetaNode {
     pub id: NodeId,
@@ -59,6 +80,7 @@ pub struct MetaNode {
     pub leader: Mutex<LeaderMem>,
     pub registry: Arc<Registry>,
     pub gauges: Gauges,
+    pub read_barrier: ReadBarrier,
 }
 
 pub fn now_ns() -> i64 {
@@ -100,22 +122,48 @@ impl MetaNode {
     /// A linearizable read: a read-index round through the leader (openraft's
     /// `ensure_linearizable`: confirm leadership with a quorum, wait until applied reaches
     /// the commit index seen at the start), then the query on the local state.
+    ///
+    /// Concurrent reads share barriers: a read needs one barrier that *started after it
+    /// arrived* (that barrier's commit index covers every write acknowledged before the
+    /// read began), not one of its own. Barriers run one at a time; every read that
+    /// arrives while one runs is served by the next, so N concurrent reads cost about two
+    /// quorum round trips instead of N.
     pub async fn read<T>(&self, f: impl FnOnce(&MetaState) -> FsResult<T>) -> FsResult<T> {
-        match tokio::time::timeout(OP_DEADLINE, self.raft.ensure_linearizable()).await {
+        match tokio::time::timeout(OP_DEADLINE, self.barrier()).await {
             Err(_) => return Err(FsError::Timeout("read barrier of the meta leader".into())),
-            Ok(Err(e)) => {
-                return Err(match e.forward_to_leader() {
-                    Some(f) => self.not_leader(f),
-                    None => FsError::Unavailable(format!("read barrier: {e}")),
-                })
-            }
-            Ok(Ok(_)) => {}
+            Ok(r) => r?,
         }
         let g = self
             .shared
             .read()
             .map_err(|_| FsError::Io("state machine lock poisoned".into()))?;
         f(&g.state)
+    }
+
+    /// Waits for a read barrier that started after this call (see `read`).
+    async fn barrier(&self) -> FsResult<()> {
+        let rb = &self.read_barrier;
+        let need = rb.started.load(Ordering::SeqCst) + 1;
+        let done = || rb.done.load(Ordering::SeqCst) >= need;
+        if done() {
+            return Ok(());
+        }
+        let _turn = rb.turn.lock().await;
+        if done() {
+            return Ok(());
+        }
+        let n = rb.started.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => {
+                // Barriers run one at a time under `turn`, so `done` only grows.
+                rb.done.store(n, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => Err(match e.forward_to_leader() {
+                Some(f) => self.not_leader(f),
+                None => FsError::Unavailable(format!("read barrier: {e}")),
+            }),
+        }
     }
 
     /// Proposes one command and returns its apply result. Acknowledged only once the

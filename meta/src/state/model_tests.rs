@@ -97,7 +97,7 @@ impl Model {
             if !self.is_dir(&p[..i].to_vec()) {
                 return Err(libc::ENOTDIR);
             }
-            if !self.tree.contains_key(&p[..=i].to_vec()) {
+            if !self.tree.contains_key(&p[..=i]) {
                 return Err(libc::ENOENT);
             }
         }

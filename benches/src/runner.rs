@@ -59,7 +59,7 @@ pub struct Config {
     /// Scratch directory on the disk under test (every system's data goes under it).
     #[arg(long)]
     pub workdir: Option<PathBuf>,
-    /// Where results.json, results.md and results.svg are written.
+    /// Where results.json, results.md, results.svg and results.png are written.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
     /// The `cirrus` binary (default: beside this executable, i.e. the same build profile).
@@ -428,7 +428,7 @@ pub fn machine(work: &Path) -> Machine {
     }
 }
 
-/// results.json, results.md and results.svg under `out`.
+/// results.json, results.md, results.svg and results.png under `out`.
 pub fn write_outputs(report: &Report, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
     let json = serde_json::to_string_pretty(report)?;
@@ -457,6 +457,22 @@ pub fn write_outputs(report: &Report, out: &Path) -> Result<()> {
     );
     std::fs::write(out.join("results.md"), md)?;
     std::fs::write(out.join("results.svg"), report.svg())?;
+    if let Err(e) = svg_to_png(&out.join("results.svg"), &out.join("results.png")) {
+        eprintln!("cirrus-bench: no PNG chart (the SVG is there): {e:#}");
+    }
+    Ok(())
+}
+
+/// Renders the SVG chart to PNG with `rsvg-convert` (Debian `librsvg2-bin`, installed
+/// when missing): no image crates in the build, and the SVG stays the source of truth.
+pub fn svg_to_png(svg: &Path, png: &Path) -> Result<()> {
+    sys::ensure_packages(&[("rsvg-convert", "librsvg2-bin")]).context("install rsvg-convert")?;
+    let (s, p) = (svg.to_string_lossy(), png.to_string_lossy());
+    sys::run_ok(
+        "rsvg-convert",
+        &["--background-color", "white", "-o", &p, &s],
+        Duration::from_secs(60),
+    )?;
     Ok(())
 }
 
@@ -535,5 +551,11 @@ mod tests {
             let text = std::fs::read_to_string(out.join(f)).expect(f);
             assert!(text.contains("create"), "{f} lacks the metadata rows");
         }
+        let png = std::fs::read(out.join("results.png"))
+            .expect("results.png (rendered with rsvg-convert, Debian librsvg2-bin)");
+        assert!(
+            png.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "results.png is not a PNG"
+        );
     }
 }

@@ -26,7 +26,10 @@ fn main() -> std::process::ExitCode {
     match cirrus_benches::runner::run(&cli.cfg) {
         Ok(report) => {
             println!("{}", report.table());
-            println!("results: {}/results.{{json,md,svg}}", cli.cfg.out.display());
+            println!(
+                "results: {}/results.{{json,md,svg,png}}",
+                cli.cfg.out.display()
+            );
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {

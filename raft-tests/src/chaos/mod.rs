@@ -112,6 +112,8 @@ pub struct RunRecord {
     pub posix: Vec<PosixRun>,
     pub checks: Vec<CheckResult>,
     pub failovers_s: Vec<f64>,
+    /// The same, with the kind of fault that caused each.
+    pub failovers_by_kind: Vec<(String, f64)>,
     pub rebuilds_s: Vec<f64>,
     pub heal_serves_s: Option<f64>,
     pub heal_converged_s: Option<f64>,
@@ -1102,7 +1104,7 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
             .iter()
             .find(|(t, l)| *t > from && l.is_some_and(|(l, term)| l != *old || term > old_term))
         {
-            failovers.push((*t - from) as f64 / 1e9);
+            failovers.push((h.faults[*i].kind.clone(), (*t - from) as f64 / 1e9));
         }
     }
     let mut rebuilds = Vec::new();
@@ -1142,7 +1144,8 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
         reads,
         posix: posix_runs,
         checks,
-        failovers_s: failovers,
+        failovers_s: failovers.iter().map(|(_, s)| *s).collect(),
+        failovers_by_kind: failovers,
         rebuilds_s: rebuilds,
         heal_serves_s: serves_s,
         heal_converged_s: conv_s,

@@ -37,6 +37,7 @@ pub struct Summary {
     pub ops: usize,
     pub longest_call: (String, f64),
     pub failovers_s: Vec<f64>,
+    pub failovers_by_kind: Vec<(String, f64)>,
     pub rebuilds_s: Vec<f64>,
     pub heal_serves_s: Option<f64>,
     pub heal_converged_s: Option<f64>,
@@ -162,6 +163,13 @@ pub fn summary(r: &RunRecord) -> (String, Summary) {
         "meta failover (leader-aimed faults -> new leader): {}",
         stats(&r.failovers_s)
     );
+    let mut kinds: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for (k, v) in &r.failovers_by_kind {
+        kinds.entry(k.as_str()).or_default().push(*v);
+    }
+    for (k, v) in kinds {
+        let _ = writeln!(t, "    after {k}: {}", stats(&v));
+    }
     let _ = writeln!(
         t,
         "chain rebuild (data server lost -> every chain at full R): {}",
@@ -218,6 +226,7 @@ pub fn summary(r: &RunRecord) -> (String, Summary) {
         ops: total,
         longest_call: longest,
         failovers_s: r.failovers_s.clone(),
+        failovers_by_kind: r.failovers_by_kind.clone(),
         rebuilds_s: r.rebuilds_s.clone(),
         heal_serves_s: r.heal_serves_s,
         heal_converged_s: r.heal_converged_s,

@@ -1106,11 +1106,15 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
             .next_back()
             .map(|(_, term)| term)
             .unwrap_or(0);
-        if let Some((t, _)) = s
-            .leader
-            .iter()
-            .find(|(t, l)| *t > from && l.is_some_and(|(l, term)| l != *old || term > old_term))
-        {
+        // Only while the fault is in place (and 5 s after): a leader change long after a
+        // short pause or one-way cut healed belongs to something else.
+        let until = h.faults[*i]
+            .end_ns
+            .map(|e| e + 5_000_000_000)
+            .unwrap_or(u64::MAX);
+        if let Some((t, _)) = s.leader.iter().find(|(t, l)| {
+            *t > from && *t <= until && l.is_some_and(|(l, term)| l != *old || term > old_term)
+        }) {
             failovers.push((h.faults[*i].kind.clone(), (*t - from) as f64 / 1e9));
         }
     }

@@ -268,34 +268,17 @@ pub fn run(cfg: &Config) -> Result<Report> {
         }
     }
     if cfg.has("ceph") {
-        run.progress.step("ceph: bring up (mon, mgr, 2 OSDs, MDS)");
-        match Ceph::start(&work) {
-            Ok(mut ceph) => {
-                let dir = ceph.dir().to_path_buf();
-                for (i, &r) in rs.iter().enumerate() {
-                    let label = format!("ceph R={r}");
-                    if i > 0 {
-                        run.progress.step(&format!("{label}: set pool size {r}"));
-                    }
-                    match ceph.set_replicas(r) {
-                        Ok(()) => run.jobs("ceph", &[r], &dir, &label),
-                        Err(e) => {
-                            run.report.note(format!("{label}: set pool size: {e:#}"));
-                            let n = run.per_config();
-                            run.skip(n);
-                        }
-                    }
-                }
-                if let Err(e) = ceph.stop() {
-                    run.report.note(format!("ceph: tear-down: {e:#}"));
-                }
-            }
-            Err(e) => {
-                run.report
-                    .note(format!("ceph: could not be brought up: {e:#}"));
-                let n = rs.len() * (1 + run.per_config()) - 1;
-                run.skip(n);
-            }
+        // A fresh cluster per R, with the pool size set while the pools are still empty:
+        // raising the size of pools that already hold the R=1 run's data made ceph
+        // backfill on the shared disk and never reach active+clean within the deadline.
+        for &r in &rs {
+            let label = format!("ceph R={r}");
+            run.with_system("ceph", &[r], &label, || {
+                let ceph = Ceph::start(&work)?;
+                ceph.set_replicas(r)
+                    .with_context(|| format!("set both CephFS pools to size {r}"))?;
+                Ok(ceph)
+            });
         }
     }
     if cfg.has("cirrus") {

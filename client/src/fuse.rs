@@ -40,11 +40,14 @@ pub struct CirrusFs {
     /// for `security.capability` before every write(2) (to drop file capabilities); without
     /// this each write waited for a meta round trip. Local set/remove clear the entry;
     /// another mount's `setcap` is seen within `DIR_TTL`, like a new name.
-    absent_xattrs: Arc<std::sync::Mutex<HashMap<(u64, Vec<u8>), Instant>>>,
+    absent_xattrs: Arc<std::sync::Mutex<AbsentXattrs>>,
     /// Bumped by every local `security.*` set/remove: an absent answer fetched across one
     /// is not cached (it may predate the change).
     xattr_gen: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// (inode, xattr name) -> absent until.
+type AbsentXattrs = HashMap<(u64, Vec<u8>), Instant>;
 
 /// Entries kept in `absent_xattrs` before it is cleared wholesale.
 const ABSENT_XATTRS_MAX: usize = 65536;

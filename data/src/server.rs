@@ -297,7 +297,7 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
             registry.clone(),
         ))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            net::incoming(listener),
             shutdown_signal(),
         )
         .await;

@@ -173,7 +173,7 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("bind {addr} (is another process using the port?)"))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = cirrus_proto::net::incoming(listener);
     let meta_svc =
         cirrus_proto::pb::meta_server::MetaServer::new(service::MetaService { node: node.clone() })
             .max_decoding_message_size(cirrus_proto::net::MAX_MESSAGE_BYTES)

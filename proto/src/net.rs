@@ -46,6 +46,13 @@ pub fn server() -> Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
 }
 
+/// The accepted-connection stream for `serve_with_incoming*`, with TCP_NODELAY set on
+/// every accepted socket. `Server::tcp_nodelay` only applies when tonic binds the socket
+/// itself; without this, small HTTP/2 responses sit behind Nagle and delayed ACKs.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Meta client with the message limits set.
 pub fn meta_client(ch: Channel) -> crate::pb::meta_client::MetaClient<Channel> {
     crate::pb::meta_client::MetaClient::new(ch)

@@ -296,10 +296,7 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
             DataService::new(node.clone()).into_server(),
             registry.clone(),
         ))
-        .serve_with_incoming_shutdown(
-            net::incoming(listener),
-            shutdown_signal(),
-        )
+        .serve_with_incoming_shutdown(net::incoming(listener), shutdown_signal())
         .await;
     hb.abort();
     scrubber.abort();

@@ -222,8 +222,11 @@ impl Client {
                 })
                 .clone();
             let mut st = lock(&inode.state);
-            if st.opens == 0 || !(st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty()) {
-                // Close-to-open: a fresh open takes meta's size.
+            if !(st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty()) {
+                // Close-to-open: a fresh open takes meta's size. Bytes this mount still
+                // holds (a close whose flush failed keeps them for a retry) stay visible,
+                // as a local page cache keeps them: taking meta's older size here made
+                // them unreadable and the next close committed the short size.
                 st.size = opened.attr.size;
                 st.mtime_ns = opened.attr.mtime_ns;
             }

@@ -109,7 +109,20 @@ async fn writes_survive_member_kill_resume_after_version_bump_and_rebuilt_member
         (ch.members.len() == 2 && ch.syncing.is_empty() && !ch.members.contains(&victim_sid))
             .then_some(ch)
     })
-    .await?;
+    .await
+    .map_err(|e| {
+        // The cluster dir is removed on return: show why the rebuild did not finish.
+        let logs: Vec<String> = (0..c.data_count())
+            .map(|i| {
+                format!(
+                    "--- data-{} log tail:\n{}",
+                    i + 1,
+                    cirrus_raft_tests::cluster::log_tail(&c.data_log(i), 30)
+                )
+            })
+            .collect();
+        anyhow!("{e}\n{}", logs.join("\n"))
+    })?;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await?;

@@ -314,13 +314,13 @@ async fn rebuild_chain(node: &Arc<Node>, cfg: &RebuildConfig, id: ChainId) -> Fs
     let total: u64 = list.iter().map(|(_, s)| *s).sum();
     tracing::info!(chain = %id, from = %src, objects = list.len(), bytes = total, resume_after = ?p.cursor, "rebuild pass");
     let mut throttle = Throttle::new(cfg.rate);
-    for (key, _) in &list {
+    for (key, listed_size) in &list {
         if let Some(cur) = p.cursor {
             if (key.inode.0, key.index) <= cur {
                 continue;
             }
         }
-        let n = copy_object(node, id, &src, *key, &mut throttle).await?;
+        let n = copy_object(node, id, &src, *key, *listed_size, &mut throttle).await?;
         p.copied_bytes += n;
         p.cursor = Some((key.inode.0, key.index));
         p.version = current(node, id)?.version.0;
@@ -344,12 +344,16 @@ async fn rebuild_chain(node: &Arc<Node>, cfg: &RebuildConfig, id: ChainId) -> Fs
     Ok(())
 }
 
-/// Copies one object; returns the bytes copied.
+/// Copies one object up to `listed_size`, its size when this pass listed the source, or
+/// to its end if that comes first; returns the bytes copied. Bytes past the listed size
+/// were written after this server joined the chain as syncing, so they reach it through
+/// the chain itself: chasing them let a copy that streaming writers outpace run forever.
 async fn copy_object(
     node: &Arc<Node>,
     id: ChainId,
     src: &str,
     key: ObjectKey,
+    listed_size: u64,
     throttle: &mut Throttle,
 ) -> FsResult<u64> {
     let mut off = 0u64;
@@ -361,7 +365,8 @@ async fn copy_object(
             let c = current(node, id)?;
             let g1 = node.tracker.gen(id, key);
             let (data, size) = node.peers.read(src, &c, key, off, CHUNK, true).await?;
-            let at_end = (data.len() as u32) < CHUNK;
+            let natural_end = (data.len() as u32) < CHUNK;
+            let at_end = natural_end || off + data.len() as u64 >= listed_size;
             let lock = node.obj_lock(key);
             let hi = if at_end {
                 u64::MAX
@@ -400,7 +405,7 @@ async fn copy_object(
                     }
                 }
             }
-            if at_end && clean && node.store.size(key) != Some(size) {
+            if natural_end && clean && node.store.size(key) != Some(size) {
                 node.store.truncate(id, key, size).await?;
             }
             break (data.len() as u64, at_end);

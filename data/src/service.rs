@@ -37,6 +37,18 @@ fn chain_ref(c: Option<&pb::ChainRef>) -> FsResult<(ChainId, ChainVersion)> {
     Ok((ChainId(c.id), ChainVersion(c.version)))
 }
 
+/// Runs a mutation to completion even if its caller goes away. tonic drops a handler's
+/// future when the client cancels the call (its deadline passed, e.g. while this server
+/// was paused); a write dropped between its data and its crc sidecar left blocks that
+/// failed their checksum on the next read.
+async fn to_completion<T: Send + 'static>(
+    f: impl std::future::Future<Output = FsResult<T>> + Send + 'static,
+) -> FsResult<T> {
+    tokio::spawn(f)
+        .await
+        .map_err(|e| FsError::Io(format!("data operation task failed: {e}")))?
+}
+
 fn st<T>(r: FsResult<T>) -> Result<Response<T>, Status> {
     r.map(Response::new).map_err(|e| to_status(&e))
 }
@@ -52,19 +64,18 @@ impl pb::data_server::Data for DataService {
             self.cluster(&r.cluster_id)?;
             let (chain, version) = chain_ref(r.chain.as_ref())?;
             let key = object_key(r.object.as_ref())?;
-            let size = self
-                .node
-                .write(WriteArgs {
-                    chain,
-                    version,
-                    key,
-                    off: r.offset,
-                    data: r.data,
-                    crcs: r.crcs,
-                    sync: r.sync,
-                    hop: r.hop,
-                })
-                .await?;
+            let node = self.node.clone();
+            let args = WriteArgs {
+                chain,
+                version,
+                key,
+                off: r.offset,
+                data: r.data,
+                crcs: r.crcs,
+                sync: r.sync,
+                hop: r.hop,
+            };
+            let size = to_completion(async move { node.write(args).await }).await?;
             Ok(pb::WriteReply { object_size: size })
         }
         .await)
@@ -116,8 +127,9 @@ impl pb::data_server::Data for DataService {
             self.cluster(&r.cluster_id)?;
             let (chain, version) = chain_ref(r.chain.as_ref())?;
             let key = object_key(r.object.as_ref())?;
-            self.node
-                .truncate(chain, version, key, r.size, r.hop)
+            let node = self.node.clone();
+            let (size, hop) = (r.size, r.hop);
+            to_completion(async move { node.truncate(chain, version, key, size, hop).await })
                 .await?;
             Ok(pb::Empty {})
         }
@@ -133,7 +145,8 @@ impl pb::data_server::Data for DataService {
                 .iter()
                 .map(|o| object_key(Some(o)))
                 .collect::<FsResult<Vec<_>>>()?;
-            self.node.delete(&keys).await?;
+            let node = self.node.clone();
+            to_completion(async move { node.delete(&keys).await }).await?;
             Ok(pb::Empty {})
         }
         .await)

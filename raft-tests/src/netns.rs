@@ -34,7 +34,9 @@ pub struct NetLab {
     host_cuts: Vec<usize>,
 }
 
-fn run(args: &[&str]) -> Result<()> {
+/// Runs a command to completion; its trimmed stdout, or an error naming the command and
+/// its stderr. Shared with the disk faults.
+pub(crate) fn run_cmd(args: &[&str]) -> Result<String> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -47,7 +49,11 @@ fn run(args: &[&str]) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn run(args: &[&str]) -> Result<()> {
+    run_cmd(args).map(drop)
 }
 
 impl NetLab {

@@ -7,23 +7,8 @@ use anyhow::{bail, Context, Result};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn run(args: &[&str]) -> Result<String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("run {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
+use crate::netns::run_cmd as run;
 
 /// A small ext4 filesystem in a sparse image, loop-mounted at `mnt`; the data server's
 /// `--dir` is `mnt/d` so the filler file never shows up among its objects.

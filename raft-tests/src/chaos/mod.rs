@@ -236,6 +236,32 @@ impl Harness {
         }
     }
 
+    /// Books a fault that took node `k` away (killed or paused): marks it busy, records
+    /// it, and notes it as leader-aimed (failover timing) or as a data loss (rebuild timing).
+    fn took_node(
+        &mut self,
+        kind: &str,
+        k: usize,
+        is_leader: bool,
+        busy: &mut Vec<usize>,
+        undo: Undo,
+    ) -> (Vec<usize>, Undo) {
+        busy.push(k);
+        let note = if is_leader {
+            "leader".into()
+        } else {
+            String::new()
+        };
+        let i = self.record(kind, node_name(k), note);
+        if is_leader {
+            self.aimed_leader.push((i, k));
+        }
+        if k >= 3 {
+            self.data_losses.push(i);
+        }
+        (vec![i], undo)
+    }
+
     /// A node to aim at: the leader one time in `leader_odds` (if one is known), else
     /// any free node of `pool`.
     async fn aim(
@@ -273,47 +299,15 @@ impl Harness {
                 let Some((k, is_leader)) = target else {
                     return Ok((vec![], Undo::Nothing));
                 };
-                busy.push(k);
                 self.kill(k);
-                let i = self.record(
-                    kind,
-                    node_name(k),
-                    if is_leader {
-                        "leader".into()
-                    } else {
-                        String::new()
-                    },
-                );
-                if is_leader {
-                    self.aimed_leader.push((i, k));
-                }
-                if k >= 3 {
-                    self.data_losses.push(i);
-                }
-                Ok((vec![i], Undo::Restart(vec![k])))
+                Ok(self.took_node(kind, k, is_leader, busy, Undo::Restart(vec![k])))
             }
             FaultKind::Pause => {
                 let Some((k, is_leader)) = self.aim(&all, p.pick, busy, 3).await else {
                     return Ok((vec![], Undo::Nothing));
                 };
-                busy.push(k);
                 self.signal(k, true);
-                let i = self.record(
-                    kind,
-                    node_name(k),
-                    if is_leader {
-                        "leader".into()
-                    } else {
-                        String::new()
-                    },
-                );
-                if is_leader {
-                    self.aimed_leader.push((i, k));
-                }
-                if k >= 3 {
-                    self.data_losses.push(i);
-                }
-                Ok((vec![i], Undo::Cont(vec![k])))
+                Ok(self.took_node(kind, k, is_leader, busy, Undo::Cont(vec![k])))
             }
             FaultKind::Isolate => {
                 let Some((k, is_leader)) = self.aim(&all, p.pick, busy, 3).await else {

@@ -103,6 +103,11 @@ pub struct Client {
     inodes: Mutex<HashMap<InodeId, Arc<OpenInode>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    /// Bumped by every local change of an open inode's size (write, truncate, commit,
+    /// open, failed flush). A meta reply may replace the local size only if no change
+    /// happened while it was in flight: a getattr answered before a local write and
+    /// commit would otherwise shrink the size this mount reads up to.
+    local_gen: AtomicU64,
 }
 
 impl Client {
@@ -136,6 +141,7 @@ impl Client {
             inodes: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            local_gen: AtomicU64::new(0),
         }))
     }
 
@@ -180,30 +186,76 @@ impl Client {
             .ok_or(FsError::StaleHandle)
     }
 
-    /// Attributes with this mount's unflushed size and mtime laid over.
-    fn overlay_attr(&self, mut attr: Attr) -> Attr {
+    /// A snapshot of `local_gen`, taken before a meta call whose attributes
+    /// `overlay_attr` will see.
+    fn gen(&self) -> u64 {
+        self.local_gen.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.local_gen.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Attributes with this mount's unflushed size and mtime laid over. Every attribute
+    /// that reaches the kernel goes through here: the kernel takes the size of any reply
+    /// (lookup, link, readdirplus, getattr) as the file's size, and a read past it
+    /// returns 0 bytes without asking this process. `seen` is `gen()` from before the
+    /// meta call that produced `attr`.
+    fn overlay_attr(&self, mut attr: Attr, seen: u64) -> Attr {
         if let Some(inode) = lock(&self.inodes).get(&attr.ino) {
-            let st = lock(&inode.state);
+            let mut st = lock(&inode.state);
             if st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty() {
                 attr.size = st.size;
                 attr.mtime_ns = st.mtime_ns.max(attr.mtime_ns);
+            } else if self.gen() == seen {
+                // Meta is authoritative when nothing local is pending and nothing local
+                // changed while the call was in flight.
+                st.size = attr.size;
             } else {
-                // Meta is authoritative when nothing local is pending.
-                drop(st);
-                lock(&inode.state).size = attr.size;
+                attr.size = st.size;
+                attr.mtime_ns = st.mtime_ns.max(attr.mtime_ns);
             }
         }
         attr
     }
 
     pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> FsResult<Attr> {
+        let seen = self.gen();
         let a = self.meta.lookup(parent, name).await?;
-        Ok(self.overlay_attr(a))
+        Ok(self.overlay_attr(a, seen))
     }
 
     pub async fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
+        let seen = self.gen();
         let a = self.meta.getattr(ino).await?;
-        Ok(self.overlay_attr(a))
+        Ok(self.overlay_attr(a, seen))
+    }
+
+    /// A hard link; the reply carries the inode's attributes, so an open file's local
+    /// size is laid over them (the kernel would take meta's older size).
+    pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> FsResult<Attr> {
+        let seen = self.gen();
+        let a = self.meta.link(ino, new_parent, new_name).await?;
+        Ok(self.overlay_attr(a, seen))
+    }
+
+    /// Directory entries after `cookie`; with `plus`, each entry's attributes have this
+    /// mount's local size laid over (readdirplus updates the kernel's inodes).
+    pub async fn readdir(
+        &self,
+        ino: InodeId,
+        cookie: u64,
+        limit: u32,
+        plus: bool,
+    ) -> FsResult<(Vec<crate::meta::DirEntry>, bool)> {
+        let seen = self.gen();
+        let (mut entries, eof) = self.meta.readdir(ino, cookie, limit, plus).await?;
+        for e in &mut entries {
+            if let Some(a) = e.attr.take() {
+                e.attr = Some(self.overlay_attr(a, seen));
+            }
+        }
+        Ok((entries, eof))
     }
 
     fn register(&self, opened: Opened) -> (u64, Attr) {
@@ -231,6 +283,7 @@ impl Client {
                 st.mtime_ns = opened.attr.mtime_ns;
             }
             st.opens += 1;
+            self.bump();
             drop(st);
             inode
         };
@@ -242,7 +295,7 @@ impl Client {
                 meta: opened.handle,
             },
         );
-        let attr = self.overlay_attr(opened.attr);
+        let attr = self.overlay_attr(opened.attr, self.gen());
         (fh, attr)
     }
 
@@ -310,6 +363,7 @@ impl Client {
             st.mtime_ns = now_ns();
             st.write_gen += 1;
             st.uncommitted = true;
+            self.bump();
             st.buf.len() >= self.cfg.max_dirty
         };
         if full {
@@ -380,6 +434,7 @@ impl Client {
         if st.write_gen == gen && st.buf.is_empty() {
             st.uncommitted = false;
         }
+        self.bump();
         Ok(())
     }
 
@@ -499,8 +554,9 @@ impl Client {
             .map(|(_, h)| h.0)
             .unwrap_or(0);
         let Some(size) = set.size else {
+            let seen = self.gen();
             let a = self.meta.setattr(ino, &set, meta_handle).await?;
-            return Ok(self.overlay_attr(a));
+            return Ok(self.overlay_attr(a, seen));
         };
         let deadline = self.deadline();
         let open = lock(&self.inodes).get(&ino).cloned();
@@ -551,8 +607,9 @@ impl Client {
             st.buf.truncate(size);
             st.size = size;
             st.mtime_ns = a.mtime_ns;
+            self.bump();
         }
-        Ok(self.overlay_attr(a))
+        Ok(self.overlay_attr(a, self.gen()))
     }
 
     /// fallocate mode 0: the range reads as zeros and the file is at least that long.

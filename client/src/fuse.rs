@@ -389,11 +389,7 @@ impl Filesystem for CirrusFs {
     ) {
         let nn = name(newname);
         self.run(
-            move |c| async move {
-                c.meta()
-                    .link(InodeId(ino.0), InodeId(newparent.0), &nn)
-                    .await
-            },
+            move |c| async move { c.link(InodeId(ino.0), InodeId(newparent.0), &nn).await },
             move |r| entry(reply, r),
         );
     }
@@ -568,7 +564,6 @@ impl Filesystem for CirrusFs {
                     None
                 };
                 let (entries, _) = c
-                    .meta()
                     .readdir(InodeId(ino.0), cookie, READDIR_BATCH, true)
                     .await?;
                 Ok((dir, entries))

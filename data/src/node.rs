@@ -107,6 +107,7 @@ pub struct Stats {
     pub scrub_errors: Counter,
     pub scrub_passes: Counter,
     pub rebuild_copied_bytes: Counter,
+    pub lost_blocks: Counter,
     pub stale_rejected: Counter,
 }
 
@@ -135,6 +136,10 @@ impl Stats {
             rebuild_copied_bytes: c(
                 "cirrus_data_rebuild_bytes_total",
                 "bytes copied from members while rebuilding chains",
+            ),
+            lost_blocks: c(
+                "cirrus_data_lost_blocks_total",
+                "blocks a rebuild found bad on every member it could read, kept as lost (reads of them fail with EIO)",
             ),
             stale_rejected: c(
                 "cirrus_data_stale_chain_rejected_total",
@@ -293,6 +298,43 @@ impl Node {
         Err(FsError::Unavailable(format!("chain {id} not resolved")))
     }
 
+    /// Refuses to answer for an operation of `c` once this server holds a newer version
+    /// of the chain. A member that learns a new version while applying a write may have
+    /// served a rebuild listing at that version before the write landed; answering would
+    /// acknowledge bytes the new syncing member never gets. The caller retries at the new
+    /// version, through the whole new route.
+    fn still_at(&self, c: &ChainEntry) -> FsResult<()> {
+        match self.chain(c.id) {
+            Some(now) if now.version != c.version => {
+                self.stats.stale_rejected.inc();
+                Err(FsError::StaleChain {
+                    current: now.version,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Objects (key, size) of `chain` here, for a rebuild listing at `version` (0: any).
+    /// The version check orders the listing after every write this server answered at
+    /// an older version (see `still_at`).
+    pub async fn list_objects(
+        &self,
+        chain: ChainId,
+        version: ChainVersion,
+    ) -> FsResult<Vec<(ObjectKey, u64)>> {
+        if version.0 != 0 {
+            self.check_chain(chain, version).await?;
+        }
+        Ok(self
+            .store
+            .list()
+            .into_iter()
+            .filter(|o| o.chain == chain)
+            .map(|o| (o.key, o.size))
+            .collect())
+    }
+
     /// The per-object lock used for ordering writes, truncates and rebuild copies.
     pub fn obj_lock(&self, key: ObjectKey) -> Arc<RangeLock> {
         let mut g = self.locks.lock().unwrap_or_else(|p| p.into_inner());
@@ -371,6 +413,7 @@ impl Node {
             fw.hop += 1;
             self.peers.write(&next, &fw).await?;
         }
+        self.still_at(&c)?;
         Ok(size)
     }
 
@@ -590,6 +633,7 @@ impl Node {
         if let Some(next) = self.next_addr(&c, pos)? {
             self.peers.truncate(&next, &c, key, size, hop + 1).await?;
         }
+        self.still_at(&c)?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use crate::node::{ChainEntry, WriteArgs};
 use bytes::Bytes;
 use cirrus_proto::{from_status, net, pb};
 use cirrus_types::checksum::verify_pieces;
-use cirrus_types::{ChainId, ClusterId, FsError, FsResult, ObjectKey};
+use cirrus_types::{ChainId, ChainVersion, ClusterId, FsError, FsResult, ObjectKey};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
@@ -168,12 +168,19 @@ impl Peers {
         Ok(())
     }
 
-    /// Objects (key, size) a member holds for `chain`.
-    pub async fn list(&self, addr: &str, chain: ChainId) -> FsResult<Vec<(ObjectKey, u64)>> {
+    /// Objects (key, size) a member holds for `chain`, listed once that member is at
+    /// `version` (it refuses an older one, refreshes to a newer one).
+    pub async fn list(
+        &self,
+        addr: &str,
+        chain: ChainId,
+        version: ChainVersion,
+    ) -> FsResult<Vec<(ObjectKey, u64)>> {
         let mut cl = self.client(addr)?;
         let req = pb::ListObjectsRequest {
             cluster_id: self.cluster.to_string(),
             chain_id: chain.0,
+            chain_version: version.0,
         };
         let r = self
             .call("list objects", addr, cl.list_objects(req))

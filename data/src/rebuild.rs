@@ -13,9 +13,21 @@
 //! under constant writes) it writes only blocks no chain operation touched since the
 //! sync began.
 //!
-//! Progress (`<dir>/rebuild/<chain>.json`) is the last fully copied object key, valid only
-//! for the chain version it was recorded at: a version change while this server was down
-//! may mean it was dropped and re-added, so the copy starts over.
+//! A pass is valid for one chain version: the version this server's table had when it
+//! listed the source (the source refuses an older one and refreshes to a newer one, and
+//! members answer a write only if their version did not move while they applied it, so
+//! every write acknowledged at an older version is in the listing). Any version change
+//! during the pass (this server may have been dropped and re-added meanwhile, missing
+//! writes acknowledged without it) starts a new pass. The caught-up report names the
+//! version, and meta promotes only at exactly that version.
+//!
+//! Progress (`<dir>/rebuild/<chain>.json`) is the last fully copied object key of the pass
+//! at the version it records; a pass at another version starts over.
+//!
+//! A block that fails its crc on the source is taken from another member; when no member
+//! has it good, it is written here as lost (a crc that can never match, so reads of it
+//! fail with EIO, never return wrong bytes), counted in `cirrus_data_lost_blocks_total`
+//! and logged, and the rebuild goes on: the chain gets back to full R.
 
 use crate::node::{ChainEntry, Node};
 use crate::store::BLOCK;
@@ -65,6 +77,20 @@ impl Tracker {
             let t = m.entry(chain).or_default().entry(key).or_default();
             t.gen += 1;
             t.trunc_at = Some(t.trunc_at.map_or(size, |s| s.min(size)));
+        })
+    }
+
+    /// A new pass begins: operations from now on are the ones a copy must not overwrite
+    /// (everything applied here before is already at the source, which persists first,
+    /// and every source read of the pass comes later). Generations keep counting.
+    fn begin_pass(&self, chain: ChainId) {
+        self.with(|m| {
+            if let Some(c) = m.get_mut(&chain) {
+                for t in c.values_mut() {
+                    t.dirty.clear();
+                    t.trunc_at = None;
+                }
+            }
         })
     }
 
@@ -167,7 +193,8 @@ impl Throttle {
 pub struct Rebuilds {
     cfg: RebuildConfig,
     running: HashMap<ChainId, tokio::task::JoinHandle<()>>,
-    done: Arc<Mutex<HashSet<ChainId>>>,
+    /// Chains copied completely, with the chain version each copy is valid for.
+    done: Arc<Mutex<HashMap<ChainId, ChainVersion>>>,
 }
 
 impl Rebuilds {
@@ -175,7 +202,7 @@ impl Rebuilds {
         Rebuilds {
             cfg,
             running: HashMap::new(),
-            done: Arc::new(Mutex::new(HashSet::new())),
+            done: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -196,15 +223,9 @@ impl Rebuilds {
             !h.is_finished()
         });
         let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
-        // Chains we no longer sync into (promoted, or dropped): forget their state.
-        let gone: Vec<ChainId> = done
-            .iter()
-            .filter(|id| !syncing.contains_key(id))
-            .copied()
-            .collect();
-        for id in gone {
-            done.remove(&id);
-        }
+        // Chains we no longer sync into (promoted, or dropped), and copies made at another
+        // version than the table's (the chain changed: it is copied again): forget them.
+        done.retain(|id, v| syncing.get(id) == Some(v));
         for id in node.tracker_chains() {
             if !syncing.contains_key(&id) {
                 node.tracker.clear(id);
@@ -212,7 +233,7 @@ impl Rebuilds {
             }
         }
         for (id, _) in syncing {
-            if self.running.contains_key(&id) || done.contains(&id) {
+            if self.running.contains_key(&id) || done.contains_key(&id) {
                 continue;
             }
             let (node, cfg, done_set) = (node.clone(), self.cfg.clone(), self.done.clone());
@@ -222,12 +243,12 @@ impl Rebuilds {
                 tokio::spawn(async move {
                     loop {
                         match rebuild_chain(&node, &cfg, id).await {
-                            Ok(()) => {
+                            Ok(version) => {
                                 done_set
                                     .lock()
                                     .unwrap_or_else(|p| p.into_inner())
-                                    .insert(id);
-                                tracing::info!(chain = %id, "rebuild complete, reporting caught up");
+                                    .insert(id, version);
+                                tracing::info!(chain = %id, %version, "rebuild complete, reporting caught up");
                                 return;
                             }
                             Err(e) => {
@@ -242,13 +263,14 @@ impl Rebuilds {
         }
     }
 
-    pub fn caught_up(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self
+    /// Chains copied completely, each with the version the copy is valid for.
+    pub fn caught_up(&self) -> Vec<(ChainId, ChainVersion)> {
+        let mut v: Vec<(ChainId, ChainVersion)> = self
             .done
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|c| c.0)
+            .map(|(c, v)| (*c, *v))
             .collect();
         v.sort_unstable();
         v
@@ -286,19 +308,35 @@ fn current(node: &Node, id: ChainId) -> FsResult<ChainEntry> {
     Ok(c)
 }
 
-/// One full pass of copying `id` from a member. Resumes from saved progress.
-async fn rebuild_chain(node: &Arc<Node>, cfg: &RebuildConfig, id: ChainId) -> FsResult<()> {
+/// The chain as the pass at `version` sees it; any other version ends the pass.
+fn at_version(node: &Node, id: ChainId, version: ChainVersion) -> FsResult<ChainEntry> {
     let c = current(node, id)?;
+    if c.version != version {
+        return Err(FsError::StaleChain { current: c.version });
+    }
+    Ok(c)
+}
+
+/// One full pass of copying `id` from a member, at the chain version this server holds
+/// now; returns that version. Resumes from progress saved at the same version.
+async fn rebuild_chain(
+    node: &Arc<Node>,
+    cfg: &RebuildConfig,
+    id: ChainId,
+) -> FsResult<ChainVersion> {
+    let c = current(node, id)?;
+    let version = c.version;
     let mut p = match load_progress(&cfg.dir, id) {
-        Some(p) if p.version == c.version.0 => p,
+        Some(p) if p.version == version.0 => p,
         _ => Progress {
-            version: c.version.0,
+            version: version.0,
             ..Progress::default()
         },
     };
     if p.done {
-        return Ok(());
+        return Ok(version);
     }
+    node.tracker.begin_pass(id);
     let source = c
         .members
         .iter()
@@ -309,7 +347,7 @@ async fn rebuild_chain(node: &Arc<Node>, cfg: &RebuildConfig, id: ChainId) -> Fs
     let src = node
         .addr_of(source)
         .ok_or_else(|| FsError::Unavailable(format!("no address for server {source}")))?;
-    let mut list = node.peers.list(&src, id).await?;
+    let mut list = node.peers.list(&src, id, version).await?;
     list.sort_by_key(|(k, _)| (k.inode.0, k.index));
     let total: u64 = list.iter().map(|(_, s)| *s).sum();
     tracing::info!(chain = %id, from = %src, objects = list.len(), bytes = total, resume_after = ?p.cursor, "rebuild pass");
@@ -320,10 +358,10 @@ async fn rebuild_chain(node: &Arc<Node>, cfg: &RebuildConfig, id: ChainId) -> Fs
                 continue;
             }
         }
-        let n = copy_object(node, id, &src, *key, *listed_size, &mut throttle).await?;
+        let n = copy_object(node, id, version, &src, *key, *listed_size, &mut throttle).await?;
         p.copied_bytes += n;
         p.cursor = Some((key.inode.0, key.index));
-        p.version = current(node, id)?.version.0;
+        at_version(node, id, version)?;
         save_progress(&cfg.dir, id, &p)?;
     }
     // Objects here that the source does not have (deleted while this server was away),
@@ -338,10 +376,15 @@ async fn rebuild_chain(node: &Arc<Node>, cfg: &RebuildConfig, id: ChainId) -> Fs
             }
         }
     }
+    // Copies are plain writes: make them durable before this server may serve reads
+    // (chain writes and syncs that reached it meanwhile were made durable by their sync).
+    for (key, _) in &list {
+        node.store.sync(*key).await?;
+    }
+    at_version(node, id, version)?;
     p.done = true;
-    p.version = current(node, id)?.version.0;
     save_progress(&cfg.dir, id, &p)?;
-    Ok(())
+    Ok(version)
 }
 
 /// Copies one object up to `listed_size`, its size when this pass listed the source, or
@@ -351,6 +394,7 @@ async fn rebuild_chain(node: &Arc<Node>, cfg: &RebuildConfig, id: ChainId) -> Fs
 async fn copy_object(
     node: &Arc<Node>,
     id: ChainId,
+    version: ChainVersion,
     src: &str,
     key: ObjectKey,
     listed_size: u64,
@@ -362,9 +406,10 @@ async fn copy_object(
         let mut tries = 0;
         let (n, at_end) = loop {
             tries += 1;
-            let c = current(node, id)?;
+            let c = at_version(node, id, version)?;
             let g1 = node.tracker.gen(id, key);
-            let (data, size) = node.peers.read(src, &c, key, off, CHUNK, true).await?;
+            let chunk = read_chunk(node, &c, src, key, off, listed_size).await?;
+            let (data, size) = (&chunk.data, chunk.size);
             let natural_end = (data.len() as u32) < CHUNK;
             let at_end = natural_end || off + data.len() as u64 >= listed_size;
             let lock = node.obj_lock(key);
@@ -385,24 +430,38 @@ async fn copy_object(
                     0,
                 );
                 let logical_end = off + data.len() as u64;
+                let first = off / BLOCK;
                 if clean {
                     node.store
                         .put_blocks(id, key, off, &buf, logical_end)
                         .await?;
+                    for b in &chunk.lost {
+                        let end = logical_end.min((b + 1) * BLOCK);
+                        node.store.put_lost_block(id, key, *b, end).await?;
+                    }
                 } else {
                     // Under constant writes: skip every block a chain operation touched.
                     let (dirty, trunc_at) = node.tracker.touched(id, key);
-                    let first = off / BLOCK;
                     for (i, blk) in buf.chunks(BLOCK as usize).enumerate() {
                         let b = first + i as u64;
                         let b_end = (b + 1) * BLOCK;
                         if dirty.contains(&b) || trunc_at.is_some_and(|t| b_end > t) {
                             continue;
                         }
-                        node.store
-                            .put_blocks(id, key, b * BLOCK, blk, logical_end.min(b_end))
-                            .await?;
+                        let end = logical_end.min(b_end);
+                        if chunk.lost.contains(&b) {
+                            node.store.put_lost_block(id, key, b, end).await?;
+                        } else {
+                            node.store.put_blocks(id, key, b * BLOCK, blk, end).await?;
+                        }
                     }
+                }
+                if !chunk.lost.is_empty() {
+                    node.stats.lost_blocks.add(chunk.lost.len() as u64);
+                    tracing::error!(
+                        ?key, chain = %id, blocks = ?chunk.lost,
+                        "rebuild: no member has a good copy of these blocks; they are kept as lost (reads of them fail with EIO)"
+                    );
                 }
             }
             if natural_end && clean && node.store.size(key) != Some(size) {
@@ -418,4 +477,92 @@ async fn copy_object(
             return Ok(copied);
         }
     }
+}
+
+/// One copy unit read from the source: its bytes (lost blocks as zeros), the object
+/// size, and the blocks no member could give good bytes for.
+struct Chunk {
+    data: Vec<u8>,
+    size: u64,
+    lost: BTreeSet<u64>,
+}
+
+/// Reads up to `CHUNK` bytes at `off` from the source. When the source reports a bad
+/// block, the chunk is read again block by block, each bad block from another member
+/// (local-only reads, so no member starts a repair of its own) or else marked lost.
+async fn read_chunk(
+    node: &Arc<Node>,
+    c: &ChainEntry,
+    src: &str,
+    key: ObjectKey,
+    off: u64,
+    listed_size: u64,
+) -> FsResult<Chunk> {
+    match node.peers.read(src, c, key, off, CHUNK, true).await {
+        Ok((data, size)) => {
+            return Ok(Chunk {
+                data: data.to_vec(),
+                size,
+                lost: BTreeSet::new(),
+            })
+        }
+        Err(FsError::Checksum(e)) => {
+            tracing::warn!(?key, chain = %c.id, from = %src, "rebuild: bad block at the source ({e}); reading this chunk block by block");
+        }
+        Err(e) => return Err(e),
+    }
+    let others: Vec<String> = c
+        .members
+        .iter()
+        .filter(|s| **s != node.me)
+        .filter_map(|s| node.addr_of(*s))
+        .filter(|a| a != src)
+        .collect();
+    let mut data = Vec::with_capacity(CHUNK as usize);
+    let mut lost = BTreeSet::new();
+    // Until some block tells the object size, assume the listed one.
+    let mut size = None;
+    let blocks = u64::from(CHUNK) / BLOCK;
+    for i in 0..blocks {
+        let at = off + i * BLOCK;
+        let got = match node.peers.read(src, c, key, at, BLOCK as u32, true).await {
+            Ok(r) => Some(r),
+            Err(FsError::Checksum(_)) => {
+                let mut good = None;
+                for a in &others {
+                    match node.peers.read(a, c, key, at, BLOCK as u32, true).await {
+                        Ok(r) => {
+                            tracing::warn!(?key, block = at / BLOCK, from = %a, "rebuild: took a block bad at the source from another member");
+                            good = Some(r);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(?key, block = at / BLOCK, from = %a, "rebuild: other member has no good copy either: {e}")
+                        }
+                    }
+                }
+                good
+            }
+            Err(e) => return Err(e),
+        };
+        let (bytes, len) = match got {
+            Some((d, s)) => {
+                size = Some(s);
+                let len = d.len();
+                (d.to_vec(), len)
+            }
+            None => {
+                lost.insert(at / BLOCK);
+                let end = size.unwrap_or(listed_size).max(at + 1);
+                let len = (end - at).min(BLOCK) as usize;
+                (vec![0u8; len], len)
+            }
+        };
+        data.extend_from_slice(&bytes);
+        if len < BLOCK as usize {
+            break;
+        }
+    }
+    let size = size.unwrap_or(listed_size).max(off + data.len() as u64);
+    Ok(Chunk { data, size, lost })
 }

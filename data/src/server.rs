@@ -326,7 +326,15 @@ async fn heartbeat_loop(
             server_id: node.me.0,
             capacity_bytes: capacity,
             free_bytes: free,
-            caught_up_chains: rebuilds.caught_up(),
+            caught_up_chains: Vec::new(),
+            caught_up: rebuilds
+                .caught_up()
+                .into_iter()
+                .map(|(c, v)| pb::ChainRef {
+                    id: c.0,
+                    version: v.0,
+                })
+                .collect(),
             scrub_done_bytes: node.stats.scrub_done_bytes.get(),
             scrub_errors: node.stats.scrub_errors.get(),
         };
@@ -364,7 +372,8 @@ async fn heartbeat_loop(
         }
         rebuilds.reconcile(&node);
         if let Ok(mut v) = node.rebuild_view.lock() {
-            *v = (rebuilds.rebuilding(), rebuilds.caught_up());
+            let caught_up = rebuilds.caught_up().iter().map(|(c, _)| c.0).collect();
+            *v = (rebuilds.rebuilding(), caught_up);
         }
         node.gc_locks();
     }

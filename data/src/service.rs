@@ -161,13 +161,12 @@ impl pb::data_server::Data for DataService {
             self.cluster(&r.cluster_id)?;
             let objects = self
                 .node
-                .store
-                .list()
+                .list_objects(ChainId(r.chain_id), ChainVersion(r.chain_version))
+                .await?
                 .into_iter()
-                .filter(|o| o.chain.0 == r.chain_id)
-                .map(|o| pb::ObjectMeta {
-                    object: Some(o.key.into()),
-                    size: o.size,
+                .map(|(key, size)| pb::ObjectMeta {
+                    object: Some(key.into()),
+                    size,
                 })
                 .collect();
             Ok(pb::ListObjectsReply { objects })

@@ -10,7 +10,9 @@ use crate::state::{self, Attr, ChainTable, Reply, SetAttr, TimeSet};
 use cirrus_proto::pb;
 use cirrus_proto::to_status;
 use cirrus_types::name::validate_name;
-use cirrus_types::{ChainId, ClientId, FsError, FsResult, HandleId, InodeId, LayoutSpec, ServerId};
+use cirrus_types::{
+    ChainId, ChainVersion, ClientId, FsError, FsResult, HandleId, InodeId, LayoutSpec, ServerId,
+};
 use openraft::ServerState;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -699,16 +701,28 @@ impl pb::meta_server::Meta for MetaService {
                     .await?;
                     table = n.read(|s| Ok(s.chain_table())).await?;
                 }
-                for c in &r.caught_up_chains {
-                    let chain = ChainId(*c);
-                    let syncing = table
-                        .chains
-                        .iter()
-                        .any(|ch| ch.id == chain && ch.syncing.contains(&sid));
-                    if syncing {
-                        n.write(Command::ServerCaughtUp { server: sid, chain })
-                            .await?;
-                        table = n.read(|s| Ok(s.chain_table())).await?;
+                // Only reports for the chain's current version promote (the legacy
+                // `caught_up_chains` carries none and is ignored). A refused report must
+                // not fail the heartbeat: its reply brings the table the server needs.
+                for c in &r.caught_up {
+                    let (chain, version) = (ChainId(c.id), ChainVersion(c.version));
+                    let current = table.chains.iter().any(|ch| {
+                        ch.id == chain && ch.version == version && ch.syncing.contains(&sid)
+                    });
+                    if !current {
+                        continue;
+                    }
+                    let cmd = Command::ServerCaughtUpAt {
+                        server: sid,
+                        chain,
+                        version,
+                    };
+                    match n.write(cmd).await {
+                        Ok(_) => table = n.read(|s| Ok(s.chain_table())).await?,
+                        Err(e @ (FsError::StaleChain { .. } | FsError::Invalid(_))) => {
+                            tracing::info!(server = %sid, %chain, %version, "caught-up report refused: {e}")
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
                 let capacity_changed =

@@ -15,7 +15,8 @@
 
 use super::format::{crc_offset, Header};
 use super::{
-    bad_blocks_in, zero_block_crc, ChunkStore, ObjectInfo, ReadOut, StoreError, StoreResult, BLOCK,
+    bad_blocks_in, lost_block_crc, zero_block_crc, ChunkStore, ObjectInfo, ReadOut, StoreError,
+    StoreResult, BLOCK,
 };
 use crate::rangelock::RangeLock;
 use crate::uring::{AlignedBuf, Ring};
@@ -500,6 +501,22 @@ impl FileStore {
             .await
     }
 
+    async fn do_put_lost_block(
+        &self,
+        chain: ChainId,
+        key: ObjectKey,
+        block: u64,
+        logical_end: u64,
+    ) -> StoreResult<u64> {
+        let (off, b) = (block * BLOCK, (block + 1) * BLOCK);
+        self.do_put_blocks(chain, key, off, &[0u8; BLOCK as usize], logical_end)
+            .await?;
+        let o = self.get_or_create(chain, key).await?;
+        let _g = o.blocks.lock(off, b).await;
+        self.commit_meta(&o, block, &[lost_block_crc()], logical_end.min(b), false)
+            .await
+    }
+
     async fn do_read(&self, key: ObjectKey, off: u64, len: usize) -> StoreResult<ReadOut> {
         let Some(o) = self.get(key) else {
             return Ok(ReadOut::default());
@@ -644,6 +661,16 @@ impl ChunkStore for FileStore {
         logical_end: u64,
     ) -> BoxFuture<'a, StoreResult<u64>> {
         Box::pin(self.do_put_blocks(chain, key, off, data, logical_end))
+    }
+
+    fn put_lost_block(
+        &self,
+        chain: ChainId,
+        key: ObjectKey,
+        block: u64,
+        logical_end: u64,
+    ) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(self.do_put_lost_block(chain, key, block, logical_end))
     }
 
     fn read(&self, key: ObjectKey, off: u64, len: usize) -> BoxFuture<'_, StoreResult<ReadOut>> {

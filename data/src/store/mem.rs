@@ -140,6 +140,31 @@ impl ChunkStore for MemStore {
         Box::pin(async move { r })
     }
 
+    fn put_lost_block(
+        &self,
+        chain: ChainId,
+        key: ObjectKey,
+        block: u64,
+        logical_end: u64,
+    ) -> BoxFuture<'_, StoreResult<u64>> {
+        let r = self.with(|m| {
+            let o = Self::obj(m, chain, key)?;
+            let (off, end) = ((block * BLOCK) as usize, ((block + 1) * BLOCK) as usize);
+            let size = o.data.len().max((logical_end as usize).min(end));
+            if o.data.len() < end {
+                o.data.resize(end, 0);
+            }
+            o.data[off..end].fill(0);
+            o.data.truncate(size);
+            o.recrc(block, block + 1);
+            if let Some(c) = o.crcs.get_mut(block as usize) {
+                *c = super::lost_block_crc();
+            }
+            Ok(size as u64)
+        });
+        Box::pin(async move { r })
+    }
+
     fn read(&self, key: ObjectKey, off: u64, len: usize) -> BoxFuture<'_, StoreResult<ReadOut>> {
         let r = self.with(|m| {
             let Some(o) = m.get(&key) else {

@@ -92,6 +92,17 @@ pub trait ChunkStore: Send + Sync + 'static {
         logical_end: u64,
     ) -> BoxFuture<'a, StoreResult<u64>>;
 
+    /// Writes block `block` as lost (rebuild found no good copy anywhere): zeros under a
+    /// crc that can never match them, so every read of it fails with `Corrupt` (EIO)
+    /// until a write replaces the whole block; the size becomes max(size, `logical_end`).
+    fn put_lost_block(
+        &self,
+        chain: ChainId,
+        key: ObjectKey,
+        block: u64,
+        logical_end: u64,
+    ) -> BoxFuture<'_, StoreResult<u64>>;
+
     /// Reads up to `len` bytes at `off`, each covering block verified.
     fn read(&self, key: ObjectKey, off: u64, len: usize) -> BoxFuture<'_, StoreResult<ReadOut>>;
 
@@ -124,6 +135,11 @@ pub fn block_range(off: u64, len: u64) -> (u64, u64) {
         return (off / BLOCK, off / BLOCK);
     }
     (off / BLOCK, (off + len).div_ceil(BLOCK))
+}
+
+/// The crc stored for a lost block: never the crc of the zeros written there.
+pub fn lost_block_crc() -> u32 {
+    !zero_block_crc()
 }
 
 /// crc32c of one all-zero block (a hole).

@@ -13,7 +13,9 @@
 //!   (unless it is the last member: the data has nowhere else to be, so the chain waits
 //!   for it), and while it has a live member and fewer than min(R, live) servers, the live
 //!   server in the fewest chains (then the lowest id) joins it as `syncing`. It becomes
-//!   the tail on `ServerCaughtUp`.
+//!   the tail on `ServerCaughtUpAt` for the chain's current version only: a copy listed at
+//!   an older version may predate a drop and re-add of that server, during which writes
+//!   were acknowledged without it.
 //! - Every change of a chain's members or syncing list bumps its version.
 
 use super::*;
@@ -146,6 +148,35 @@ impl MetaState {
         Ok(Reply::Done)
     }
 
+    /// A caught-up report that names the chain version the copy is valid for. A report
+    /// for another version (the chain changed since the copy listed its source; the
+    /// server may have been dropped and re-added meanwhile, missing writes) is refused
+    /// with `StaleChain` and changes nothing: the server copies again at the new version.
+    pub(super) fn server_caught_up_at(
+        &mut self,
+        server: ServerId,
+        chain: ChainId,
+        version: ChainVersion,
+    ) -> Response {
+        if !self.servers.contains_key(&server) {
+            return Err(FsError::NotFound);
+        }
+        let c = self.chains.get(&chain).ok_or(FsError::NotFound)?;
+        if c.members.contains(&server) {
+            // Heartbeats repeat the report until they see the new table: not an error.
+            return Ok(Reply::Done);
+        }
+        if !c.syncing.contains(&server) {
+            return Err(FsError::Invalid(format!(
+                "server {server} is not syncing into chain {chain}"
+            )));
+        }
+        if c.version != version {
+            return Err(FsError::StaleChain { current: c.version });
+        }
+        self.server_caught_up(server, chain)
+    }
+
     /// Chains new files may use: those with at least one live serving member, by id.
     pub(super) fn usable_chains(&self) -> Vec<ChainId> {
         self.chains
@@ -234,4 +265,107 @@ impl MetaState {
 
 fn bump(c: &mut ChainInfo) {
     c.version = ChainVersion(c.version.0 + 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_700_000_000_000_000_000;
+
+    fn chain(s: &MetaState, id: u32) -> ChainInfo {
+        s.chain(ChainId(id)).cloned().expect("chain")
+    }
+
+    /// R=2, three servers, chain 1 holding data (so it changes only incrementally).
+    fn state() -> MetaState {
+        let mut s = MetaState::new();
+        s.apply(&Command::Init {
+            cluster_id: ClusterId(0xc1),
+            replicas: 2,
+            now_ns: T0,
+        })
+        .expect("init");
+        for i in 0..3 {
+            s.apply(&Command::RegisterServer {
+                uuid: format!("uuid-{i}"),
+                address: format!("s{i}.example:7101"),
+                capacity: 1000,
+                free: 600,
+                now_ns: T0,
+            })
+            .expect("register");
+        }
+        s.chain_refs.insert(ChainId(1), 1);
+        s
+    }
+
+    #[test]
+    fn caught_up_report_for_an_older_sync_after_a_drop_and_re_add_does_not_promote() {
+        let mut s = state();
+        assert_eq!(chain(&s, 1).members, vec![ServerId(1), ServerId(2)]);
+        let down = |s: &mut MetaState, id: u64| {
+            s.apply(&Command::ServerDown {
+                server: ServerId(id),
+                now_ns: T0,
+            })
+            .expect("down")
+        };
+        down(&mut s, 2);
+        let synced = chain(&s, 1);
+        assert_eq!(
+            (synced.members.clone(), synced.syncing.clone()),
+            (vec![ServerId(1)], vec![ServerId(3)])
+        );
+        // Server 3 copies at `synced.version`, then is dropped (writes are acknowledged
+        // without it) and re-added before its report arrives.
+        down(&mut s, 3);
+        s.apply(&Command::ServerUp {
+            server: ServerId(3),
+            now_ns: T0,
+        })
+        .expect("up");
+        let readded = chain(&s, 1);
+        assert_eq!(readded.syncing, vec![ServerId(3)]);
+        assert!(readded.version > synced.version);
+        let before = s.digest();
+        let r = s.apply(&Command::ServerCaughtUpAt {
+            server: ServerId(3),
+            chain: ChainId(1),
+            version: synced.version,
+        });
+        assert_eq!(
+            r,
+            Err(FsError::StaleChain {
+                current: readded.version
+            })
+        );
+        assert_eq!(s.digest(), before, "a refused report changes nothing");
+        // A report for the current version promotes; repeating it is harmless.
+        s.apply(&Command::ServerCaughtUpAt {
+            server: ServerId(3),
+            chain: ChainId(1),
+            version: readded.version,
+        })
+        .expect("caught up");
+        let promoted = chain(&s, 1);
+        assert_eq!(promoted.members, vec![ServerId(1), ServerId(3)]);
+        assert_eq!(promoted.version.0, readded.version.0 + 1);
+        s.apply(&Command::ServerCaughtUpAt {
+            server: ServerId(3),
+            chain: ChainId(1),
+            version: readded.version,
+        })
+        .expect("repeat");
+        assert_eq!(chain(&s, 1), promoted);
+        // Not syncing at all: invalid.
+        assert!(matches!(
+            s.apply(&Command::ServerCaughtUpAt {
+                server: ServerId(2),
+                chain: ChainId(1),
+                version: promoted.version,
+            }),
+            Err(FsError::Invalid(_))
+        ));
+    }
 }

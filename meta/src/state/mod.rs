@@ -200,8 +200,17 @@ pub enum Command {
     ServerDown { server: ServerId, now_ns: i64 },
     /// A down server heartbeats again without re-registering.
     ServerUp { server: ServerId, now_ns: i64 },
-    /// A syncing member finished copying: it becomes the chain's tail.
+    /// A syncing member finished copying: it becomes the chain's tail. Legacy: carries no
+    /// version, so a report for an older sync could promote a member that missed writes;
+    /// data servers send `ServerCaughtUpAt` (kept so old logs still decode).
     ServerCaughtUp { server: ServerId, chain: ChainId },
+    /// A syncing member finished a copy that is valid for chain `version` (it listed the
+    /// source at that version): it becomes the tail only if the chain is still at it.
+    ServerCaughtUpAt {
+        server: ServerId,
+        chain: ChainId,
+        version: ChainVersion,
+    },
 }
 
 impl Command {
@@ -227,7 +236,10 @@ impl Command {
             | RegisterServer { now_ns, .. }
             | ServerDown { now_ns, .. }
             | ServerUp { now_ns, .. } => Some(*now_ns),
-            AckGarbage { .. } | UpdateCapacity { .. } | ServerCaughtUp { .. } => None,
+            AckGarbage { .. }
+            | UpdateCapacity { .. }
+            | ServerCaughtUp { .. }
+            | ServerCaughtUpAt { .. } => None,
         }
     }
 }
@@ -554,6 +566,11 @@ impl MetaState {
             ServerDown { server, .. } => self.server_down(*server),
             ServerUp { server, .. } => self.server_up(*server),
             ServerCaughtUp { server, chain } => self.server_caught_up(*server, *chain),
+            ServerCaughtUpAt {
+                server,
+                chain,
+                version,
+            } => self.server_caught_up_at(*server, *chain, *version),
         };
         if result.is_ok() && cmd.now_ns().is_some() {
             self.last_now_ns = now;

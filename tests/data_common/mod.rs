@@ -155,7 +155,7 @@ pub async fn list_objects(
     chain: ChainId,
 ) -> Result<Vec<(u64, u32, u64)>> {
     let mut v: Vec<(u64, u32, u64)> = p
-        .list(&c.data_addr(i), chain)
+        .list(&c.data_addr(i), chain, ChainVersion(0))
         .await
         .map_err(|e| anyhow!("list objects on data-{}: {e}", i + 1))?
         .into_iter()
@@ -203,4 +203,45 @@ where
 /// writes invalidate the page cache).
 pub fn read_file(p: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("read {}", p.display()))
+}
+
+/// The value of the unlabelled series `name` on a daemon's `/metrics` (0 if absent).
+pub async fn metric(addr: &str, name: &str) -> Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow!("connect {addr}: no answer"))??;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body))
+        .await
+        .map_err(|_| anyhow!("read {addr}/metrics: no answer"))??;
+    for line in body.lines() {
+        if let Some(v) = line.strip_prefix(name).and_then(|r| r.strip_prefix(' ')) {
+            return v
+                .trim()
+                .parse()
+                .with_context(|| format!("value of {line:?} on {addr}"));
+        }
+    }
+    Ok(0.0)
+}
+
+/// XORs three bytes of the file at `at`, as a failing disk or a stray write would.
+pub fn flip(path: &std::path::Path, at: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let mut b = [0u8; 3];
+    f.read_exact_at(&mut b, at)?;
+    for x in &mut b {
+        *x ^= 0xa5;
+    }
+    f.write_all_at(&b, at)?;
+    f.sync_all()?;
+    Ok(())
 }

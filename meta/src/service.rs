@@ -7,6 +7,7 @@
 use crate::node::{now_ns, MetaNode};
 use crate::raft_types::Command;
 use crate::state::{self, Attr, ChainTable, Reply, SetAttr, TimeSet};
+use cirrus_proto::leader::RequestTag;
 use cirrus_proto::pb;
 use cirrus_proto::to_status;
 use cirrus_types::name::validate_name;
@@ -56,6 +57,25 @@ fn attr_reply(r: Reply) -> FsResult<pb::AttrReply> {
             attr: Some(pb_attr(&a)),
         }),
         other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
+    }
+}
+
+/// The caller's request id (gRPC metadata, set by `MetaConn` on every attempt of one
+/// call): a malformed one is `Invalid`, a missing one makes a plain call.
+fn request_tag(md: &tonic::metadata::MetadataMap) -> FsResult<Option<RequestTag>> {
+    cirrus_proto::leader::request_tag(md)
+}
+
+/// Wraps `cmd` in the caller's request id, if it sent one, so that a retry of a call
+/// already applied answers the remembered result instead of applying again.
+fn once(tag: Option<RequestTag>, cmd: Command) -> Command {
+    match tag {
+        Some(t) => Command::Once {
+            id: t.id,
+            done_below: t.done_below,
+            cmd: Box::new(cmd),
+        },
+        None => cmd,
     }
 }
 
@@ -186,6 +206,7 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn setattr(&self, req: Request<pb::SetattrRequest>) -> Rpc<pb::AttrReply> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -204,13 +225,14 @@ impl pb::meta_server::Meta for MetaService {
                     set,
                     now_ns: now_ns(),
                 };
-                attr_reply(n.write(cmd).await?)
+                attr_reply(n.write(once(tag?, cmd)).await?)
             }
             .await,
         )
     }
 
     async fn create(&self, req: Request<pb::CreateRequest>) -> Rpc<pb::CreateReply> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -237,7 +259,7 @@ impl pb::meta_server::Meta for MetaService {
                 if let Some(c) = client {
                     n.touch_client(c);
                 }
-                match n.write(cmd).await? {
+                match n.write(once(tag?, cmd)).await? {
                     Reply::Created {
                         attr,
                         layout,
@@ -256,6 +278,7 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn mkdir(&self, req: Request<pb::MkdirRequest>) -> Rpc<pb::AttrReply> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -270,13 +293,14 @@ impl pb::meta_server::Meta for MetaService {
                     gid: r.gid,
                     now_ns: now_ns(),
                 };
-                attr_reply(n.write(cmd).await?)
+                attr_reply(n.write(once(tag?, cmd)).await?)
             }
             .await,
         )
     }
 
     async fn symlink(&self, req: Request<pb::SymlinkRequest>) -> Rpc<pb::AttrReply> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -291,7 +315,7 @@ impl pb::meta_server::Meta for MetaService {
                     gid: r.gid,
                     now_ns: now_ns(),
                 };
-                attr_reply(n.write(cmd).await?)
+                attr_reply(n.write(once(tag?, cmd)).await?)
             }
             .await,
         )
@@ -312,6 +336,7 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn link(&self, req: Request<pb::LinkRequest>) -> Rpc<pb::AttrReply> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -324,13 +349,14 @@ impl pb::meta_server::Meta for MetaService {
                     new_name: r.new_name,
                     now_ns: now_ns(),
                 };
-                attr_reply(n.write(cmd).await?)
+                attr_reply(n.write(once(tag?, cmd)).await?)
             }
             .await,
         )
     }
 
     async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Rpc<pb::Empty> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -342,7 +368,7 @@ impl pb::meta_server::Meta for MetaService {
                     name: r.name,
                     now_ns: now_ns(),
                 };
-                n.write(cmd).await?;
+                n.write(once(tag?, cmd)).await?;
                 Ok(pb::Empty {})
             }
             .await,
@@ -350,6 +376,7 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Rpc<pb::Empty> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -361,7 +388,7 @@ impl pb::meta_server::Meta for MetaService {
                     name: r.name,
                     now_ns: now_ns(),
                 };
-                n.write(cmd).await?;
+                n.write(once(tag?, cmd)).await?;
                 Ok(pb::Empty {})
             }
             .await,
@@ -369,6 +396,7 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn rename(&self, req: Request<pb::RenameRequest>) -> Rpc<pb::Empty> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -390,7 +418,7 @@ impl pb::meta_server::Meta for MetaService {
                     flags: r.flags,
                     now_ns: now_ns(),
                 };
-                n.write(cmd).await?;
+                n.write(once(tag?, cmd)).await?;
                 Ok(pb::Empty {})
             }
             .await,
@@ -449,6 +477,7 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn set_xattr(&self, req: Request<pb::SetXattrRequest>) -> Rpc<pb::Empty> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -461,7 +490,7 @@ impl pb::meta_server::Meta for MetaService {
                     flags: r.flags,
                     now_ns: now_ns(),
                 };
-                n.write(cmd).await?;
+                n.write(once(tag?, cmd)).await?;
                 Ok(pb::Empty {})
             }
             .await,
@@ -483,6 +512,7 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn remove_xattr(&self, req: Request<pb::RemoveXattrRequest>) -> Rpc<pb::Empty> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -493,7 +523,7 @@ impl pb::meta_server::Meta for MetaService {
                     name: r.name,
                     now_ns: now_ns(),
                 };
-                n.write(cmd).await?;
+                n.write(once(tag?, cmd)).await?;
                 Ok(pb::Empty {})
             }
             .await,
@@ -519,6 +549,7 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn open(&self, req: Request<pb::OpenRequest>) -> Rpc<pb::OpenReply> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -535,7 +566,7 @@ impl pb::meta_server::Meta for MetaService {
                     truncate: r.truncate,
                     now_ns: now_ns(),
                 };
-                match n.write(cmd).await? {
+                match n.write(once(tag?, cmd)).await? {
                     Reply::Opened {
                         handle,
                         attr,
@@ -553,15 +584,19 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Rpc<pb::Empty> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
             async {
                 n.check(&r.cluster_id, false)?;
-                n.write(Command::Release {
-                    handle: HandleId(r.handle),
-                    now_ns: now_ns(),
-                })
+                n.write(once(
+                    tag?,
+                    Command::Release {
+                        handle: HandleId(r.handle),
+                        now_ns: now_ns(),
+                    },
+                ))
                 .await?;
                 Ok(pb::Empty {})
             }
@@ -570,6 +605,7 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn commit_write(&self, req: Request<pb::CommitWriteRequest>) -> Rpc<pb::AttrReply> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -582,7 +618,7 @@ impl pb::meta_server::Meta for MetaService {
                     mtime_ns: r.mtime_ns,
                     now_ns: now_ns(),
                 };
-                attr_reply(n.write(cmd).await?)
+                attr_reply(n.write(once(tag?, cmd)).await?)
             }
             .await,
         )
@@ -639,6 +675,7 @@ impl pb::meta_server::Meta for MetaService {
         &self,
         req: Request<pb::RegisterServerRequest>,
     ) -> Rpc<pb::RegisterServerReply> {
+        let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
         done(
@@ -663,7 +700,7 @@ impl pb::meta_server::Meta for MetaService {
                     free: r.free_bytes,
                     now_ns: now_ns(),
                 };
-                match n.write(cmd).await? {
+                match n.write(once(tag?, cmd)).await? {
                     Reply::Server(id) => {
                         n.touch_server(id);
                         Ok(pb::RegisterServerReply {

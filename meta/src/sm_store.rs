@@ -10,6 +10,7 @@
 use crate::frame;
 use crate::identity::Identity;
 use crate::raft_types::{Command, MetaState, NodeId, Response, TypeConfig};
+use crate::state::requests::RequestTable;
 use openraft::storage::RaftStateMachine;
 use openraft::{
     BasicNode, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
@@ -23,7 +24,10 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 pub const SNAP_MAGIC: &[u8; 8] = b"CIRRUSSN";
-pub const SNAP_VERSION: u32 = 1;
+/// Version 2 added the request table (the last field of `MetaState`).
+pub const SNAP_VERSION: u32 = 2;
+/// Version 1: the same payload without the request table; still read (with an empty one).
+pub const SNAP_VERSION_V1: u32 = 1;
 const SNAP_FILE: &str = "snapshot";
 
 /// The applied state, shared with the gRPC service for reads.
@@ -64,8 +68,27 @@ fn invalid(msg: String) -> io::Error {
 }
 
 fn decode_snapshot(bytes: &[u8]) -> io::Result<SnapshotFile> {
+    let version = bytes
+        .get(8..12)
+        .map(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+    if version == Some(SNAP_VERSION_V1) {
+        // bincode encodes a struct as its fields in order, and the request table is the
+        // last field of the state, which is the last field of the file: a version-1
+        // payload followed by an empty table is the version-2 encoding.
+        let p = frame::read_single_record_file(bytes, SNAP_MAGIC, SNAP_VERSION_V1, "snapshot")?;
+        let mut full = p.to_vec();
+        bincode::serialize_into(&mut full, &RequestTable::default())
+            .map_err(|e| invalid(format!("extend version-1 snapshot: {e}")))?;
+        return bincode::deserialize(&full)
+            .map_err(|e| invalid(format!("version-1 snapshot does not decode: {e}")));
+    }
     let p = frame::read_single_record_file(bytes, SNAP_MAGIC, SNAP_VERSION, "snapshot")?;
     bincode::deserialize(p).map_err(|e| invalid(format!("snapshot does not decode: {e}")))
+}
+
+/// Decodes snapshot file bytes (either version) into the state they hold (for tests).
+pub fn decode_snapshot_state(bytes: &[u8]) -> io::Result<MetaState> {
+    decode_snapshot(bytes).map(|f| f.state)
 }
 
 fn rlock<T>(l: &RwLock<T>) -> io::Result<std::sync::RwLockReadGuard<'_, T>> {

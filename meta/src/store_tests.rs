@@ -162,3 +162,86 @@ async fn snapshot_restores_state_after_reopen() {
     let id = Arc::new(Identity::open(dir.path()).unwrap());
     assert!(SmStore::open(dir.path(), id).is_err());
 }
+
+fn mkdir_once(index: u64) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Command::Once {
+            id: cirrus_types::RequestId {
+                client: 0xabc,
+                seq: 1,
+            },
+            done_below: 1,
+            cmd: Box::new(Command::Mkdir {
+                parent: cirrus_types::InodeId::ROOT,
+                name: b"d".to_vec(),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                now_ns: 10,
+            }),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_retried_request_after_a_snapshot_reopen_answers_the_remembered_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let first;
+    {
+        let id = Arc::new(Identity::open(dir.path()).unwrap());
+        let mut sm = SmStore::open(dir.path(), id).unwrap();
+        let r = sm.apply(vec![entry(1, 1), mkdir_once(2)]).await.unwrap();
+        first = r[1].clone();
+        assert!(first.is_ok(), "{first:?}");
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    }
+    let id = Arc::new(Identity::open(dir.path()).unwrap());
+    let mut sm = SmStore::open(dir.path(), id).unwrap();
+    let again = sm.apply(vec![mkdir_once(3)]).await.unwrap();
+    assert_eq!(again[0], first, "the retry after restart is not EEXIST");
+}
+
+#[tokio::test]
+async fn a_version_1_snapshot_still_opens_with_an_empty_request_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest;
+    {
+        let id = Arc::new(Identity::open(dir.path()).unwrap());
+        let mut sm = SmStore::open(dir.path(), id).unwrap();
+        sm.apply(vec![entry(1, 1)]).await.unwrap();
+        digest = sm.shared().read().unwrap().state.digest();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    }
+    // A version-2 payload with an empty table is the version-1 payload plus the table's
+    // encoding (two empty maps: two zero u64 lengths).
+    let p = dir.path().join("snapshot");
+    let v2 = std::fs::read(&p).unwrap();
+    let payload = crate::frame::read_single_record_file(
+        &v2,
+        crate::sm_store::SNAP_MAGIC,
+        crate::sm_store::SNAP_VERSION,
+        "snapshot",
+    )
+    .unwrap();
+    assert_eq!(&payload[payload.len() - 16..], &[0u8; 16]);
+    let v1 = crate::frame::single_record_file(
+        crate::sm_store::SNAP_MAGIC,
+        crate::sm_store::SNAP_VERSION_V1,
+        &payload[..payload.len() - 16],
+    );
+    std::fs::write(&p, v1).unwrap();
+    let id = Arc::new(Identity::open(dir.path()).unwrap());
+    let mut sm = SmStore::open(dir.path(), id).unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 1)));
+    assert_eq!(sm.shared().read().unwrap().state.digest(), digest);
+}

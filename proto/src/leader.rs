@@ -3,19 +3,99 @@
 //! rotates through the known addresses when a node is unreachable, and bounds every call
 //! by a per-try and a total deadline, so no caller waits forever on a dead group.
 //!
-//! Retries are at-least-once: a mutation whose reply was lost may be applied and then
-//! retried; callers of non-idempotent calls must treat e.g. `Exists` after a retry with
-//! that in mind (see docs/design for how the client does).
+//! Every logical call carries one `RequestId` (this connection's random client id and a
+//! sequence number) in the gRPC metadata of every attempt, plus the connection's
+//! "done below" mark (every seq below it has finished here). The meta state machine
+//! remembers recent results by request id, so a mutation whose first attempt was applied
+//! but whose answer was lost (timeout, leader change) answers the remembered result on
+//! retry instead of applying again (EEXIST after a retried mkdir, ENOENT after a retried
+//! rmdir). See docs/design/0002-meta-state-machine.md, "Exactly-once mutations".
 
 use crate::net;
 use crate::pb::meta_client::MetaClient;
 use crate::status::from_status;
+use cirrus_types::RequestId;
 use cirrus_types::{ClusterId, FsError, FsResult};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// gRPC metadata key of the request id: `<32 hex client>/<decimal seq>`.
+pub const REQUEST_ID_KEY: &str = "cirrus-request-id";
+/// gRPC metadata key of the sender's mark: every seq below it has finished at the sender
+/// (answered or given up), so the meta group may forget those results and refuse them.
+pub const DONE_BELOW_KEY: &str = "cirrus-request-done-below";
+
+/// The request id of one call and the sender's done-below mark, as sent in metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestTag {
+    pub id: RequestId,
+    /// Every seq of `id.client` below this one has finished; at most `id.seq`.
+    pub done_below: u64,
+}
+
+/// Puts `tag` into outgoing metadata.
+pub fn stamp(md: &mut MetadataMap, tag: RequestTag) {
+    // Both renderings are ASCII digits, hex and '/': always valid metadata values.
+    if let Ok(v) = MetadataValue::try_from(tag.id.to_string()) {
+        md.insert(REQUEST_ID_KEY, v);
+    }
+    md.insert(DONE_BELOW_KEY, MetadataValue::from(tag.done_below));
+}
+
+/// Reads the tag of an incoming request. No request id: `None` (a plain, at-least-once
+/// call). A malformed id or mark, or a mark above the id's seq: `Invalid`.
+pub fn request_tag(md: &MetadataMap) -> FsResult<Option<RequestTag>> {
+    let Some(id) = md.get(REQUEST_ID_KEY) else {
+        if md.contains_key(DONE_BELOW_KEY) {
+            return Err(FsError::Invalid(format!(
+                "{DONE_BELOW_KEY} without {REQUEST_ID_KEY}"
+            )));
+        }
+        return Ok(None);
+    };
+    let id: RequestId = id
+        .to_str()
+        .map_err(|_| FsError::Invalid(format!("{REQUEST_ID_KEY} is not ASCII")))?
+        .parse()?;
+    let done_below = match md.get(DONE_BELOW_KEY) {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|s| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| {
+                FsError::Invalid(format!("{DONE_BELOW_KEY} {v:?} is not a decimal u64"))
+            })?,
+    };
+    if done_below > id.seq {
+        return Err(FsError::Invalid(format!(
+            "{DONE_BELOW_KEY} {done_below} is above the request's own seq {}",
+            id.seq
+        )));
+    }
+    Ok(Some(RequestTag { id, done_below }))
+}
+
+/// Adds one call's request tag to every request sent through it.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp(pub RequestTag);
+
+impl tonic::service::Interceptor for Stamp {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        stamp(req.metadata_mut(), self.0);
+        Ok(req)
+    }
+}
+
+/// The client handed to one attempt of `MetaConn::call`: stamps the call's request id.
+pub type MetaRpc = MetaClient<InterceptedService<Channel, Stamp>>;
 
 /// Deadlines of one logical call.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +126,26 @@ pub struct MetaConn {
     inner: Mutex<Inner>,
     cluster_id: RwLock<String>,
     policy: CallPolicy,
+    /// Random, nonzero: the client half of every request id sent from here.
+    client: u128,
+    /// Next request seq (starts at 1).
+    next_seq: AtomicU64,
+    /// Seqs of calls still running here; the smallest is the done-below mark.
+    in_flight: Mutex<BTreeSet<u64>>,
+}
+
+/// Removes a call's seq from the in-flight set when the call ends or is dropped.
+struct InFlight<'a> {
+    set: &'a Mutex<BTreeSet<u64>>,
+    seq: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.set.lock() {
+            g.remove(&self.seq);
+        }
+    }
 }
 
 /// Parses `H1:7001,H2:7001,H3:7001` (whitespace tolerated, duplicates dropped).
@@ -82,7 +182,48 @@ impl MetaConn {
             }),
             cluster_id: RwLock::new(String::new()),
             policy,
+            client: rand::random::<u128>().max(1),
+            next_seq: AtomicU64::new(1),
+            in_flight: Mutex::new(BTreeSet::new()),
         })
+    }
+
+    /// The client half of this connection's request ids.
+    pub fn client_id(&self) -> u128 {
+        self.client
+    }
+
+    /// Starts a logical call: a fresh seq, in flight until the guard drops.
+    fn begin(&self) -> (RequestId, InFlight<'_>) {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut g) = self.in_flight.lock() {
+            g.insert(seq);
+        }
+        let id = RequestId {
+            client: self.client,
+            seq,
+        };
+        (
+            id,
+            InFlight {
+                set: &self.in_flight,
+                seq,
+            },
+        )
+    }
+
+    /// The tag of one attempt of call `id`: the mark is the oldest call still running.
+    fn tag(&self, id: RequestId) -> RequestTag {
+        let oldest = self
+            .in_flight
+            .lock()
+            .ok()
+            .and_then(|g| g.first().copied())
+            .unwrap_or(id.seq);
+        RequestTag {
+            id,
+            done_below: oldest.min(id.seq),
+        }
     }
 
     pub fn addrs(&self) -> &[String] {
@@ -157,10 +298,21 @@ impl MetaConn {
     }
 
     /// Runs `f` against the leader, following hints and retrying within the policy's
-    /// deadlines. `what` names the call in errors ("create", "heartbeat").
-    pub async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> FsResult<T>
+    /// deadlines. `what` names the call in errors ("create", "heartbeat"). Every attempt
+    /// carries the same request id, so a retried mutation is applied at most once.
+    pub async fn call<T, F, Fut>(&self, what: &str, f: F) -> FsResult<T>
     where
-        F: FnMut(MetaClient<Channel>) -> Fut,
+        F: FnMut(MetaRpc) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let (id, _in_flight) = self.begin();
+        self.call_as(id, what, f).await
+    }
+
+    /// `call` with a request id chosen by the caller (tests replay one id on purpose).
+    pub async fn call_as<T, F, Fut>(&self, id: RequestId, what: &str, mut f: F) -> FsResult<T>
+    where
+        F: FnMut(MetaRpc) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let start = Instant::now();
@@ -177,7 +329,8 @@ impl MetaConn {
             }
             let (addr, ch) = self.pick()?;
             let budget = self.policy.per_try.min(self.policy.total - elapsed);
-            let result = tokio::time::timeout(budget, f(net::meta_client(ch))).await;
+            let client = net::meta_client_stamped(ch, Stamp(self.tag(id)));
+            let result = tokio::time::timeout(budget, f(client)).await;
             let err = match result {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) => from_status(&status),
@@ -220,6 +373,71 @@ mod tests {
         assert!(parse_addrs("").is_err());
         assert!(parse_addrs("host").is_err());
         assert!(parse_addrs("host:notaport").is_err());
+    }
+
+    #[test]
+    fn request_tags_round_trip_and_malformed_ones_are_invalid() {
+        let tag = RequestTag {
+            id: RequestId {
+                client: u128::MAX,
+                seq: u64::MAX,
+            },
+            done_below: 7,
+        };
+        let mut md = MetadataMap::new();
+        stamp(&mut md, tag);
+        assert_eq!(request_tag(&md).unwrap(), Some(tag));
+        assert_eq!(request_tag(&MetadataMap::new()).unwrap(), None);
+        let bad_ids = [
+            "",
+            "1/1",
+            "00000000000000000000000000000000/1",
+            "0000000000000000000000000000000g/1",
+            "00000000000000000000000000000001/0",
+            "00000000000000000000000000000001/18446744073709551616",
+            "00000000000000000000000000000001/-1",
+            "00000000000000000000000000000001/99999999999999999999999",
+            "000000000000000000000000000000001/1",
+        ];
+        for id in bad_ids {
+            let mut md = MetadataMap::new();
+            md.insert(REQUEST_ID_KEY, id.parse().unwrap());
+            assert!(
+                matches!(request_tag(&md), Err(FsError::Invalid(_))),
+                "{id:?}"
+            );
+        }
+        for below in ["", "x", "-1", "18446744073709551616", "8"] {
+            let mut md = MetadataMap::new();
+            md.insert(
+                REQUEST_ID_KEY,
+                "00000000000000000000000000000001/7".parse().unwrap(),
+            );
+            md.insert(DONE_BELOW_KEY, below.parse().unwrap());
+            assert!(
+                matches!(request_tag(&md), Err(FsError::Invalid(_))),
+                "{below:?}"
+            );
+        }
+        let mut md = MetadataMap::new();
+        md.insert(DONE_BELOW_KEY, "1".parse().unwrap());
+        assert!(matches!(request_tag(&md), Err(FsError::Invalid(_))));
+    }
+
+    #[test]
+    fn every_call_gets_a_new_seq_and_the_mark_is_the_oldest_call_running() {
+        let conn = MetaConn::new(vec!["127.0.0.1:1".into()], CallPolicy::default()).unwrap();
+        let (a, ga) = conn.begin();
+        let (b, gb) = conn.begin();
+        assert_eq!(a.client, b.client);
+        assert_ne!(a.client, 0);
+        assert_eq!(b.seq, a.seq + 1);
+        assert_eq!(conn.tag(b).done_below, a.seq);
+        drop(ga);
+        assert_eq!(conn.tag(b).done_below, b.seq);
+        drop(gb);
+        let other = MetaConn::new(vec!["127.0.0.1:1".into()], CallPolicy::default()).unwrap();
+        assert_ne!(other.client_id(), conn.client_id());
     }
 
     #[tokio::test]

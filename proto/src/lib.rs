@@ -17,5 +17,5 @@ pub mod pb {
     tonic::include_proto!("cirrus.v1");
 }
 
-pub use leader::{CallPolicy, MetaConn};
+pub use leader::{CallPolicy, MetaConn, MetaRpc, RequestTag};
 pub use status::{from_status, to_status};

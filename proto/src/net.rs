@@ -60,6 +60,14 @@ pub fn meta_client(ch: Channel) -> crate::pb::meta_client::MetaClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
+/// Meta client with the message limits set that stamps every request with `stamp`'s
+/// request id (see `leader`).
+pub fn meta_client_stamped(ch: Channel, stamp: crate::leader::Stamp) -> crate::leader::MetaRpc {
+    crate::pb::meta_client::MetaClient::with_interceptor(ch, stamp)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
 /// Data client with the message limits set.
 pub fn data_client(ch: Channel) -> crate::pb::data_client::DataClient<Channel> {
     crate::pb::data_client::DataClient::new(ch)

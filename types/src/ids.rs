@@ -50,6 +50,51 @@ id_newtype!(
     ClientId(u64)
 );
 
+/// Identity of one logical mutating call to the meta group, the same on every retry of
+/// that call: `client` is random per `MetaConn` (per process), `seq` counts that
+/// connection's calls from 1. The meta state machine remembers recent results by it, so
+/// a retried mutation that was already applied answers what it answered the first time.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct RequestId {
+    pub client: u128,
+    pub seq: u64,
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}/{}", self.client, self.seq)
+    }
+}
+
+impl std::str::FromStr for RequestId {
+    type Err = crate::FsError;
+    /// `<32 hex digits>/<decimal seq>`; client 0 and seq 0 are refused.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            crate::FsError::Invalid(format!(
+                "request id {s:?} is not <32 hex digits>/<seq 1..2^64-1>"
+            ))
+        };
+        let (c, q) = s.split_once('/').ok_or_else(bad)?;
+        if c.len() != 32
+            || !c.bytes().all(|b| b.is_ascii_hexdigit())
+            || q.is_empty()
+            || q.len() > 20
+            || !q.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(bad());
+        }
+        let client = u128::from_str_radix(c, 16).map_err(|_| bad())?;
+        let seq = q.parse::<u64>().map_err(|_| bad())?;
+        if client == 0 || seq == 0 {
+            return Err(bad());
+        }
+        Ok(RequestId { client, seq })
+    }
+}
+
 impl InodeId {
     /// The root directory.
     pub const ROOT: InodeId = InodeId(1);

@@ -16,15 +16,18 @@
 
 mod chains;
 mod namespace;
+pub mod requests;
 
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod once_tests;
 #[cfg(test)]
 mod tests;
 
 use cirrus_types::{
     Chain, ChainId, ChainVersion, ClientId, ClusterId, FileKind, FsError, FsResult, HandleId,
-    InodeId, Layout, LayoutSpec, ServerId,
+    InodeId, Layout, LayoutSpec, RequestId, ServerId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -211,6 +214,16 @@ pub enum Command {
         chain: ChainId,
         version: ChainVersion,
     },
+    /// `cmd` under a client's request id, for exactly-once retries: the first
+    /// application's response is remembered, and the same id applied again answers it
+    /// without applying `cmd` again. `done_below` (at most `id.seq`): every seq of
+    /// `id.client` below it has finished at the client. `cmd` must be a plain mutation
+    /// (not `Init`, not another `Once`). A new variant goes last: older entries decode.
+    Once {
+        id: RequestId,
+        done_below: u64,
+        cmd: Box<Command>,
+    },
 }
 
 impl Command {
@@ -240,6 +253,7 @@ impl Command {
             | UpdateCapacity { .. }
             | ServerCaughtUp { .. }
             | ServerCaughtUpAt { .. } => None,
+            Once { cmd, .. } => cmd.now_ns(),
         }
     }
 }
@@ -458,6 +472,9 @@ pub struct MetaState {
     /// Objects (live files and unacknowledged garbage) placed on each chain. A chain with
     /// none holds no data, so it can be re-placed freely without a rebuild.
     chain_refs: BTreeMap<ChainId, u64>,
+    /// Recent results by request id (exactly-once retries). Kept the last field: a
+    /// version-1 snapshot is this encoding without it (see `sm_store`).
+    requests: requests::RequestTable,
 }
 
 impl MetaState {
@@ -472,6 +489,14 @@ impl MetaState {
             return Err(FsError::Unavailable(
                 "metadata state is not initialised".into(),
             ));
+        }
+        if let Command::Once {
+            id,
+            done_below,
+            cmd: inner,
+        } = cmd
+        {
+            return self.apply_once(*id, *done_below, inner);
         }
         let now = cmd.now_ns().map(|t| t.max(self.last_now_ns)).unwrap_or(0);
         use Command::*;
@@ -571,11 +596,44 @@ impl MetaState {
                 chain,
                 version,
             } => self.server_caught_up_at(*server, *chain, *version),
+            Once { .. } => Err(FsError::Invalid("nested request id".into())),
         };
         if result.is_ok() && cmd.now_ns().is_some() {
             self.last_now_ns = now;
         }
         result
+    }
+
+    /// `Once`: answers a remembered result, refuses a late duplicate, or applies `cmd` and
+    /// remembers what it answered (errors included: a retry must see the same answer).
+    fn apply_once(&mut self, id: RequestId, done_below: u64, cmd: &Command) -> Response {
+        if matches!(cmd, Command::Once { .. } | Command::Init { .. }) {
+            return Err(FsError::Invalid(
+                "a request id wraps one plain mutation, not Init or another request".into(),
+            ));
+        }
+        if id.client == 0 || id.seq == 0 || done_below > id.seq {
+            return Err(FsError::Invalid(format!(
+                "request id {id} with done-below mark {done_below}: client and seq must be \
+                 nonzero and the mark at most the seq"
+            )));
+        }
+        if let Some(remembered) = self.requests.lookup(id)? {
+            return remembered;
+        }
+        let resp = self.apply(cmd);
+        // The clock of the table: the command's leader stamp (clamped like apply does),
+        // or the last one for unstamped commands.
+        let now = cmd
+            .now_ns()
+            .map_or(self.last_now_ns, |t| t.max(self.last_now_ns));
+        self.requests.record(id, done_below, now, resp.clone());
+        resp
+    }
+
+    /// The exactly-once table (for tests and status).
+    pub fn requests(&self) -> &requests::RequestTable {
+        &self.requests
     }
 
     /// Hex digest of the whole state: equal on every replica that applied the same

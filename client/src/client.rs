@@ -68,7 +68,24 @@ struct InodeState {
     write_gen: u64,
     uncommitted: bool,
     opens: usize,
+    /// Meta's attributes of the inode from the last reply that carried them (open,
+    /// create, setattr, link, commit), when, and `ns_gen` at the time the call started.
+    /// While the inode is open here, a getattr is answered from them (size and mtime
+    /// laid over): this mount is the writer, and close-to-open only promises another
+    /// mount's changes at the next open.
+    attr: Option<CachedAttr>,
 }
+
+#[derive(Clone, Debug)]
+struct CachedAttr {
+    attr: Attr,
+    at: Instant,
+    ns_gen: u64,
+}
+
+/// How long attributes of an open inode are served from this mount before meta is asked
+/// again (bounds how late a chmod or chown from another mount is seen by a stat here).
+pub const OPEN_ATTR_TTL: Duration = Duration::from_secs(1);
 
 /// An inode with at least one open handle in this mount.
 struct OpenInode {
@@ -108,6 +125,10 @@ pub struct Client {
     /// happened while it was in flight: a getattr answered before a local write and
     /// commit would otherwise shrink the size this mount reads up to.
     local_gen: AtomicU64,
+    /// Bumped after every namespace call of this mount that can change an inode's
+    /// attributes without returning them (unlink, rename, rmdir, xattrs): cached
+    /// attributes of open inodes fetched before it are not served any more.
+    ns_gen: AtomicU64,
 }
 
 impl Client {
@@ -142,6 +163,7 @@ impl Client {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             local_gen: AtomicU64::new(0),
+            ns_gen: AtomicU64::new(0),
         }))
     }
 
@@ -226,16 +248,108 @@ impl Client {
     }
 
     pub async fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
-        let seen = self.gen();
+        if let Some(a) = self.open_attr(ino) {
+            return Ok(a);
+        }
+        let (seen, ns) = (self.gen(), self.ns());
         let a = self.meta.getattr(ino).await?;
+        self.remember_attr(&a, ns);
         Ok(self.overlay_attr(a, seen))
+    }
+
+    fn ns(&self) -> u64 {
+        self.ns_gen.load(Ordering::SeqCst)
+    }
+
+    /// Marks every cached attribute of an open inode as possibly stale (after a namespace
+    /// call that changed some inode's link count or ctime without telling which).
+    fn ns_changed(&self) {
+        self.ns_gen.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Attributes of an inode open in this mount, from its cached meta attributes with
+    /// the local size and mtime laid over; `None` when not open here or not fresh.
+    fn open_attr(&self, ino: InodeId) -> Option<Attr> {
+        let inode = lock(&self.inodes).get(&ino).cloned()?;
+        let st = lock(&inode.state);
+        let c = st.attr.as_ref()?;
+        if c.ns_gen != self.ns() || c.at.elapsed() >= OPEN_ATTR_TTL {
+            return None;
+        }
+        let mut a = c.attr.clone();
+        a.size = st.size;
+        if st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty() {
+            a.mtime_ns = st.mtime_ns.max(a.mtime_ns);
+        }
+        Some(a)
+    }
+
+    /// Keeps `a` as the cached attributes of its inode if the inode is open here. `ns` is
+    /// `ns()` from before the call that returned `a`.
+    fn remember_attr(&self, a: &Attr, ns: u64) {
+        if let Some(inode) = lock(&self.inodes).get(&a.ino) {
+            lock(&inode.state).attr = Some(CachedAttr {
+                attr: a.clone(),
+                at: Instant::now(),
+                ns_gen: ns,
+            });
+        }
+    }
+
+    pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
+        let r = self.meta.unlink(parent, name).await;
+        self.ns_changed();
+        r
+    }
+
+    pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
+        let r = self.meta.rmdir(parent, name).await;
+        self.ns_changed();
+        r
+    }
+
+    pub async fn rename(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        let r = self
+            .meta
+            .rename(parent, name, new_parent, new_name, flags)
+            .await;
+        self.ns_changed();
+        r
+    }
+
+    pub async fn setxattr(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        let r = self.meta.setxattr(ino, name, value, flags).await;
+        self.ns_changed();
+        r
+    }
+
+    pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> FsResult<()> {
+        let r = self.meta.removexattr(ino, name).await;
+        self.ns_changed();
+        r
     }
 
     /// A hard link; the reply carries the inode's attributes, so an open file's local
     /// size is laid over them (the kernel would take meta's older size).
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> FsResult<Attr> {
         let seen = self.gen();
-        let a = self.meta.link(ino, new_parent, new_name).await?;
+        let r = self.meta.link(ino, new_parent, new_name).await;
+        self.ns_changed();
+        let a = r?;
+        self.remember_attr(&a, self.ns());
         Ok(self.overlay_attr(a, seen))
     }
 
@@ -258,7 +372,7 @@ impl Client {
         Ok((entries, eof))
     }
 
-    fn register(&self, opened: Opened) -> (u64, Attr) {
+    fn register(&self, opened: Opened, ns: u64) -> (u64, Attr) {
         let ino = opened.attr.ino;
         let inode = {
             let mut inodes = lock(&self.inodes);
@@ -283,6 +397,11 @@ impl Client {
                 st.mtime_ns = opened.attr.mtime_ns;
             }
             st.opens += 1;
+            st.attr = Some(CachedAttr {
+                attr: opened.attr.clone(),
+                at: Instant::now(),
+                ns_gen: ns,
+            });
             self.bump();
             drop(st);
             inode
@@ -301,12 +420,13 @@ impl Client {
 
     /// Opens a regular file; returns the local handle and fresh attributes.
     pub async fn open(&self, ino: InodeId) -> FsResult<(u64, Attr)> {
+        let ns = self.ns();
         let opened = self.meta.open(ino, self.client_id, false).await?;
         if opened.attr.kind != FileKind::File {
             let _ = self.meta.release(opened.handle).await;
             return Err(FsError::IsDir);
         }
-        Ok(self.register(opened))
+        Ok(self.register(opened, ns))
     }
 
     /// Creates (or with `exclusive == false` opens an existing) regular file and opens it.
@@ -320,6 +440,7 @@ impl Client {
         gid: u32,
         exclusive: bool,
     ) -> FsResult<(u64, Attr)> {
+        let ns = self.ns();
         let opened = self
             .meta
             .create(
@@ -332,7 +453,7 @@ impl Client {
                 Some(self.client_id),
             )
             .await?;
-        Ok(self.register(opened))
+        Ok(self.register(opened, ns))
     }
 
     /// Creates a regular file without opening it (mknod).
@@ -427,13 +548,20 @@ impl Client {
             }
             (st.size, st.mtime_ns, st.write_gen)
         };
-        self.meta
+        let ns = self.ns();
+        let a = self
+            .meta
             .commit_write(inode.ino, handle, size, mtime)
             .await?;
         let mut st = lock(&inode.state);
         if st.write_gen == gen && st.buf.is_empty() {
             st.uncommitted = false;
         }
+        st.attr = Some(CachedAttr {
+            attr: a,
+            at: Instant::now(),
+            ns_gen: ns,
+        });
         self.bump();
         Ok(())
     }
@@ -554,8 +682,9 @@ impl Client {
             .map(|(_, h)| h.0)
             .unwrap_or(0);
         let Some(size) = set.size else {
-            let seen = self.gen();
+            let (seen, ns) = (self.gen(), self.ns());
             let a = self.meta.setattr(ino, &set, meta_handle).await?;
+            self.remember_attr(&a, ns);
             return Ok(self.overlay_attr(a, seen));
         };
         let deadline = self.deadline();
@@ -601,12 +730,18 @@ impl Client {
             // truncate(2) updates mtime and ctime, as on a local filesystem.
             set.mtime = Some(crate::meta::SetTime::Now);
         }
+        let ns = self.ns();
         let a = self.meta.setattr(ino, &set, meta_handle).await?;
         if let Some(i) = &open {
             let mut st = lock(&i.state);
             st.buf.truncate(size);
             st.size = size;
             st.mtime_ns = a.mtime_ns;
+            st.attr = Some(CachedAttr {
+                attr: a.clone(),
+                at: Instant::now(),
+                ns_gen: ns,
+            });
             self.bump();
         }
         Ok(self.overlay_attr(a, self.gen()))

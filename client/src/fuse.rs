@@ -3,8 +3,10 @@
 //! Every task runs under the client's deadline: a request always gets an answer, at worst
 //! ETIMEDOUT. `FsError::errno` is the only errno mapping.
 //!
-//! Attribute TTL is zero for regular files so that a size changed by another mount is seen
-//! at the next open or stat (close-to-open); directories and symlinks are cached briefly.
+//! Names and attributes are cached by the kernel for `TTL` (1 s). Close-to-open still
+//! holds: `open` revalidates the file at meta and then invalidates the kernel's cached
+//! attributes of the inode (a reverse notification), so the first stat or read past the
+//! old size after an open asks again, and is answered from the open's fresh attributes.
 //! No FOPEN_KEEP_CACHE: every open drops the kernel's page cache of the file.
 
 use crate::client::Client;
@@ -29,9 +31,10 @@ pub const MAX_WRITE: u32 = 1 << 20;
 /// Entries fetched per readdir call from meta.
 const READDIR_BATCH: u32 = 256;
 
-/// How long the kernel may cache names and directory/symlink attributes.
+/// How long the kernel may cache names and attributes (a change by another mount is
+/// seen within this, and at the next open of the file at once).
 const DIR_TTL: Duration = Duration::from_secs(1);
-const FILE_TTL: Duration = Duration::ZERO;
+const FILE_TTL: Duration = Duration::from_secs(1);
 
 pub struct CirrusFs {
     client: Arc<Client>,
@@ -44,6 +47,9 @@ pub struct CirrusFs {
     /// Bumped by every local `security.*` set/remove: an absent answer fetched across one
     /// is not cached (it may predate the change).
     xattr_gen: Arc<std::sync::atomic::AtomicU64>,
+    /// Set once the session exists: `open` invalidates the kernel's cached attributes of
+    /// the inode through it (close-to-open with a non-zero attribute TTL).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 /// (inode, xattr name) -> absent until.
@@ -140,12 +146,19 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 impl CirrusFs {
-    pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle) -> Self {
+    /// `notifier` is filled in by the caller once the fuser session exists; until then
+    /// opens cannot invalidate the kernel's attributes (nothing is cached before mount).
+    pub fn new(
+        client: Arc<Client>,
+        rt: tokio::runtime::Handle,
+        notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    ) -> Self {
         CirrusFs {
             client,
             rt,
             absent_xattrs: Arc::default(),
             xattr_gen: Arc::default(),
+            notifier,
         }
     }
 
@@ -319,7 +332,7 @@ impl Filesystem for CirrusFs {
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let n = name(n);
         self.run(
-            move |c| async move { c.meta().unlink(InodeId(parent.0), &n).await },
+            move |c| async move { c.unlink(InodeId(parent.0), &n).await },
             move |r| empty(reply, r),
         );
     }
@@ -327,7 +340,7 @@ impl Filesystem for CirrusFs {
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let n = name(n);
         self.run(
-            move |c| async move { c.meta().rmdir(InodeId(parent.0), &n).await },
+            move |c| async move { c.rmdir(InodeId(parent.0), &n).await },
             move |r| empty(reply, r),
         );
     }
@@ -371,8 +384,7 @@ impl Filesystem for CirrusFs {
         let (n, nn, bits) = (name(n), name(newname), flags.bits());
         self.run(
             move |c| async move {
-                c.meta()
-                    .rename(InodeId(parent.0), &n, InodeId(newparent.0), &nn, bits)
+                c.rename(InodeId(parent.0), &n, InodeId(newparent.0), &nn, bits)
                     .await
             },
             move |r| empty(reply, r),
@@ -395,10 +407,21 @@ impl Filesystem for CirrusFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let notifier = self.notifier.clone();
         self.run(
             move |c| async move { c.open(InodeId(ino.0)).await },
             move |r| match r {
-                Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok((fh, _)) => {
+                    // Close-to-open: the kernel may hold attributes (size) from before
+                    // another mount's close; drop them before the opener can use them.
+                    // Offset -1: attributes only (the page cache goes at open anyway).
+                    if let Some(n) = notifier.get() {
+                        if let Err(e) = n.inval_inode(ino, -1, 0) {
+                            tracing::debug!(err = %e, "invalidate attributes at open");
+                        }
+                    }
+                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                }
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -490,20 +513,10 @@ impl Filesystem for CirrusFs {
         );
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.run(
-            move |c| async move {
-                let a = c.getattr(InodeId(ino.0)).await?;
-                if a.kind != FileKind::Dir {
-                    return Err(FsError::NotDir);
-                }
-                Ok(())
-            },
-            move |r| match r {
-                Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel opens only inodes it knows are directories; a directory removed
+        // meanwhile fails at the first readdir (meta answers ENOENT). No meta call here.
+        reply.opened(FileHandle(0), FopenFlags::empty());
     }
 
     fn readdir(
@@ -670,7 +683,7 @@ impl Filesystem for CirrusFs {
         let flags = (flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE)) as u32;
         self.forget_absent(ino.0, &n);
         self.run(
-            move |c| async move { c.meta().setxattr(InodeId(ino.0), &n, &v, flags).await },
+            move |c| async move { c.setxattr(InodeId(ino.0), &n, &v, flags).await },
             move |r| empty(reply, r),
         );
     }
@@ -732,7 +745,7 @@ impl Filesystem for CirrusFs {
         let n = name(n);
         self.forget_absent(ino.0, &n);
         self.run(
-            move |c| async move { c.meta().removexattr(InodeId(ino.0), &n).await },
+            move |c| async move { c.removexattr(InodeId(ino.0), &n).await },
             move |r| empty(reply, r),
         );
     }

@@ -9,6 +9,7 @@ use fuser::{Config, MountOption, SessionACL};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -421,7 +422,12 @@ async fn serve(opts: MountOptions, canon: PathBuf) -> Result<(), MountError> {
         .await
         .map_err(|e| MountError::Meta(opts.meta.clone(), e.to_string()))?;
     let lease = client.spawn_lease_renewal();
-    let fs = CirrusFs::new(client.clone(), tokio::runtime::Handle::current());
+    let notifier = Arc::new(std::sync::OnceLock::new());
+    let fs = CirrusFs::new(
+        client.clone(),
+        tokio::runtime::Handle::current(),
+        notifier.clone(),
+    );
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.meta.clone()),
@@ -445,6 +451,7 @@ async fn serve(opts: MountOptions, canon: PathBuf) -> Result<(), MountError> {
         .await
         .map_err(|e| MountError::Mount(canon.clone(), e.to_string()))?
         .map_err(|e| MountError::Mount(canon.clone(), e.to_string()))?;
+    let _ = notifier.set(session.notifier());
     tracing::info!(meta = %opts.meta, mountpoint = %canon.display(), "mounted");
     notify_parent("ready");
     let mut session = session;

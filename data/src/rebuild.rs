@@ -566,3 +566,89 @@ async fn read_chunk(
     let size = size.unwrap_or(listed_size).max(off + data.len() as u64);
     Ok(Chunk { data, size, lost })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{NodeConfig, Table};
+    use crate::store::mem::MemStore;
+    use crate::store::{ChunkStore, StoreError};
+    use cirrus_proto::metrics::Registry;
+    use cirrus_types::{ClusterId, InodeId, ServerId};
+
+    fn key() -> ObjectKey {
+        ObjectKey {
+            inode: InodeId(7),
+            index: 0,
+        }
+    }
+
+    /// A node without meta, member of chain 1 at version 5, holding one object.
+    async fn node() -> Node {
+        let store = Arc::new(MemStore::new());
+        store
+            .write(ChainId(1), key(), 0, &[1u8; 8192])
+            .await
+            .expect("write");
+        let mut t = Table::default();
+        t.chains.insert(
+            ChainId(1),
+            ChainEntry {
+                id: ChainId(1),
+                version: ChainVersion(5),
+                members: vec![ServerId(1)],
+                syncing: vec![ServerId(2)],
+            },
+        );
+        Node::new(
+            store,
+            ClusterId(1),
+            ServerId(1),
+            "127.0.0.1:1".into(),
+            t,
+            None,
+            Registry::new(),
+            NodeConfig::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_listing_is_served_only_at_the_listers_chain_version() {
+        let n = node().await;
+        let at = |v: u64| n.list_objects(ChainId(1), ChainVersion(v));
+        assert_eq!(at(5).await.expect("same version"), vec![(key(), 8192)]);
+        // An older lister missed a bump: it must refresh and start over.
+        assert_eq!(
+            at(4).await,
+            Err(FsError::StaleChain {
+                current: ChainVersion(5)
+            })
+        );
+        // A newer one: this server must learn that version first (no meta here).
+        assert!(matches!(at(6).await, Err(FsError::Unavailable(_))));
+        // Version 0: an unchecked listing (tools, tests).
+        assert_eq!(at(0).await.expect("unchecked").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lost_block_fails_every_read_until_a_whole_block_write_replaces_it() {
+        let s = MemStore::new();
+        s.write(ChainId(1), key(), 0, &[3u8; 3 * 4096])
+            .await
+            .expect("write");
+        s.put_lost_block(ChainId(1), key(), 1, 3 * 4096)
+            .await
+            .expect("lost");
+        match s.read(key(), 0, 3 * 4096).await {
+            Err(StoreError::Corrupt { blocks, .. }) => assert_eq!(blocks, vec![1]),
+            other => panic!("a lost block was read: {:?}", other.map(|r| r.size)),
+        }
+        let around = s.read(key(), 2 * 4096, 4096).await.expect("block 2");
+        assert_eq!(around.data, vec![3u8; 4096]);
+        s.put_blocks(ChainId(1), key(), 4096, &[9u8; 4096], 3 * 4096)
+            .await
+            .expect("rewrite");
+        let r = s.read(key(), 4096, 4096).await.expect("rewritten block");
+        assert_eq!(r.data, vec![9u8; 4096]);
+    }
+}

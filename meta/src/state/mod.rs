@@ -605,7 +605,9 @@ impl MetaState {
     }
 
     /// `Once`: answers a remembered result, refuses a late duplicate, or applies `cmd` and
-    /// remembers what it answered (errors included: a retry must see the same answer).
+    /// remembers a success. A failure is not remembered: it changed nothing, so applying
+    /// the retry afresh is a valid linearization of the call (and a failing command keeps
+    /// changing nothing, digest included).
     fn apply_once(&mut self, id: RequestId, done_below: u64, cmd: &Command) -> Response {
         if matches!(cmd, Command::Once { .. } | Command::Init { .. }) {
             return Err(FsError::Invalid(
@@ -621,14 +623,14 @@ impl MetaState {
         if let Some(remembered) = self.requests.lookup(id)? {
             return remembered;
         }
-        let resp = self.apply(cmd);
+        let reply = self.apply(cmd)?;
         // The clock of the table: the command's leader stamp (clamped like apply does),
         // or the last one for unstamped commands.
         let now = cmd
             .now_ns()
             .map_or(self.last_now_ns, |t| t.max(self.last_now_ns));
-        self.requests.record(id, done_below, now, resp.clone());
-        resp
+        self.requests.record(id, done_below, now, Ok(reply.clone()));
+        Ok(reply)
     }
 
     /// The exactly-once table (for tests and status).

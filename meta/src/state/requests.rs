@@ -33,7 +33,8 @@ pub struct ClientRequests {
     pub done_below: u64,
     /// Leader time of the last request recorded.
     pub last_seen_ns: i64,
-    /// seq -> the response the first application gave.
+    /// seq -> the response the first application gave (successes only: a failed
+    /// command changed nothing, so its retry may simply apply again).
     pub results: BTreeMap<u64, Response>,
 }
 

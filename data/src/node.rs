@@ -11,7 +11,7 @@
 use crate::peer::Peers;
 use crate::rangelock::RangeLock;
 use crate::rebuild::Tracker;
-use crate::store::{ChunkStore, StoreError, BLOCK};
+use crate::store::{ChunkStore, ReadOut, StoreError, BLOCK};
 use bytes::Bytes;
 use cirrus_proto::metrics::{Counter, Registry};
 use cirrus_proto::{pb, MetaConn};
@@ -400,8 +400,12 @@ impl Node {
         let size = if syncing && (!w.off.is_multiple_of(BLOCK) || !end.is_multiple_of(BLOCK)) {
             self.write_blocks_from_tail(&c, &w, end).await?
         } else {
-            self.with_repair(&c, w.key, || self.store.write(c.id, w.key, w.off, &w.data))
-                .await?
+            // The piece crcs were verified above: the store keeps them as block crcs.
+            self.with_repair(&c, w.key, || {
+                self.store
+                    .write_verified(c.id, w.key, w.off, &w.data, &w.crcs)
+            })
+            .await?
         };
         if w.sync {
             self.store.sync(w.key).await?;
@@ -539,7 +543,7 @@ impl Node {
     }
 
     /// Read from a member: verified locally, repaired from another member on a bad
-    /// block unless `local_only`. Returns (data, object size).
+    /// block unless `local_only`. Returns the bytes, their piece crcs and the object size.
     pub async fn read(
         &self,
         chain: ChainId,
@@ -548,7 +552,7 @@ impl Node {
         off: u64,
         len: u32,
         local_only: bool,
-    ) -> FsResult<(Vec<u8>, u64)> {
+    ) -> FsResult<ReadOut> {
         let c = self.check_chain(chain, version).await?;
         if !c.members.contains(&self.me) {
             return Err(FsError::Unavailable(format!(
@@ -578,7 +582,7 @@ impl Node {
         };
         self.stats.reads.inc();
         self.stats.read_bytes.add(r.data.len() as u64);
-        Ok((r.data, r.size))
+        Ok(r)
     }
 
     /// fdatasync of each object here, then downstream.

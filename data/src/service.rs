@@ -6,7 +6,6 @@ use crate::node::{Node, WriteArgs};
 use crate::peer::LOCAL_ONLY;
 use cirrus_proto::convert::{check_cluster, object_key};
 use cirrus_proto::{pb, to_status};
-use cirrus_types::checksum::piece_crcs;
 use cirrus_types::{ChainId, ChainVersion, FsError, FsResult};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -88,15 +87,16 @@ impl pb::data_server::Data for DataService {
             self.cluster(&r.cluster_id)?;
             let (chain, version) = chain_ref(r.chain.as_ref())?;
             let key = object_key(r.object.as_ref())?;
-            let (data, size) = self
+            // The store returns the piece crcs with the bytes (the verified block crcs
+            // where pieces are whole blocks), so the reply costs no second crc pass.
+            let out = self
                 .node
                 .read(chain, version, key, r.offset, r.len, local_only)
                 .await?;
-            let crcs = piece_crcs(r.offset, &data);
             Ok(pb::ReadReply {
-                data: data.into(),
-                crcs,
-                object_size: size,
+                data: out.data,
+                crcs: out.crcs,
+                object_size: out.size,
             })
         }
         .await)

@@ -10,7 +10,7 @@
 //! after the completion, so the kernel never writes into freed memory.
 
 use io_uring::{opcode, types, IoUring};
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -22,8 +22,9 @@ use tokio::sync::oneshot;
 /// Alignment of every buffer: the O_DIRECT requirement of 4 KiB-sector devices.
 pub const ALIGN: usize = 4096;
 
-/// A zeroed, 4 KiB-aligned heap buffer whose length may be any value (capacity is the
-/// length rounded up to `ALIGN`).
+/// A 4 KiB-aligned heap buffer whose length may be any value (capacity is the length
+/// rounded up to `ALIGN`). Its first `len` bytes are always initialised: the constructors
+/// either zero them or fill them, and a read fills what the kernel left out with zeros.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
@@ -45,11 +46,49 @@ impl AlignedBuf {
         AlignedBuf { ptr, len, cap }
     }
 
+    /// Allocates without initialising; every caller initialises `[0, len)` before the
+    /// buffer is handed out (a profile of 1 MiB writes showed 8 % of the data server in
+    /// zeroing buffers that were overwritten right after).
+    fn alloc_uninit(len: usize) -> AlignedBuf {
+        let cap = len.div_ceil(ALIGN).max(1) * ALIGN;
+        let layout = Layout::from_size_align(cap, ALIGN).expect("aligned layout");
+        // SAFETY: layout has non-zero size.
+        let raw = unsafe { alloc(layout) };
+        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len, cap }
+    }
+
     /// A buffer holding a copy of `data`.
     pub fn from_slice(data: &[u8]) -> AlignedBuf {
-        let mut b = AlignedBuf::zeroed(data.len());
-        b.as_mut_slice().copy_from_slice(data);
+        AlignedBuf::with_copy_at(data.len(), 0, data)
+    }
+
+    /// A `len`-byte buffer holding `data` at `at` and zeros elsewhere; only the bytes
+    /// outside `data` are zeroed. Panics when `data` does not fit.
+    pub fn with_copy_at(len: usize, at: usize, data: &[u8]) -> AlignedBuf {
+        let end = at.checked_add(data.len()).expect("offset overflow");
+        assert!(
+            end <= len,
+            "{} bytes at {at} do not fit in {len}",
+            data.len()
+        );
+        let b = AlignedBuf::alloc_uninit(len);
+        let p = b.ptr.as_ptr();
+        // SAFETY: [0, len) is inside the allocation; each byte is written exactly once
+        // (zeros before `at` and after `end`, `data` in between) before any read.
+        unsafe {
+            std::ptr::write_bytes(p, 0, at);
+            std::ptr::copy_nonoverlapping(data.as_ptr(), p.add(at), data.len());
+            std::ptr::write_bytes(p.add(end), 0, len - end);
+        }
         b
+    }
+
+    /// Zeroes `[from, len)` of a buffer whose `[0, from)` is initialised.
+    fn zero_from(&mut self, from: usize) {
+        let from = from.min(self.len);
+        // SAFETY: [from, len) is inside the allocation.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(from), 0, self.len - from) }
     }
 
     pub fn len(&self) -> usize {
@@ -68,6 +107,12 @@ impl AlignedBuf {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and we hold &mut self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
     }
 }
 
@@ -166,18 +211,49 @@ impl Ring {
         off: u64,
         buf: AlignedBuf,
     ) -> (io::Result<usize>, AlignedBuf) {
+        self.read_into(file, off, buf).await
+    }
+
+    /// Reads `len` bytes at `off` into a fresh buffer that is not zeroed first (the
+    /// kernel fills it); bytes past the end of the file, or all of it on an error, read
+    /// as zeros. Returns the byte count read.
+    pub async fn read_new(
+        &self,
+        file: &Arc<File>,
+        off: u64,
+        len: usize,
+    ) -> (io::Result<usize>, AlignedBuf) {
+        self.read_into(file, off, AlignedBuf::alloc_uninit(len))
+            .await
+    }
+
+    /// The read behind both: whatever the kernel did not fill is zeroed, so a buffer
+    /// handed back is always initialised.
+    async fn read_into(
+        &self,
+        file: &Arc<File>,
+        off: u64,
+        buf: AlignedBuf,
+    ) -> (io::Result<usize>, AlignedBuf) {
         let want = buf.len();
         let (r, b) = self.submit(file, Op::Read { off, buf }).await;
-        let Some(buf) = b else {
+        let Some(mut buf) = b else {
             return (
                 Err(r.err().unwrap_or_else(|| io::Error::other("lost buffer"))),
                 AlignedBuf::zeroed(want),
             );
         };
         match r {
-            // A short read means end of file for regular files; the rest stays zero.
-            Ok(n) => (Ok(n.min(want)), buf),
-            Err(e) => (Err(e), buf),
+            // A short read means end of file for regular files; the rest reads as zero.
+            Ok(n) => {
+                let n = n.min(want);
+                buf.zero_from(n);
+                (Ok(n), buf)
+            }
+            Err(e) => {
+                buf.zero_from(0);
+                (Err(e), buf)
+            }
         }
     }
 

@@ -15,11 +15,12 @@
 
 use super::format::{crc_offset, Header};
 use super::{
-    bad_blocks_in, lost_block_crc, zero_block_crc, ChunkStore, ObjectInfo, ReadOut, StoreError,
-    StoreResult, BLOCK,
+    bad_blocks_in, lost_block_crc, piece_crcs_from_blocks, zero_block_crc, ChunkStore, ObjectInfo,
+    ReadOut, StoreError, StoreResult, BLOCK,
 };
 use crate::rangelock::RangeLock;
 use crate::uring::{AlignedBuf, Ring};
+use bytes::Bytes;
 use cirrus_types::{ChainId, InodeId, ObjectKey};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -333,10 +334,7 @@ impl FileStore {
 
     /// Reads whole blocks `[a, b)` (byte offsets, aligned) from the data file.
     async fn read_blocks(&self, o: &Obj, a: u64, b: u64) -> StoreResult<AlignedBuf> {
-        let (r, buf) = self
-            .ring
-            .read_at(&o.data, a, AlignedBuf::zeroed((b - a) as usize))
-            .await;
+        let (r, buf) = self.ring.read_new(&o.data, a, (b - a) as usize).await;
         r.map_err(io_err("read object file"))?;
         Ok(buf)
     }
@@ -416,12 +414,14 @@ impl FileStore {
         v
     }
 
+    /// `piece_crcs`: verified wire piece crcs of `data` (see `ChunkStore::write_verified`).
     async fn do_write(
         &self,
         chain: ChainId,
         key: ObjectKey,
         off: u64,
         data: &[u8],
+        piece_crcs: Option<&[u32]>,
     ) -> StoreResult<u64> {
         let o = self.get_or_create(chain, key).await?;
         if data.is_empty() {
@@ -433,7 +433,9 @@ impl FileStore {
         let (a, b) = (align_down(off), align_up(end));
         let _g = o.blocks.lock(a, b).await;
         self.ensure_allocated(&o, b).await?;
-        let mut buf = AlignedBuf::zeroed((b - a) as usize);
+        // Only the bytes around `data` are zeroed (edge blocks past the old size, read as
+        // zeros); the payload is copied in once.
+        let mut buf = AlignedBuf::with_copy_at((b - a) as usize, (off - a) as usize, data);
         let (size, crcs) = {
             let m = o.meta.lock().await;
             (m.size, self.snapshot(&m, a / BLOCK, (b - a) / BLOCK))
@@ -457,15 +459,29 @@ impl FileStore {
             if !bad.is_empty() {
                 return Err(StoreError::Corrupt { key, blocks: bad });
             }
+            // Merge: the old bytes of the block around this write's bytes.
             let at = (e - a) as usize;
-            buf.as_mut_slice()[at..at + BLOCK as usize].copy_from_slice(blk.as_slice());
+            let dst = &mut buf.as_mut_slice()[at..at + BLOCK as usize];
+            let old = blk.as_slice();
+            let (lo, hi) = ((off.max(e) - e) as usize, (end.min(e + BLOCK) - e) as usize);
+            dst[..lo].copy_from_slice(&old[..lo]);
+            dst[hi..].copy_from_slice(&old[hi..]);
         }
-        let at = (off - a) as usize;
-        buf.as_mut_slice()[at..at + data.len()].copy_from_slice(data);
+        // Piece i of the payload lies in block a / BLOCK + i; a whole-block piece's
+        // verified crc is the block's crc, the edge blocks are computed on the merge.
+        let nblocks = buf.len() / BLOCK as usize;
+        let pieces = piece_crcs.filter(|c| c.len() == nblocks);
         let new_crcs: Vec<u32> = buf
             .as_slice()
             .chunks(BLOCK as usize)
-            .map(crc32c::crc32c)
+            .enumerate()
+            .map(|(i, blk)| {
+                let whole = (i > 0 || off == a) && (i + 1 < nblocks || end == b);
+                match pieces {
+                    Some(p) if whole => p[i],
+                    _ => crc32c::crc32c(blk),
+                }
+            })
             .collect();
         self.ring
             .write_at(&o.data, a, buf)
@@ -525,8 +541,8 @@ impl FileStore {
         let end = off.saturating_add(len as u64).min(size);
         if off >= end {
             return Ok(ReadOut {
-                data: Vec::new(),
                 size,
+                ..ReadOut::default()
             });
         }
         let (a, b) = (align_down(off), align_up(end));
@@ -538,8 +554,8 @@ impl FileStore {
         let end = end.min(size);
         if off >= end {
             return Ok(ReadOut {
-                data: Vec::new(),
                 size,
+                ..ReadOut::default()
             });
         }
         let buf = self.read_blocks(&o, a, b).await?;
@@ -547,8 +563,13 @@ impl FileStore {
         if !bad.is_empty() {
             return Err(StoreError::Corrupt { key, blocks: bad });
         }
+        // The reply shares the aligned buffer (no copy) and takes its whole-block piece
+        // crcs from the stored crcs just verified.
+        let (lo, hi) = ((off - a) as usize, (end - a) as usize);
+        let data = Bytes::from_owner(buf).slice(lo..hi);
         Ok(ReadOut {
-            data: buf.as_slice()[(off - a) as usize..(end - a) as usize].to_vec(),
+            crcs: piece_crcs_from_blocks(off, &data, &crcs),
+            data,
             size,
         })
     }
@@ -649,7 +670,18 @@ impl ChunkStore for FileStore {
         off: u64,
         data: &'a [u8],
     ) -> BoxFuture<'a, StoreResult<u64>> {
-        Box::pin(self.do_write(chain, key, off, data))
+        Box::pin(self.do_write(chain, key, off, data, None))
+    }
+
+    fn write_verified<'a>(
+        &'a self,
+        chain: ChainId,
+        key: ObjectKey,
+        off: u64,
+        data: &'a [u8],
+        crcs: &'a [u32],
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(self.do_write(chain, key, off, data, Some(crcs)))
     }
 
     fn put_blocks<'a>(
@@ -742,6 +774,7 @@ pub fn statvfs(p: &Path) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cirrus_types::checksum::piece_crcs;
     use proptest::prelude::*;
 
     fn key(i: u32) -> ObjectKey {
@@ -800,7 +833,14 @@ mod tests {
                     match op {
                         Op::Write { off, len, seed } => {
                             let data = pattern(len, seed);
-                            let size = store.write(ChainId(1), k, off, &data).await.unwrap();
+                            // Half the writes hand the store their verified wire crcs (the
+                            // server path): a reused crc that is wrong fails a later read.
+                            let size = if seed % 2 == 0 {
+                                let crcs = piece_crcs(off, &data);
+                                store.write_verified(ChainId(1), k, off, &data, &crcs).await.unwrap()
+                            } else {
+                                store.write(ChainId(1), k, off, &data).await.unwrap()
+                            };
                             let end = off as usize + len;
                             if model.len() < end { model.resize(end, 0); }
                             model[off as usize..end].copy_from_slice(&data);
@@ -811,6 +851,7 @@ mod tests {
                             let s = (off as usize).min(model.len());
                             let e = (off as usize + len).min(model.len());
                             prop_assert_eq!(&r.data[..], &model[s..e]);
+                            prop_assert_eq!(&r.crcs, &piece_crcs(off, &r.data));
                             prop_assert_eq!(r.size, model.len() as u64);
                         }
                         Op::Truncate { size } => {
@@ -872,6 +913,37 @@ mod tests {
         let r = store.read(k, 0, 3 * BLOCK as usize).await.unwrap();
         assert!(r.data.iter().all(|&b| b == 5));
         assert_eq!(r.size, 3 * BLOCK);
+    }
+
+    #[tokio::test]
+    async fn verified_write_with_crcs_that_do_not_line_up_computes_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let k = key(4);
+        let data = vec![9u8; 2 * BLOCK as usize];
+        // One crc for two pieces: not usable, so the store must compute both blocks'.
+        store
+            .write_verified(ChainId(2), k, 0, &data, &[0xdead_beef])
+            .await
+            .unwrap();
+        let r = store.read(k, 0, data.len()).await.unwrap();
+        assert_eq!(&r.data[..], &data[..]);
+        assert_eq!(r.crcs, piece_crcs(0, &data));
+        // Unaligned over the first block's tail and into the second: the edge blocks'
+        // crcs come from the merged bytes, not from the (partial) pieces.
+        let w = vec![3u8; BLOCK as usize];
+        let off = BLOCK / 2;
+        store
+            .write_verified(ChainId(2), k, off, &w, &piece_crcs(off, &w))
+            .await
+            .unwrap();
+        drop(store);
+        let store = FileStore::open(dir.path()).unwrap();
+        let r = store.read(k, 0, data.len()).await.unwrap();
+        let mut want = data.clone();
+        want[off as usize..off as usize + w.len()].copy_from_slice(&w);
+        assert_eq!(&r.data[..], &want[..]);
+        assert_eq!(r.crcs, piece_crcs(0, &want));
     }
 
     #[tokio::test]

@@ -174,13 +174,15 @@ impl ChunkStore for MemStore {
             let end = off.saturating_add(len as u64).min(size);
             if off >= end {
                 return Ok(ReadOut {
-                    data: Vec::new(),
                     size,
+                    ..ReadOut::default()
                 });
             }
             verify(key, o, off / BLOCK * BLOCK, end.div_ceil(BLOCK) * BLOCK)?;
+            let data = o.data[off as usize..end as usize].to_vec();
             Ok(ReadOut {
-                data: o.data[off as usize..end as usize].to_vec(),
+                crcs: cirrus_types::checksum::piece_crcs(off, &data),
+                data: data.into(),
                 size,
             })
         });

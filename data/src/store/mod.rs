@@ -13,6 +13,7 @@ pub mod file;
 pub mod format;
 pub mod mem;
 
+use bytes::Bytes;
 use cirrus_types::{ChainId, FsError, ObjectKey};
 use futures::future::BoxFuture;
 
@@ -62,10 +63,14 @@ pub struct ObjectInfo {
     pub size: u64,
 }
 
-/// Result of a read: the bytes (short when the object ends first) and the object's size.
+/// Result of a read: the bytes (short when the object ends first), their wire piece
+/// crcs (`cirrus_types::checksum::piece_crcs` of `data` at the read offset; for whole
+/// blocks these are the stored crcs the read just verified, so no second crc pass) and
+/// the object's size.
 #[derive(Clone, Debug, Default)]
 pub struct ReadOut {
-    pub data: Vec<u8>,
+    pub data: Bytes,
+    pub crcs: Vec<u32>,
     pub size: u64,
 }
 
@@ -80,6 +85,23 @@ pub trait ChunkStore: Send + Sync + 'static {
         off: u64,
         data: &'a [u8],
     ) -> BoxFuture<'a, StoreResult<u64>>;
+
+    /// [`ChunkStore::write`] of a payload whose wire piece crcs (`crcs`, split as
+    /// `cirrus_types::checksum::pieces(off, data.len())`) the caller has just verified
+    /// against `data`: a piece that is a whole block is that block's crc, so a store may
+    /// keep it instead of computing it again (edge blocks merged with old bytes are
+    /// always computed). Crcs that do not line up with the pieces are ignored.
+    fn write_verified<'a>(
+        &'a self,
+        chain: ChainId,
+        key: ObjectKey,
+        off: u64,
+        data: &'a [u8],
+        crcs: &'a [u32],
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        let _ = crcs;
+        self.write(chain, key, off, data)
+    }
 
     /// Writes whole blocks (`off` and `data.len()` multiples of `BLOCK`) without reading
     /// the old ones, for repair and rebuild; the size becomes max(size, `logical_end`).
@@ -146,6 +168,24 @@ pub fn lost_block_crc() -> u32 {
 pub fn zero_block_crc() -> u32 {
     static ZERO: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *ZERO.get_or_init(|| crc32c::crc32c(&[0u8; BLOCK as usize]))
+}
+
+/// Wire piece crcs of `data`, which starts at object offset `off`, given `blocks[i]`, the
+/// verified crc of block `off / BLOCK + i`: a piece that is a whole block takes its block
+/// crc, a partial piece (unaligned start or end) is computed.
+pub fn piece_crcs_from_blocks(off: u64, data: &[u8], blocks: &[u32]) -> Vec<u32> {
+    let mut at = 0usize;
+    cirrus_types::checksum::pieces(off, data.len())
+        .enumerate()
+        .map(|(i, (_, n))| {
+            let piece = &data[at..at + n];
+            at += n;
+            match blocks.get(i) {
+                Some(c) if n == BLOCK as usize => *c,
+                _ => crc32c::crc32c(piece),
+            }
+        })
+        .collect()
 }
 
 /// Checks `buf` (which starts at block `first`) against `crcs` (indexed by block number);

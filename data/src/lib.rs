@@ -2,6 +2,7 @@
 //!
 //! Must not depend on: cirrus-meta, cirrus-client.
 
+pub mod leftover;
 pub mod node;
 pub mod ops_metrics;
 pub mod peer;

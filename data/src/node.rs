@@ -51,6 +51,8 @@ impl ChainEntry {
 pub struct Table {
     pub chains: HashMap<ChainId, ChainEntry>,
     pub addrs: HashMap<ServerId, String>,
+    /// The configured replication factor R.
+    pub replicas: u32,
 }
 
 impl Table {
@@ -76,6 +78,7 @@ impl Table {
                 .iter()
                 .map(|s| (ServerId(s.id), s.address.clone()))
                 .collect(),
+            replicas: t.replicas,
         }
     }
 }

@@ -317,6 +317,7 @@ async fn heartbeat_loop(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0u32;
+    let sweeping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tick.tick().await;
         rebuilds.reconcile(&node);
@@ -350,6 +351,15 @@ async fn heartbeat_loop(
                 last_ok.store(now_ms(), Ordering::Relaxed);
                 if let Some(t) = &reply.table {
                     node.set_table(Table::from_pb(t));
+                }
+                // Copies of chains this server has left, once those chains are at full R
+                // elsewhere; one sweep at a time, off the heartbeat's path.
+                if !sweeping.swap(true, Ordering::AcqRel) {
+                    let (node, sweeping) = (node.clone(), sweeping.clone());
+                    tokio::spawn(async move {
+                        crate::leftover::drop_left_chains(&node).await;
+                        sweeping.store(false, Ordering::Release);
+                    });
                 }
                 let garbage: Vec<_> = reply
                     .garbage

@@ -106,8 +106,18 @@ fn probe_direct(dir: &Path) -> std::io::Result<bool> {
             match f.write_at(buf.as_slice(), 0) {
                 Ok(_) => true,
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => false,
+                // A full disk: the open took O_DIRECT (filesystems that refuse it refuse
+                // the open), and a full server must still start and serve reads.
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                    tracing::warn!(dir = %dir.display(), "the data disk is full: writes fail with ENOSPC until space is freed; reads are served");
+                    true
+                }
                 Err(e) => return Err(e),
             }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+            tracing::warn!(dir = %dir.display(), "the data disk is full (no room for the O_DIRECT probe file): assuming O_DIRECT; reads are served");
+            true
         }
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => false,
         Err(e) => return Err(e),

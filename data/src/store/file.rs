@@ -4,7 +4,7 @@
 //! O_DIRECT would turn each into a 4 KiB read-modify-write.
 //!
 //! Space: ext4 collapses on extending O_DIRECT writes at queue depth > 1, so data files
-//! are pre-extended with fallocate(mode 0) in growing steps (1 MiB doubling to 64 MiB)
+//! are pre-extended with fallocate(mode 0) in growing steps (64 KiB doubling to 64 MiB)
 //! and writes land inside allocated space. The file's length is therefore not the object
 //! size; the logical size lives in the sidecar header. ENOSPC surfaces from fallocate,
 //! before any data is written, so a full disk fails the write cleanly.
@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-const MIN_PREALLOC: u64 = 1 << 20;
+/// First allocation step. Small: every object pays it, and a 1 MiB step made each small
+/// file cost 1 MiB of disk (a chaos soak filled its 256 MiB data disks with them).
+const MIN_PREALLOC: u64 = 64 << 10;
 const MAX_PREALLOC: u64 = 64 << 20;
 
 struct Meta {
@@ -923,6 +925,26 @@ mod tests {
         let r = store.read(k, 0, 3 * BLOCK as usize).await.unwrap();
         assert!(r.data.iter().all(|&b| b == 5));
         assert_eq!(r.size, 3 * BLOCK);
+    }
+
+    #[tokio::test]
+    async fn a_small_object_takes_the_first_prealloc_step_not_a_megabyte_of_disk() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let k = key(5);
+        store
+            .write(ChainId(1), k, 0, &vec![7u8; 4096])
+            .await
+            .unwrap();
+        let used = std::fs::metadata(store.data_path(ChainId(1), k))
+            .unwrap()
+            .blocks()
+            * 512;
+        assert!(
+            (4096..=64 << 10).contains(&used),
+            "a 4 KiB object holds {used} bytes of disk, more than 64 KiB"
+        );
     }
 
     #[tokio::test]

@@ -28,6 +28,15 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
+# A full run needs about 4 GiB under target/ (build + clippy + test data); a CI run on a
+# nearly full disk once died inside rustc with ENOSPC. Say so plainly before building.
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir"
+free_kib=$(df -Pk "$target_dir" | awk 'NR==2 {print $4}')
+if [ "$free_kib" -lt $((5 * 1024 * 1024)) ]; then
+  echo "scripts/test.sh: only $((free_kib / 1024)) MiB free under $target_dir; the build and tests need 5 GiB" >&2
+  exit 1
+fi
 [ -e /dev/fuse ] || { echo "scripts/test.sh: /dev/fuse is missing: the FUSE tests cannot run (modprobe fuse)" >&2; exit 1; }
 
 say "format"

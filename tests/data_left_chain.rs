@@ -7,37 +7,23 @@
 mod data_common;
 
 use anyhow::{anyhow, ensure, Result};
-use cirrus_raft_tests::cluster::ClusterBuilder;
-use cirrus_types::ObjectKey;
 use data_common::*;
-use std::time::Duration;
 
 const LEN: usize = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_back_after_its_chain_was_rebuilt_elsewhere_deletes_its_stale_copy() -> Result<()>
 {
-    let mut c = ClusterBuilder::new()
-        .data_servers(3)
-        .replicas(2)
-        .server_timeout(Duration::from_secs(3))
-        .start()
-        .await?;
-    let cl = client(&c).await?;
-    let (ino, layout) = new_file(&cl, "f").await?;
-    let chain_id = layout.chains[0];
-    let key = ObjectKey {
-        inode: ino,
-        index: 0,
-    };
+    let mut c = r2_rebuild_cluster().start().await?;
     let bytes = pattern(3, 0, LEN);
-    write(&cl, chain_id, key, 0, bytes.clone())
-        .await
-        .map_err(|e| anyhow!("write: {e}"))?;
-    let ch = chain(&c, chain_id).await?;
-    ensure!(ch.members.len() == 2, "chain should have 2 members: {ch:?}");
-    let b = index_of(&c, ch.members[1]).await?;
-    let b_sid = ch.members[1];
+    let Written {
+        cl,
+        chain_id,
+        key,
+        members,
+    } = write_one_object(&c, bytes.clone()).await?;
+    let b = index_of(&c, members[1]).await?;
+    let b_sid = members[1];
     let (dat, crc) = object_files(&c, b, chain_id, key);
     ensure!(
         dat.exists() && crc.exists(),

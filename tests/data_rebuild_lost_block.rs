@@ -8,10 +8,8 @@
 mod data_common;
 
 use anyhow::{anyhow, ensure, Result};
-use cirrus_raft_tests::cluster::ClusterBuilder;
-use cirrus_types::{ChainVersion, FsError, ObjectKey};
+use cirrus_types::{ChainVersion, FsError};
 use data_common::*;
-use std::time::Duration;
 
 const LEN: usize = 256 << 10;
 const BAD_BLOCK: u64 = 5;
@@ -19,27 +17,16 @@ const BAD_BLOCK: u64 = 5;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_from_a_source_with_a_bad_block_finishes_and_that_block_reads_eio_while_the_rest_reads_correctly(
 ) -> Result<()> {
-    let mut c = ClusterBuilder::new()
-        .data_servers(3)
-        .replicas(2)
-        .server_timeout(Duration::from_secs(3))
-        .start()
-        .await?;
-    let cl = client(&c).await?;
-    let (ino, layout) = new_file(&cl, "f").await?;
-    let chain_id = layout.chains[0];
-    let key = ObjectKey {
-        inode: ino,
-        index: 0,
-    };
+    let mut c = r2_rebuild_cluster().start().await?;
     let data = pattern(3, 0, LEN);
-    write(&cl, chain_id, key, 0, data.clone())
-        .await
-        .map_err(|e| anyhow!("write: {e}"))?;
-    let ch = chain(&c, chain_id).await?;
-    ensure!(ch.members.len() == 2, "chain should have 2 members: {ch:?}");
-    let a = index_of(&c, ch.members[0]).await?;
-    let b = index_of(&c, ch.members[1]).await?;
+    let Written {
+        cl,
+        chain_id,
+        key,
+        members,
+    } = write_one_object(&c, data.clone()).await?;
+    let a = index_of(&c, members[0]).await?;
+    let b = index_of(&c, members[1]).await?;
     let x = (0..3).find(|i| *i != a && *i != b).expect("a third server");
     let x_sid = c.data_info(x).await?.server_id;
 

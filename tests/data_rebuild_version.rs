@@ -12,10 +12,8 @@
 mod data_common;
 
 use anyhow::{anyhow, ensure, Result};
-use cirrus_raft_tests::cluster::ClusterBuilder;
-use cirrus_types::{ChainVersion, ObjectKey};
+use cirrus_types::ChainVersion;
 use data_common::*;
-use std::time::Duration;
 
 /// Object size: at `--rebuild-rate 1` (MiB/s) the copy takes about 8 s, time enough to
 /// pause meta while it runs.
@@ -26,28 +24,19 @@ const LATE: usize = 64 << 10;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caught_up_report_of_a_copy_made_before_a_drop_and_re_add_does_not_promote_a_member_missing_writes(
 ) -> Result<()> {
-    let mut c = ClusterBuilder::new()
-        .data_servers(3)
-        .replicas(2)
-        .server_timeout(Duration::from_secs(3))
+    let mut c = r2_rebuild_cluster()
         .data_args(vec!["--rebuild-rate".into(), "1".into()])
         .start()
         .await?;
-    let cl = client(&c).await?;
-    let (ino, layout) = new_file(&cl, "f").await?;
-    let chain_id = layout.chains[0];
-    let key = ObjectKey {
-        inode: ino,
-        index: 0,
-    };
     let old = pattern(1, 0, LEN);
-    write(&cl, chain_id, key, 0, old.clone())
-        .await
-        .map_err(|e| anyhow!("first write: {e}"))?;
-    let ch = chain(&c, chain_id).await?;
-    ensure!(ch.members.len() == 2, "chain should have 2 members: {ch:?}");
-    let a = index_of(&c, ch.members[0]).await?;
-    let b = index_of(&c, ch.members[1]).await?;
+    let Written {
+        cl,
+        chain_id,
+        key,
+        members,
+    } = write_one_object(&c, old.clone()).await?;
+    let a = index_of(&c, members[0]).await?;
+    let b = index_of(&c, members[1]).await?;
     let x = (0..3).find(|i| *i != a && *i != b).expect("a third server");
     let x_sid = c.data_info(x).await?.server_id;
 

@@ -245,3 +245,45 @@ pub fn flip(path: &std::path::Path, at: u64) -> Result<()> {
     f.sync_all()?;
     Ok(())
 }
+
+/// 3 meta + 3 data with R=2, where meta drops a silent data server after 3 s: the cluster
+/// of the rebuild tests.
+pub fn r2_rebuild_cluster() -> cirrus_raft_tests::cluster::ClusterBuilder {
+    cirrus_raft_tests::cluster::ClusterBuilder::new()
+        .data_servers(3)
+        .replicas(2)
+        .server_timeout(Duration::from_secs(3))
+}
+
+/// One object written through a fresh client, and the members of its chain then.
+pub struct Written {
+    pub cl: Arc<Client>,
+    pub chain_id: ChainId,
+    pub key: ObjectKey,
+    pub members: Vec<u64>,
+}
+
+/// Writes `data` at offset 0 of object 0 of a new file "f" and checks that its chain has
+/// the two members of R=2.
+pub async fn write_one_object(c: &TestCluster, data: Vec<u8>) -> Result<Written> {
+    let cl = client(c).await?;
+    let (ino, layout) = new_file(&cl, "f").await?;
+    let chain_id = layout.chains[0];
+    let key = ObjectKey {
+        inode: ino,
+        index: 0,
+    };
+    write(&cl, chain_id, key, 0, data)
+        .await
+        .map_err(|e| anyhow!("first write: {e}"))?;
+    let ch = chain(c, chain_id).await?;
+    if ch.members.len() != 2 {
+        bail!("chain should have 2 members: {ch:?}");
+    }
+    Ok(Written {
+        cl,
+        chain_id,
+        key,
+        members: ch.members,
+    })
+}

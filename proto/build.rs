@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto/cirrus.proto");
     tonic_prost_build::configure()
+        // Every service encodes into a buffer sized once (see src/codec.rs).
+        .codec_path("crate::codec::SizedCodec")
         .bytes(".cirrus.v1.WriteRequest.data")
         .bytes(".cirrus.v1.ReadReply.data")
         .bytes(".cirrus.v1.RaftBytes.payload")

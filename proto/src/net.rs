@@ -68,8 +68,11 @@ pub fn meta_client_stamped(ch: Channel, stamp: crate::leader::Stamp) -> crate::l
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
+/// A Data service client over a tuned channel.
+pub type DataClient = crate::pb::data_client::DataClient<Channel>;
+
 /// Data client with the message limits set.
-pub fn data_client(ch: Channel) -> crate::pb::data_client::DataClient<Channel> {
+pub fn data_client(ch: Channel) -> DataClient {
     crate::pb::data_client::DataClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)

@@ -35,8 +35,9 @@ pub struct Config {
     /// Data servers of the founding setup.
     #[arg(long, default_value_t = 2)]
     pub data_servers: usize,
-    /// Cirrus data-server counts for the scaling job (R=1, direct I/O); empty skips it.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4")]
+    /// Cirrus data-server counts for the scaling job (R=1, direct I/O); `--scaling`
+    /// with no value skips it.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,2,3,4")]
     pub scaling: Vec<usize>,
     /// fio threads (one file each).
     #[arg(long, default_value_t = 4)]
@@ -478,6 +479,14 @@ mod tests {
         assert_eq!(c.replicas, vec![1, 2]);
         assert_eq!(c.data_servers, 2);
         assert_eq!(c.scaling, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn scaling_without_a_value_skips_the_scaling_job() {
+        let c = Cli::parse_from(["x", "--scaling"]).cfg;
+        assert!(c.scaling.is_empty(), "{:?}", c.scaling);
+        let c = Cli::parse_from(["x", "--scaling", "2,4"]).cfg;
+        assert_eq!(c.scaling, vec![2, 4]);
     }
 
     #[test]

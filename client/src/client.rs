@@ -7,12 +7,22 @@
 //! writes the buffer to the chains and commits size and mtime to meta; `fsync` also makes
 //! every touched object durable on every chain member first. Within one mount all handles
 //! of an inode share one buffer, so a read through any handle sees every write.
+//!
+//! Streaming: once `flush_behind` dirty bytes wait, a task sends them behind the writer
+//! while it goes on filling the buffer (a writer waits only when `max_dirty` bytes are
+//! buffered or being sent); a sequential reader gets the next blocks fetched ahead of it
+//! (`read_ahead`), so a single-threaded `cp` keeps several RPCs in flight on every chain.
+//! Read-ahead blocks are dropped by any local write over them, by a truncate and at every
+//! open, and are only fetched for ranges with no local dirty bytes, so they never hide a
+//! write of this mount and never outlive close-to-open.
 
-use crate::buffer::{clamp_read, place, plan_flush, WriteBuffer};
+use crate::buffer::{clamp_read, place, plan_flush, WriteBuffer, SEG_BLOCK};
 use crate::data::{DataPath, DataPolicy};
 use crate::meta::{Attr, MetaClient, Opened, SetAttr};
+use bytes::Bytes;
 use cirrus_proto::{CallPolicy, MetaConn};
 use cirrus_types::{ClientId, FileKind, FsError, FsResult, HandleId, InodeId, Layout, ObjectKey};
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +38,12 @@ pub struct ClientConfig {
     pub meta_per_try: Duration,
     /// One data attempt against one server.
     pub data_per_try: Duration,
-    /// Dirty bytes per open inode before writes flush inline.
+    /// Dirty bytes per open inode (buffered plus being sent) before a write waits.
     pub max_dirty: usize,
+    /// Dirty bytes per open inode that start a flush behind the writer.
+    pub flush_behind: usize,
+    /// Bytes fetched ahead of a sequential reader, per open inode (0: no read-ahead).
+    pub read_ahead: u64,
     /// Largest single data write RPC.
     pub max_chunk: usize,
     /// Data RPCs in flight per flush or read.
@@ -45,6 +59,8 @@ impl Default for ClientConfig {
             meta_per_try: Duration::from_secs(5),
             data_per_try: Duration::from_secs(10),
             max_dirty: 32 << 20,
+            flush_behind: 4 << 20,
+            read_ahead: 8 << 20,
             max_chunk: 4 << 20,
             max_inflight: 16,
             lease_interval: Duration::from_secs(5),
@@ -74,6 +90,46 @@ struct InodeState {
     /// laid over): this mount is the writer, and close-to-open only promises another
     /// mount's changes at the next open.
     attr: Option<CachedAttr>,
+    /// A flush behind the writer is running (at most one per inode).
+    behind: bool,
+    /// The last flush behind failed: none starts again until a foreground flush (a
+    /// writer short of room, close, fsync) has succeeded, so a dead chain costs one
+    /// deadline per foreground call instead of one per write.
+    behind_failed: bool,
+    /// Blocks fetched ahead of a sequential reader (under the same lock as `buf`, so a
+    /// write and the decision to fetch a block are ordered).
+    ra: ReadAhead,
+}
+
+/// One read-ahead block's fetch, shared by every read that needs it.
+type Fetch = Shared<BoxFuture<'static, FsResult<Bytes>>>;
+
+#[derive(Default)]
+struct ReadAhead {
+    /// End of the last read; a read starting within a block of it continues the run.
+    next: u64,
+    /// Bytes to keep fetched ahead of the reader: doubles per sequential read up to
+    /// `read_ahead`, back to 0 on a jump.
+    window: u64,
+    /// Block start (a multiple of `SEG_BLOCK`) -> its fetch of the whole block (or up to
+    /// the size known when it started).
+    blocks: BTreeMap<u64, Fetch>,
+}
+
+impl ReadAhead {
+    /// Forgets blocks overlapping `[off, end)` (a local write there).
+    fn drop_range(&mut self, off: u64, end: u64) {
+        let first = off / SEG_BLOCK * SEG_BLOCK;
+        let keys: Vec<u64> = self.blocks.range(first..end).map(|(&b, _)| b).collect();
+        for b in keys {
+            self.blocks.remove(&b);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.blocks.clear();
+        self.window = 0;
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +150,26 @@ struct OpenInode {
     state: Mutex<InodeState>,
     /// Serialises flushes, truncates and syncs of this inode.
     io_lock: tokio::sync::Mutex<()>,
+    /// Signalled after every flush behind the writer (room may have been freed).
+    flushed: tokio::sync::Notify,
+}
+
+/// One piece of a read, inside one block.
+struct ReadPiece {
+    off: u64,
+    len: u64,
+    block_start: u64,
+    /// The read-ahead fetch of its block, when one is held.
+    block: Option<Fetch>,
+}
+
+/// What `try_write` did with a write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Buffered {
+    /// Buffered: the write is done (this many bytes).
+    Done(usize),
+    /// No room: nothing was buffered; `write` waits for room.
+    Full,
 }
 
 struct Handle {
@@ -113,6 +189,8 @@ fn now_ns() -> i64 {
 }
 
 pub struct Client {
+    /// Runs flushes behind writers and read-ahead fetches (also from FUSE threads).
+    rt: tokio::runtime::Handle,
     meta: MetaClient,
     data: DataPath,
     cfg: ClientConfig,
@@ -155,6 +233,7 @@ impl Client {
         data.refresh(0).await?;
         let client_id = ClientId(rand::random::<u64>() | 1);
         Ok(Arc::new(Client {
+            rt: tokio::runtime::Handle::current(),
             meta,
             data,
             cfg,
@@ -384,6 +463,7 @@ impl Client {
                         layout: opened.layout.clone(),
                         state: Mutex::new(InodeState::default()),
                         io_lock: tokio::sync::Mutex::new(()),
+                        flushed: tokio::sync::Notify::new(),
                     })
                 })
                 .clone();
@@ -397,6 +477,9 @@ impl Client {
                 st.mtime_ns = opened.attr.mtime_ns;
             }
             st.opens += 1;
+            // Close-to-open: bytes fetched ahead before this open may predate another
+            // mount's close.
+            st.ra.clear();
             st.attr = Some(CachedAttr {
                 attr: opened.attr.clone(),
                 at: Instant::now(),
@@ -472,25 +555,98 @@ impl Client {
         Ok(o.attr)
     }
 
-    pub async fn write(&self, fh: u64, off: u64, data: &[u8]) -> FsResult<usize> {
+    /// Buffers a write without waiting when there is room (buffered plus being sent
+    /// below `max_dirty`, or nothing held at all), and starts a flush behind the writer
+    /// once `flush_behind` bytes wait. Callable from a thread outside the runtime: the
+    /// FUSE threads answer most writes this way, without a task.
+    pub fn try_write(self: &Arc<Self>, fh: u64, off: u64, data: &[u8]) -> FsResult<Buffered> {
         let (inode, _) = self.handle(fh)?;
-        off.checked_add(data.len() as u64)
+        let end = off
+            .checked_add(data.len() as u64)
             .filter(|e| *e <= i64::MAX as u64)
             .ok_or(FsError::TooBig)?;
-        let full = {
+        let start_behind = {
             let mut st = lock(&inode.state);
+            let held = st.buf.len() + st.inflight.len();
+            if held > 0 && held + data.len() > self.cfg.max_dirty {
+                return Ok(Buffered::Full);
+            }
             st.buf.insert(off, data);
-            st.size = st.size.max(off + data.len() as u64);
+            st.ra.drop_range(off, end);
+            st.size = st.size.max(end);
             st.mtime_ns = now_ns();
             st.write_gen += 1;
             st.uncommitted = true;
             self.bump();
-            st.buf.len() >= self.cfg.max_dirty
+            let go = !st.behind && !st.behind_failed && st.buf.len() >= self.cfg.flush_behind;
+            if go {
+                st.behind = true;
+            }
+            go
         };
-        if full {
-            self.flush_inode(&inode, self.deadline()).await?;
+        if start_behind {
+            let (c, i) = (self.clone(), inode.clone());
+            self.rt.spawn(async move { c.flush_behind(i).await });
         }
-        Ok(data.len())
+        Ok(Buffered::Done(data.len()))
+    }
+
+    /// write(2): buffers the bytes, waiting for room while `max_dirty` bytes are held.
+    /// A writer short of room with no flush behind it flushes in the foreground, so a
+    /// failing chain surfaces here as that flush's error.
+    pub async fn write(self: &Arc<Self>, fh: u64, off: u64, data: &[u8]) -> FsResult<usize> {
+        let deadline = self.deadline();
+        loop {
+            let (inode, _) = self.handle(fh)?;
+            // Registered before the check, so a flush finishing in between still wakes it.
+            let notified = inode.flushed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Buffered::Done(n) = self.try_write(fh, off, data)? {
+                return Ok(n);
+            }
+            let behind = lock(&inode.state).behind;
+            if behind {
+                if tokio::time::timeout_at(deadline.into(), notified)
+                    .await
+                    .is_err()
+                {
+                    return Err(FsError::Timeout(
+                        "write: no room in the write-back buffer before the deadline".into(),
+                    ));
+                }
+            } else {
+                self.flush_inode(&inode, deadline).await?;
+            }
+        }
+    }
+
+    /// Sends settled dirty bytes (all but a block still being filled) batch after batch
+    /// while at least `flush_behind` bytes wait, then ends.
+    async fn flush_behind(self: Arc<Self>, inode: Arc<OpenInode>) {
+        loop {
+            let io = inode.io_lock.lock().await;
+            let r = self.flush_batch(&inode, self.deadline(), true).await;
+            drop(io);
+            let again = {
+                let mut st = lock(&inode.state);
+                if r.is_err() {
+                    st.behind_failed = true;
+                }
+                let again = r.is_ok() && st.buf.len() >= self.cfg.flush_behind;
+                if !again {
+                    st.behind = false;
+                }
+                again
+            };
+            inode.flushed.notify_waiters();
+            if let Err(e) = r {
+                tracing::warn!(ino = %inode.ino, err = %e, "flush behind the writer failed; the bytes stay buffered for the next flush");
+            }
+            if !again {
+                return;
+            }
+        }
     }
 
     /// Sends the inode's buffer to the chains, in parallel, one RPC per chunk.
@@ -500,16 +656,36 @@ impl Client {
     }
 
     async fn flush_locked(&self, inode: &Arc<OpenInode>, deadline: Instant) -> FsResult<()> {
+        self.flush_batch(inode, deadline, false).await?;
+        lock(&inode.state).behind_failed = false;
+        Ok(())
+    }
+
+    /// One flush under the io lock: every dirty byte, or with `settled` all but a block
+    /// still being filled. The batch is frozen, so its RPCs carry slices of the buffer's
+    /// own allocations and reads lay it over server bytes without a copy.
+    async fn flush_batch(
+        &self,
+        inode: &Arc<OpenInode>,
+        deadline: Instant,
+        settled: bool,
+    ) -> FsResult<()> {
         let batch = {
             let mut st = lock(&inode.state);
-            if st.buf.is_empty() {
+            let mut b = if settled {
+                st.buf.take_settled()
+            } else {
+                std::mem::take(&mut st.buf)
+            };
+            if b.is_empty() {
                 return Ok(());
             }
-            let b = std::mem::take(&mut st.buf);
+            b.freeze();
             st.inflight = b.clone();
             b
         };
         let chunks = plan_flush(&batch, &inode.layout, self.cfg.max_chunk);
+        drop(batch);
         let objects: BTreeSet<u32> = chunks.iter().map(|c| c.object_index).collect();
         let results: Vec<FsResult<()>> = stream::iter(chunks.into_iter().map(|c| {
             let chain = inode.layout.chains[c.object_index as usize];
@@ -630,48 +806,170 @@ impl Client {
         res.and(rel)
     }
 
-    pub async fn read(&self, fh: u64, off: u64, len: u32) -> FsResult<Vec<u8>> {
+    /// read(2): the bytes of `[off, off + len)` up to the size this mount knows, from
+    /// read-ahead blocks where held and the data servers otherwise, with this mount's
+    /// dirty bytes laid over. A read served by one block or one RPC with no dirty bytes
+    /// over it returns the server's buffer itself.
+    pub async fn read(self: &Arc<Self>, fh: u64, off: u64, len: u32) -> FsResult<Bytes> {
         let (inode, _) = self.handle(fh)?;
-        let (n, overlay_in, overlay_buf) = {
-            let st = lock(&inode.state);
+        let deadline = self.deadline();
+        let (n, pieces, overlay_in, overlay_buf) = {
+            let mut guard = lock(&inode.state);
+            let st = &mut *guard;
             let n = clamp_read(off, len, st.size);
+            if n == 0 {
+                return Ok(Bytes::new());
+            }
+            let pieces = self.plan_read(&inode, st, off, n, deadline);
             (
                 n,
+                pieces,
                 st.inflight.clone_range(off, n),
                 st.buf.clone_range(off, n),
             )
         };
-        let mut out = vec![0u8; n as usize];
-        if n == 0 {
-            return Ok(out);
-        }
-        let deadline = self.deadline();
-        let extents = inode.layout.extents(off, n);
-        let results: Vec<FsResult<(usize, bytes::Bytes)>> =
-            stream::iter(extents.into_iter().map(|e| {
-                let chain = inode.layout.chains[e.object_index as usize];
-                let key = ObjectKey {
-                    inode: inode.ino,
-                    index: e.object_index,
-                };
-                async move {
-                    let got = self
-                        .data
-                        .read(chain, key, e.object_offset, e.len as u32, deadline)
-                        .await?;
-                    Ok(((e.file_offset - off) as usize, got))
+        let parts = futures::future::join_all(pieces.into_iter().map(|p| {
+            let inode = inode.clone();
+            async move {
+                if let Some(fetch) = p.block {
+                    match fetch.await {
+                        Ok(bytes) if bytes.len() as u64 >= p.off - p.block_start + p.len => {
+                            let at = (p.off - p.block_start) as usize;
+                            return Ok((p.off, bytes.slice(at..at + p.len as usize)));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(ino = %inode.ino, err = %e, "read-ahead block failed; reading the range itself");
+                        }
+                    }
                 }
-            }))
-            .buffer_unordered(self.cfg.max_inflight)
-            .collect()
-            .await;
-        for r in results {
-            let (at, got) = r?;
-            place(&mut out, at, &got);
+                let got = self.clone().fetch(inode, p.off, p.len, deadline).await?;
+                Ok::<_, FsError>((p.off, got))
+            }
+        }))
+        .await;
+        let mut parts = parts.into_iter().collect::<FsResult<Vec<_>>>()?;
+        if parts.len() == 1 && overlay_in.is_empty() && overlay_buf.is_empty() {
+            if let Some((_, only)) = parts.pop() {
+                return Ok(only);
+            }
+        }
+        let mut out = vec![0u8; n as usize];
+        for (p_off, got) in parts {
+            place(&mut out, (p_off - off) as usize, &got);
         }
         overlay_in.overlay(off, &mut out);
         overlay_buf.overlay(off, &mut out);
-        Ok(out)
+        Ok(Bytes::from(out))
+    }
+
+    /// Cuts a read into pieces at block boundaries, moves the read-ahead window and
+    /// starts fetching the blocks a sequential reader will want (its current ones
+    /// included). Blocks holding local dirty bytes are not fetched ahead: their pieces
+    /// are read per request, with the overlay taken under the same lock.
+    fn plan_read(
+        self: &Arc<Self>,
+        inode: &Arc<OpenInode>,
+        st: &mut InodeState,
+        off: u64,
+        n: u64,
+        deadline: Instant,
+    ) -> Vec<ReadPiece> {
+        let end = off + n;
+        let max = self.cfg.read_ahead;
+        let ra = &mut st.ra;
+        let sequential = off + SEG_BLOCK >= ra.next && off <= ra.next + SEG_BLOCK;
+        if max > 0 && sequential {
+            ra.window = (ra.window * 2).max(2 * n).min(max);
+        } else {
+            ra.clear();
+        }
+        ra.next = end;
+        let first = off / SEG_BLOCK * SEG_BLOCK;
+        // Blocks behind the reader are done with.
+        let behind: Vec<u64> = ra.blocks.range(..first).map(|(&b, _)| b).collect();
+        for b in behind {
+            ra.blocks.remove(&b);
+        }
+        if ra.window > 0 {
+            let until = end.saturating_add(ra.window).min(st.size);
+            let mut b = first;
+            while b < until {
+                let len = SEG_BLOCK.min(st.size - b);
+                if !ra.blocks.contains_key(&b)
+                    && !st.buf.overlaps(b, len)
+                    && !st.inflight.overlaps(b, len)
+                {
+                    let task = self
+                        .rt
+                        .spawn(self.clone().fetch(inode.clone(), b, len, deadline));
+                    let fetch: Fetch = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(FsError::Io(format!("read-ahead task failed: {e}")))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    ra.blocks.insert(b, fetch);
+                }
+                b += SEG_BLOCK;
+            }
+        }
+        let mut pieces = Vec::new();
+        let mut pos = off;
+        while pos < end {
+            let b = pos / SEG_BLOCK * SEG_BLOCK;
+            let p_end = (b + SEG_BLOCK).min(end);
+            pieces.push(ReadPiece {
+                off: pos,
+                len: p_end - pos,
+                block_start: b,
+                block: ra.blocks.get(&b).cloned(),
+            });
+            pos = p_end;
+        }
+        pieces
+    }
+
+    /// `[off, off + len)` of the file from the data servers, every extent in parallel,
+    /// exactly `len` bytes (holes and bytes past an object's end read as zeros). One
+    /// extent that came back whole is returned without a copy.
+    async fn fetch(
+        self: Arc<Self>,
+        inode: Arc<OpenInode>,
+        off: u64,
+        len: u64,
+        deadline: Instant,
+    ) -> FsResult<Bytes> {
+        let extents = inode.layout.extents(off, len);
+        let results: Vec<FsResult<(usize, Bytes)>> = stream::iter(extents.into_iter().map(|e| {
+            let chain = inode.layout.chains[e.object_index as usize];
+            let key = ObjectKey {
+                inode: inode.ino,
+                index: e.object_index,
+            };
+            let data = &self.data;
+            async move {
+                let got = data
+                    .read(chain, key, e.object_offset, e.len as u32, deadline)
+                    .await?;
+                Ok(((e.file_offset - off) as usize, got))
+            }
+        }))
+        .buffer_unordered(self.cfg.max_inflight)
+        .collect()
+        .await;
+        let mut results = results.into_iter().collect::<FsResult<Vec<_>>>()?;
+        if results.len() == 1 && results[0].1.len() as u64 == len {
+            if let Some((_, only)) = results.pop() {
+                return Ok(only);
+            }
+        }
+        let mut out = vec![0u8; len as usize];
+        for (at, got) in results {
+            place(&mut out, at, &got);
+        }
+        Ok(Bytes::from(out))
     }
 
     /// setattr, including truncate: pending writes go out first, then every object is cut
@@ -735,6 +1033,7 @@ impl Client {
         if let Some(i) = &open {
             let mut st = lock(&i.state);
             st.buf.truncate(size);
+            st.ra.clear();
             st.size = size;
             st.mtime_ns = a.mtime_ns;
             st.attr = Some(CachedAttr {
@@ -789,26 +1088,5 @@ impl Client {
                 tracing::error!(err = %e, "release at unmount");
             }
         }
-    }
-}
-
-impl WriteBuffer {
-    /// A copy of the dirty bytes inside `[off, off + len)` (for overlay without the lock).
-    pub fn clone_range(&self, off: u64, len: u64) -> WriteBuffer {
-        let mut out = WriteBuffer::default();
-        if len == 0 {
-            return out;
-        }
-        let end = off + len;
-        for (s, d) in self.segments() {
-            let s_end = s + d.len() as u64;
-            if s_end <= off || s >= end {
-                continue;
-            }
-            let from = s.max(off);
-            let to = s_end.min(end);
-            out.insert(from, &d[(from - s) as usize..(to - s) as usize]);
-        }
-        out
     }
 }

@@ -9,7 +9,7 @@
 //! old size after an open asks again, and is answered from the open's fresh attributes.
 //! No FOPEN_KEEP_CACHE: every open drops the kernel's page cache of the file.
 
-use crate::client::Client;
+use crate::client::{Buffered, Client};
 use crate::meta::{Attr, SetAttr, SetTime};
 use cirrus_types::{FileKind, FsError, FsResult, InodeId};
 use fuser::{
@@ -459,14 +459,22 @@ impl Filesystem for CirrusFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = data.to_vec();
-        self.run(
-            move |c| async move { c.write(fh.0, offset, &data).await },
-            move |r| match r {
-                Ok(n) => reply.written(n as u32),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        // Most writes fit in the write-back buffer: answered here, on the FUSE thread,
+        // with one copy (from the request buffer into the file's buffer) and no task.
+        match self.client.try_write(fh.0, offset, data) {
+            Ok(Buffered::Done(n)) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+            Ok(Buffered::Full) => {
+                let data = data.to_vec();
+                self.run(
+                    move |c| async move { c.write(fh.0, offset, &data).await },
+                    move |r| match r {
+                        Ok(n) => reply.written(n as u32),
+                        Err(e) => reply.error(errno(&e)),
+                    },
+                );
+            }
+        }
     }
 
     fn flush(

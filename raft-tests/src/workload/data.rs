@@ -363,7 +363,14 @@ impl DataWorkload {
         }
     }
 
-    async fn read_slot(&self, c: &Client, fh: u64, file: u32, slot: u32, after_heal: bool) -> bool {
+    async fn read_slot(
+        &self,
+        c: &Arc<Client>,
+        fh: u64,
+        file: u32,
+        slot: u32,
+        after_heal: bool,
+    ) -> bool {
         let acked = self.acked(file, slot);
         let t = self.now_ns();
         let r = c.read(fh, u64::from(slot) * SLOT as u64, SLOT as u32).await;

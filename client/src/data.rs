@@ -1,6 +1,9 @@
 //! The data path: the chain table cache and the per-object RPCs against data servers
 //! (write to the chain head, read from any member preferring the tail, sync, truncate),
 //! each with checksums and with retries on `StaleChain`/`Unavailable` until a deadline.
+//! Writes and reads travel over the bulk protocol (`proto::bulk`: the payload goes out
+//! from the write-back buffer itself and comes back without a decode copy); sync and
+//! truncate over gRPC.
 //!
 //! The cache is refreshed from meta (`GetChains`) only when a data server says the chain
 //! moved on, a chain is unknown, or a server cannot be reached: clients never ask meta
@@ -9,6 +12,7 @@
 
 use crate::meta::{ChainTable, MetaClient};
 use bytes::Bytes;
+use cirrus_proto::bulk::BulkClient;
 use cirrus_proto::{net, pb};
 use cirrus_types::checksum::{piece_crcs, verify_pieces};
 use cirrus_types::{Chain, ChainId, FsError, FsResult, ObjectKey, ServerId};
@@ -41,6 +45,7 @@ struct CacheState {
     /// if the epoch is still `e`.
     epoch: u64,
     channels: HashMap<String, Channel>,
+    bulk: HashMap<String, Arc<BulkClient>>,
 }
 
 /// Chain table cache plus data-server channels.
@@ -76,6 +81,7 @@ impl DataPath {
                 table: Arc::new(ChainTable::default()),
                 epoch: 0,
                 channels: HashMap::new(),
+                bulk: HashMap::new(),
             }),
             refresh_lock: tokio::sync::Mutex::new(()),
         }
@@ -129,6 +135,14 @@ impl DataPath {
             }
         };
         Ok(net::data_client(ch))
+    }
+
+    fn bulk(&self, addr: &str) -> Arc<BulkClient> {
+        let mut st = lock(&self.state);
+        st.bulk
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(BulkClient::new(addr)))
+            .clone()
     }
 
     /// Runs `attempt` against chain `id` until it succeeds, fails for good, or `deadline`
@@ -246,7 +260,6 @@ impl DataPath {
             let crcs = crcs.clone();
             async move {
                 let addr = Self::addr_of(&addrs, 0, &c)?;
-                let mut cl = self.client(&addr)?;
                 let req = pb::WriteRequest {
                     cluster_id: self.cluster_id.clone(),
                     chain: Self::chain_ref(&c),
@@ -257,9 +270,7 @@ impl DataPath {
                     sync: false,
                     hop: 0,
                 };
-                cl.write(req)
-                    .await
-                    .map_err(|s| cirrus_proto::from_status(&s))?;
+                self.bulk(&addr).write(req, self.policy.per_try).await?;
                 Ok(())
             }
         })
@@ -286,7 +297,6 @@ impl DataPath {
                         continue;
                     }
                 };
-                let mut cl = self.client(&addr)?;
                 let req = pb::ReadRequest {
                     cluster_id: self.cluster_id.clone(),
                     chain: Self::chain_ref(&c),
@@ -294,9 +304,8 @@ impl DataPath {
                     offset,
                     len,
                 };
-                match cl.read(req).await {
+                match self.bulk(&addr).read(req, self.policy.per_try).await {
                     Ok(r) => {
-                        let r = r.into_inner();
                         if r.data.len() > len as usize {
                             last = FsError::Io(format!("{addr} returned {} bytes for a {len}-byte read", r.data.len()));
                             continue;
@@ -309,8 +318,7 @@ impl DataPath {
                             }
                         }
                     }
-                    Err(s) => {
-                        let e = cirrus_proto::from_status(&s);
+                    Err(e) => {
                         if matches!(e, FsError::StaleChain { .. }) {
                             return Err(e);
                         }

@@ -406,7 +406,7 @@ impl Node {
             // The piece crcs were verified above: the store keeps them as block crcs.
             self.with_repair(&c, w.key, || {
                 self.store
-                    .write_verified(c.id, w.key, w.off, &w.data, &w.crcs)
+                    .write_owned(c.id, w.key, w.off, w.data.clone(), &w.crcs)
             })
             .await?
         };

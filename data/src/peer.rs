@@ -1,15 +1,17 @@
-//! Calls from this data server to other data servers: forwarding along the chain, repair
-//! reads and rebuild copies. One lazily connecting tuned channel per address; every call
-//! bounded by a deadline, and every returned payload checked against its crcs.
+//! Calls from this data server to other data servers: forwarding along the chain (over
+//! the bulk protocol, the payload passed on from the buffer it arrived in), repair reads
+//! and rebuild copies (gRPC). One lazily connecting client of each kind per address;
+//! every call bounded by a deadline, and every returned payload checked against its crcs.
 
 use crate::node::{ChainEntry, WriteArgs};
 use bytes::Bytes;
+use cirrus_proto::bulk::BulkClient;
 use cirrus_proto::{from_status, net, pb};
 use cirrus_types::checksum::verify_pieces;
 use cirrus_types::{ChainId, ChainVersion, ClusterId, FsError, FsResult, ObjectKey};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -21,6 +23,7 @@ pub struct Peers {
     cluster: ClusterId,
     timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
+    bulk: Mutex<HashMap<String, Arc<BulkClient>>>,
 }
 
 type Client = pb::data_client::DataClient<Channel>;
@@ -31,7 +34,15 @@ impl Peers {
             cluster,
             timeout,
             channels: Mutex::new(HashMap::new()),
+            bulk: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn bulk(&self, addr: &str) -> Arc<BulkClient> {
+        let mut g = self.bulk.lock().unwrap_or_else(|p| p.into_inner());
+        g.entry(addr.to_string())
+            .or_insert_with(|| Arc::new(BulkClient::new(addr)))
+            .clone()
     }
 
     fn client(&self, addr: &str) -> FsResult<Client> {
@@ -78,7 +89,6 @@ impl Peers {
     }
 
     pub async fn write(&self, addr: &str, w: &WriteArgs) -> FsResult<u64> {
-        let mut cl = self.client(addr)?;
         let req = pb::WriteRequest {
             cluster_id: self.cluster.to_string(),
             chain: Some(pb::ChainRef {
@@ -92,8 +102,14 @@ impl Peers {
             sync: w.sync,
             hop: w.hop,
         };
-        let r = self.call("forward write", addr, cl.write(req)).await?;
-        Ok(r.object_size)
+        match self.bulk(addr).write(req, self.timeout).await {
+            Ok(r) => Ok(r.object_size),
+            // Name the hop: the client sees which member failed.
+            Err(FsError::Unavailable(m)) => Err(FsError::Unavailable(format!(
+                "forward write to data server {addr}: {m}"
+            ))),
+            Err(e) => Err(e),
+        }
     }
 
     /// Verified read of another member's copy; returns (data, object size).

@@ -291,13 +291,20 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
         registry.clone(),
         Duration::from_secs(2),
     ));
+    // One port, two protocols: bulk Write/Read frames and gRPC for everything else.
+    let (grpc_incoming, acceptor) = cirrus_proto::bulk::split_port(
+        listener,
+        Arc::new(DataService::new(node.clone())),
+        Some(registry.clone()),
+    );
     let r = net::server()
         .add_service(metrics::Metered::new(
             DataService::new(node.clone()).into_server(),
             registry.clone(),
         ))
-        .serve_with_incoming_shutdown(net::incoming(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(grpc_incoming, shutdown_signal())
         .await;
+    acceptor.abort();
     hb.abort();
     scrubber.abort();
     gauges.abort();

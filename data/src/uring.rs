@@ -5,10 +5,12 @@
 //! completion.
 //!
 //! Buffers are owned by the request for the whole time the kernel may touch them: the
-//! caller moves an [`AlignedBuf`] in and gets it back with the result. A caller that
-//! stops waiting (its future dropped) leaves the buffer with the driver, which frees it
-//! after the completion, so the kernel never writes into freed memory.
+//! caller moves an [`AlignedBuf`] (or, for writes, an aligned `Bytes`) in and gets it
+//! back with the result. A caller that stops waiting (its future dropped) leaves the
+//! buffer with the driver, which frees it after the completion, so the kernel never
+//! touches freed memory.
 
+use bytes::Bytes;
 use io_uring::{opcode, types, IoUring};
 use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::fs::File;
@@ -22,9 +24,11 @@ use tokio::sync::oneshot;
 /// Alignment of every buffer: the O_DIRECT requirement of 4 KiB-sector devices.
 pub const ALIGN: usize = 4096;
 
-/// A 4 KiB-aligned heap buffer whose length may be any value (capacity is the length
-/// rounded up to `ALIGN`). Its first `len` bytes are always initialised: the constructors
-/// either zero them or fill them, and a read fills what the kernel left out with zeros.
+/// A 4 KiB-aligned heap buffer whose length may be any value (capacity is at least the
+/// length rounded up to `ALIGN`). Its first `len` bytes are always initialised: the
+/// constructors either zero them or fill them, a read fills what the kernel left out with
+/// zeros, and as a `BufMut` (a bulk write payload read from a socket) it grows only over
+/// bytes just written.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
@@ -56,6 +60,13 @@ impl AlignedBuf {
         let raw = unsafe { alloc(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBuf { ptr, len, cap }
+    }
+
+    /// An empty buffer with room for `cap` bytes, to be filled as a `BufMut`.
+    pub fn with_capacity(cap: usize) -> AlignedBuf {
+        let mut b = AlignedBuf::alloc_uninit(cap);
+        b.len = 0;
+        b
     }
 
     /// A buffer holding a copy of `data`.
@@ -110,6 +121,32 @@ impl AlignedBuf {
     }
 }
 
+// SAFETY: `chunk_mut` is exactly the allocation past the initialised prefix, and
+// `advance_mut` only counts bytes the caller has written there.
+unsafe impl bytes::BufMut for AlignedBuf {
+    fn remaining_mut(&self) -> usize {
+        self.cap - self.len
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        assert!(
+            cnt <= self.cap - self.len,
+            "advance past the buffer's capacity"
+        );
+        self.len += cnt;
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        // SAFETY: [len, cap) lies inside the allocation and is not aliased.
+        unsafe {
+            bytes::buf::UninitSlice::from_raw_parts_mut(
+                self.ptr.as_ptr().add(self.len),
+                self.cap - self.len,
+            )
+        }
+    }
+}
+
 impl AsRef<[u8]> for AlignedBuf {
     fn as_ref(&self) -> &[u8] {
         self.as_slice()
@@ -124,9 +161,32 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// The memory a write comes from.
+enum WriteBuf {
+    Owned(AlignedBuf),
+    /// Bytes at an `ALIGN`-aligned address (checked by `write_shared`).
+    Shared(Bytes),
+}
+
+impl WriteBuf {
+    fn ptr_len(&self) -> (*const u8, usize) {
+        match self {
+            WriteBuf::Owned(b) => (b.ptr.as_ptr() as *const u8, b.len),
+            WriteBuf::Shared(b) => (b.as_ptr(), b.len()),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            WriteBuf::Owned(b) => b.as_slice(),
+            WriteBuf::Shared(b) => b,
+        }
+    }
+}
+
 enum Op {
     Read { off: u64, buf: AlignedBuf },
-    Write { off: u64, buf: AlignedBuf },
+    Write { off: u64, buf: WriteBuf },
     Fsync { datasync: bool },
     Fallocate { off: u64, len: u64, mode: i32 },
 }
@@ -135,7 +195,13 @@ struct Req {
     /// Keeps the descriptor open until the kernel is done with it.
     file: Arc<File>,
     op: Op,
-    reply: oneshot::Sender<(io::Result<usize>, Option<AlignedBuf>)>,
+    reply: oneshot::Sender<(io::Result<usize>, Option<Buffer>)>,
+}
+
+/// A buffer handed back with a completion.
+enum Buffer {
+    Read(AlignedBuf),
+    Write(WriteBuf),
 }
 
 /// Handle to a ring driver thread. Cheap to share behind an `Arc`.
@@ -182,7 +248,7 @@ impl Ring {
         }
     }
 
-    async fn submit(&self, file: &Arc<File>, op: Op) -> (io::Result<usize>, Option<AlignedBuf>) {
+    async fn submit(&self, file: &Arc<File>, op: Op) -> (io::Result<usize>, Option<Buffer>) {
         let (reply, rx) = oneshot::channel();
         let req = Req {
             file: file.clone(),
@@ -237,7 +303,7 @@ impl Ring {
     ) -> (io::Result<usize>, AlignedBuf) {
         let want = buf.len();
         let (r, b) = self.submit(file, Op::Read { off, buf }).await;
-        let Some(mut buf) = b else {
+        let Some(Buffer::Read(mut buf)) = b else {
             return (
                 Err(r.err().unwrap_or_else(|| io::Error::other("lost buffer"))),
                 AlignedBuf::zeroed(want),
@@ -259,7 +325,20 @@ impl Ring {
 
     /// Writes all of `buf` at `off`.
     pub async fn write_at(&self, file: &Arc<File>, off: u64, buf: AlignedBuf) -> io::Result<()> {
-        let total = buf.len();
+        self.write_buf(file, off, WriteBuf::Owned(buf)).await
+    }
+
+    /// Writes all of `data` at `off` from where it lies (no copy). `data` must start at an
+    /// `ALIGN`-aligned address (O_DIRECT); otherwise this is refused with EINVAL.
+    pub async fn write_shared(&self, file: &Arc<File>, off: u64, data: Bytes) -> io::Result<()> {
+        if !(data.as_ptr() as usize).is_multiple_of(ALIGN) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.write_buf(file, off, WriteBuf::Shared(data)).await
+    }
+
+    async fn write_buf(&self, file: &Arc<File>, off: u64, buf: WriteBuf) -> io::Result<()> {
+        let total = buf.ptr_len().1;
         let (r, b) = self.submit(file, Op::Write { off, buf }).await;
         let n = r?;
         if n == total {
@@ -267,7 +346,9 @@ impl Ring {
         }
         // Short writes are rare (signals, some filesystems); finish the rest, keeping
         // the remainder aligned by restarting from an aligned copy.
-        let buf = b.ok_or_else(|| io::Error::other("lost buffer"))?;
+        let Some(Buffer::Write(buf)) = b else {
+            return Err(io::Error::other("lost buffer"));
+        };
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
         }
@@ -389,7 +470,8 @@ fn drive(mut ring: IoUring, rx: mpsc::Receiver<Req>, wake: Arc<OwnedFd>, depth: 
                 Ok(res as usize)
             };
             let buf = match req.op {
-                Op::Read { buf, .. } | Op::Write { buf, .. } => Some(buf),
+                Op::Read { buf, .. } => Some(Buffer::Read(buf)),
+                Op::Write { buf, .. } => Some(Buffer::Write(buf)),
                 _ => None,
             };
             let _ = req.reply.send((result, buf));
@@ -404,9 +486,8 @@ fn build_sqe(req: &Req, ud: u64) -> io_uring::squeue::Entry {
             .offset(*off)
             .build(),
         Op::Write { off, buf } => {
-            opcode::Write::new(fd, buf.ptr.as_ptr() as *const u8, buf.len() as u32)
-                .offset(*off)
-                .build()
+            let (ptr, len) = buf.ptr_len();
+            opcode::Write::new(fd, ptr, len as u32).offset(*off).build()
         }
         Op::Fsync { datasync } => {
             let flags = if *datasync {

@@ -1,11 +1,13 @@
 //! The Cirrus wire protocol: generated gRPC code (`pb`), the single mapping between
 //! `FsError` and `tonic::Status` (`status`), conversions between wire and domain types
-//! (`convert`), tuned channels and servers (`net`), and the leader-following meta
-//! connection every client of the meta group uses (`leader`).
+//! (`convert`), tuned channels and servers (`net`), the leader-following meta
+//! connection every client of the meta group uses (`leader`), and the bulk protocol
+//! that carries object bytes beside gRPC on the data port (`bulk`).
 //!
 //! Must not depend on: cirrus-meta, cirrus-data, cirrus-client. `pb::` types must not
 //! travel past a service module: convert at the receiver with the `TryFrom`s here.
 
+pub mod bulk;
 pub mod codec;
 pub mod convert;
 pub mod leader;

@@ -61,49 +61,100 @@ pub fn to_status(e: &FsError) -> Status {
     s
 }
 
+/// The gRPC code name an error is sent with (`"Unavailable"`, ...), for metrics of
+/// protocols that are not gRPC.
+pub fn code_name(e: &FsError) -> String {
+    format!("{:?}", tag(e).1)
+}
+
+/// Encodes an error for the bulk protocol: the gRPC mapping's tag and message, plus the
+/// retry-driving fields.
+pub fn to_wire(e: &FsError) -> crate::pb::WireError {
+    let mut w = crate::pb::WireError {
+        tag: tag(e).0.to_string(),
+        message: e.to_string(),
+        ..Default::default()
+    };
+    match e {
+        FsError::NotLeader {
+            leader_hint: Some(h),
+        } => w.leader_hint = h.clone(),
+        FsError::StaleChain { current } => w.chain_version = current.0,
+        _ => {}
+    }
+    w
+}
+
+/// Decodes a bulk-protocol error; an unknown tag is an I/O error naming it.
+pub fn from_wire(w: &crate::pb::WireError) -> FsError {
+    let leader = (!w.leader_hint.is_empty()).then(|| w.leader_hint.clone());
+    from_tag(&w.tag, &w.message, leader, Some(w.chain_version))
+        .unwrap_or_else(|| FsError::Io(format!("{} (error tag {:?})", w.message, w.tag)))
+}
+
+/// The error a tag stands for; `None` for a tag this version does not know.
+fn from_tag(
+    tag: &str,
+    msg: &str,
+    leader: Option<String>,
+    chain_version: Option<u64>,
+) -> Option<FsError> {
+    let detail = |prefix: &str| msg.strip_prefix(prefix).unwrap_or(msg).to_string();
+    Some(match tag {
+        "not_found" => FsError::NotFound,
+        "exists" => FsError::Exists,
+        "not_dir" => FsError::NotDir,
+        "is_dir" => FsError::IsDir,
+        "not_empty" => FsError::NotEmpty,
+        "invalid" => FsError::Invalid(detail("invalid argument: ")),
+        "name_too_long" => FsError::NameTooLong,
+        "no_space" => FsError::NoSpace,
+        "too_big" => FsError::TooBig,
+        "no_attr" => FsError::NoAttr,
+        "range" => FsError::Range,
+        "permission_denied" => FsError::PermissionDenied,
+        "not_supported" => FsError::NotSupported(detail("operation not supported: ")),
+        "stale_handle" => FsError::StaleHandle,
+        "io" => FsError::Io(detail("i/o error: ")),
+        "checksum" => FsError::Checksum(detail("checksum mismatch: ")),
+        "not_leader" => FsError::NotLeader {
+            leader_hint: leader,
+        },
+        "stale_chain" => FsError::StaleChain {
+            current: ChainVersion(chain_version.unwrap_or(0)),
+        },
+        "wrong_cluster" => FsError::WrongCluster {
+            expected: ClusterId(0),
+            got: msg.to_string(),
+        },
+        "unavailable" => FsError::Unavailable(detail("unavailable: ")),
+        "timeout" => FsError::Timeout(detail("deadline exceeded: ")),
+        _ => return None,
+    })
+}
+
 /// Decodes a status received from a peer (or produced by the transport) into an error.
 pub fn from_status(s: &Status) -> FsError {
     let md = s.metadata();
     let msg = s.message().to_string();
-    let detail = |prefix: &str| msg.strip_prefix(prefix).unwrap_or(&msg).to_string();
-    match md.get(KEY_ERROR).and_then(|v| v.to_str().ok()) {
-        Some("not_found") => FsError::NotFound,
-        Some("exists") => FsError::Exists,
-        Some("not_dir") => FsError::NotDir,
-        Some("is_dir") => FsError::IsDir,
-        Some("not_empty") => FsError::NotEmpty,
-        Some("invalid") => FsError::Invalid(detail("invalid argument: ")),
-        Some("name_too_long") => FsError::NameTooLong,
-        Some("no_space") => FsError::NoSpace,
-        Some("too_big") => FsError::TooBig,
-        Some("no_attr") => FsError::NoAttr,
-        Some("range") => FsError::Range,
-        Some("permission_denied") => FsError::PermissionDenied,
-        Some("not_supported") => FsError::NotSupported(detail("operation not supported: ")),
-        Some("stale_handle") => FsError::StaleHandle,
-        Some("io") => FsError::Io(detail("i/o error: ")),
-        Some("checksum") => FsError::Checksum(detail("checksum mismatch: ")),
-        Some("not_leader") => FsError::NotLeader {
-            leader_hint: md
-                .get(KEY_LEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(String::from),
-        },
-        Some("stale_chain") => FsError::StaleChain {
-            current: ChainVersion(
+    let known = md
+        .get(KEY_ERROR)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| {
+            from_tag(
+                t,
+                &msg,
+                md.get(KEY_LEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from),
                 md.get(KEY_CHAIN_VERSION)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            ),
-        },
-        Some("wrong_cluster") => FsError::WrongCluster {
-            expected: ClusterId(0),
-            got: msg,
-        },
-        Some("unavailable") => FsError::Unavailable(detail("unavailable: ")),
-        Some("timeout") => FsError::Timeout(detail("deadline exceeded: ")),
-        _ => match s.code() {
+                    .and_then(|v| v.parse().ok()),
+            )
+        });
+    match known {
+        Some(e) => e,
+        None => match s.code() {
             // Produced by the transport itself, not by a Cirrus server.
             Code::Unavailable | Code::Cancelled | Code::Aborted | Code::Unknown => {
                 FsError::Unavailable(msg)
@@ -151,6 +202,7 @@ mod tests {
         ];
         for e in all {
             assert_eq!(from_status(&to_status(&e)), e, "{e:?}");
+            assert_eq!(from_wire(&to_wire(&e)), e, "bulk: {e:?}");
         }
         let wc = from_status(&to_status(&FsError::WrongCluster {
             expected: ClusterId(1),

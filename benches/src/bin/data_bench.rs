@@ -2,8 +2,9 @@
 //! same disk, in the same run (the figure issue 3 asks for; a benchmark, not a test).
 //!
 //! Starts 3 meta + 1 data (R=1) with the `cirrus` binary next to this one. Each round
-//! writes `--size-mib` MiB as 1 MiB `Write` RPCs to a new object (`--inflight` in
-//! flight) and then a `Sync` of it; runs `fio --direct=1 --ioengine=io_uring --bs=1M
+//! writes `--size-mib` MiB as 1 MiB `Write` calls to a new object (`--inflight` in
+//! flight; over the bulk protocol that clients use, or gRPC with `--grpc`) and then a
+//! `Sync` of it; runs `fio --direct=1 --ioengine=io_uring --bs=1M
 //! --iodepth=<inflight> --rw=write` on a file in the same directory, once as it is and
 //! once with `--end_fsync=1`; reads the object back as 1 MiB `Read` RPCs; and runs fio
 //! `--rw=read`. Two write figures: until the last write is acknowledged against plain
@@ -20,6 +21,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
+use cirrus_proto::bulk::BulkClient;
 use cirrus_proto::{from_status, net, pb};
 use cirrus_raft_tests::cluster::ClusterBuilder;
 use cirrus_types::checksum::{piece_crcs, verify_pieces};
@@ -27,9 +29,12 @@ use clap::Parser;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
 const MIB: u64 = 1 << 20;
+/// A generous per-call deadline: only a hang reaches it.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -49,6 +54,9 @@ struct Args {
     /// Parent of the cluster's temp dir (the disk measured); default: $TMPDIR.
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Write and read through the gRPC `Write`/`Read` RPCs instead of the bulk protocol.
+    #[arg(long)]
+    grpc: bool,
 }
 
 fn mbps(bytes: u64, secs: f64) -> f64 {
@@ -125,8 +133,13 @@ async fn main() -> Result<()> {
     let clients = (0..args.connections.max(1))
         .map(|_| Ok(net::data_client(net::channel(&c.data_addr(0))?)))
         .collect::<Result<Vec<_>>>()?;
+    let bulk = (0..args.connections.max(1))
+        .map(|_| Arc::new(BulkClient::new(&c.data_addr(0))))
+        .collect();
     let bench = Bench {
         clients,
+        bulk,
+        grpc: args.grpc,
         cluster_id: cluster_id.clone(),
         chain: cref,
         inflight: args.inflight,
@@ -136,8 +149,9 @@ async fn main() -> Result<()> {
     let file = c.data_dir(0).join("fio-seq.dat");
 
     println!(
-        "data server, R=1, 1 MiB sequential, {n} MiB per phase, {} in flight (fio iodepth {}), \
+        "data server, R=1, 1 MiB sequential over {}, {n} MiB per phase, {} in flight (fio iodepth {}), \
          {} connection(s), {} rounds",
+        if args.grpc { "gRPC" } else { "the bulk protocol" },
         args.inflight,
         args.inflight,
         bench.clients.len(),
@@ -197,6 +211,8 @@ fn median(v: &mut [f64]) -> f64 {
 /// The Cirrus side: 1 MiB `Write` and `Read` RPCs on one object of one chain.
 struct Bench {
     clients: Vec<net::DataClient>,
+    bulk: Vec<Arc<BulkClient>>,
+    grpc: bool,
     cluster_id: String,
     chain: pb::ChainRef,
     inflight: usize,
@@ -218,6 +234,8 @@ impl Bench {
         stream::iter(0..self.mib)
             .map(|i| {
                 let mut cl = self.clients[i as usize % self.clients.len()].clone();
+                let bulk = self.bulk[i as usize % self.bulk.len()].clone();
+                let grpc = self.grpc;
                 let req = pb::WriteRequest {
                     cluster_id: self.cluster_id.clone(),
                     chain: Some(self.chain),
@@ -228,7 +246,13 @@ impl Bench {
                     sync: false,
                     hop: 0,
                 };
-                async move { cl.write(req).await.map_err(|s| from_status(&s)) }
+                async move {
+                    if grpc {
+                        cl.write(req).await.map(|_| ()).map_err(|s| from_status(&s))
+                    } else {
+                        bulk.write(req, CALL_TIMEOUT).await.map(|_| ())
+                    }
+                }
             })
             .buffer_unordered(self.inflight)
             .try_for_each(|_| async { Ok(()) })
@@ -253,6 +277,8 @@ impl Bench {
         stream::iter(0..self.mib)
             .map(|i| {
                 let mut cl = self.clients[i as usize % self.clients.len()].clone();
+                let bulk = self.bulk[i as usize % self.bulk.len()].clone();
+                let grpc = self.grpc;
                 let req = pb::ReadRequest {
                     cluster_id: self.cluster_id.clone(),
                     chain: Some(self.chain),
@@ -261,11 +287,16 @@ impl Bench {
                     len: MIB as u32,
                 };
                 async move {
-                    let r = cl
-                        .read(req)
-                        .await
-                        .map_err(|s| anyhow!("read: {}", from_status(&s)))?
-                        .into_inner();
+                    let r = if grpc {
+                        cl.read(req)
+                            .await
+                            .map_err(|s| anyhow!("read: {}", from_status(&s)))?
+                            .into_inner()
+                    } else {
+                        bulk.read(req, CALL_TIMEOUT)
+                            .await
+                            .map_err(|e| anyhow!("read: {e}"))?
+                    };
                     if r.data.len() as u64 != MIB {
                         bail!("short read at MiB {i}: {} bytes", r.data.len());
                     }

@@ -103,6 +103,21 @@ pub trait ChunkStore: Send + Sync + 'static {
         self.write(chain, key, off, data)
     }
 
+    /// [`ChunkStore::write_verified`] of a payload the store may keep: an O_DIRECT store
+    /// writes whole blocks (`off` and the length multiples of `BLOCK`) that lie at a
+    /// 4 KiB-aligned address (a bulk-protocol payload) from where they are, without a
+    /// copy. Anything else is written as `write_verified` would.
+    fn write_owned<'a>(
+        &'a self,
+        chain: ChainId,
+        key: ObjectKey,
+        off: u64,
+        data: Bytes,
+        crcs: &'a [u32],
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(async move { self.write_verified(chain, key, off, &data, crcs).await })
+    }
+
     /// Writes whole blocks (`off` and `data.len()` multiples of `BLOCK`) without reading
     /// the old ones, for repair and rebuild; the size becomes max(size, `logical_end`).
     fn put_blocks<'a>(

@@ -16,6 +16,13 @@
 //!   the tail on `ServerCaughtUpAt` for the chain's current version only: a copy listed at
 //!   an older version may predate a drop and re-add of that server, during which writes
 //!   were acknowledged without it.
+//! - A syncing member moves to a live server in at least two fewer chains (fewest, then
+//!   lowest id) at every membership event. Chains that started rebuilding while only a
+//!   few servers were up all sync onto those; when the others come back the copies spread
+//!   over them instead of filling one disk (a chaos run had one server syncing all four
+//!   chains of a cluster into a disk that could hold two, forever). A syncing member was
+//!   never acknowledged as holding the chain, so moving it loses nothing; its partial
+//!   copy is deleted by the data server's sweep of left chains.
 //! - Every change of a chain's members or syncing list bumps its version.
 
 use super::*;
@@ -212,6 +219,7 @@ impl MetaState {
         for (index, id) in ids.iter().enumerate() {
             let used = self.chain_refs.get(id).is_some_and(|n| *n > 0);
             if used {
+                self.spread_syncing(*id, &live);
                 self.refill(*id, &live, r);
             } else if let Some(c) = self.chains.get_mut(id) {
                 let ideal = ideal_members(index, &live, r);
@@ -220,6 +228,47 @@ impl MetaState {
                     c.syncing.clear();
                     bump(c);
                 }
+            }
+        }
+    }
+
+    /// Chains (members or syncing) server `s` is in.
+    fn load(&self, s: ServerId) -> usize {
+        self.chains
+            .values()
+            .filter(|c| c.members.contains(&s) || c.syncing.contains(&s))
+            .count()
+    }
+
+    /// Moves each syncing member of chain `id` to a live server outside the chain that is
+    /// in at least two fewer chains (see the module doc).
+    fn spread_syncing(&mut self, id: ChainId, live: &[ServerId]) {
+        let n = self.chains.get(&id).map_or(0, |c| c.syncing.len());
+        let mut moved = false;
+        for i in 0..n {
+            let Some(c) = self.chains.get(&id) else {
+                return;
+            };
+            let current = c.syncing[i];
+            let inside: Vec<ServerId> = c.members.iter().chain(&c.syncing).copied().collect();
+            let Some(pick) = live
+                .iter()
+                .copied()
+                .filter(|s| !inside.contains(s))
+                .min_by_key(|s| (self.load(*s), *s))
+            else {
+                continue;
+            };
+            if self.load(current) > self.load(pick) + 1 {
+                if let Some(c) = self.chains.get_mut(&id) {
+                    c.syncing[i] = pick;
+                    moved = true;
+                }
+            }
+        }
+        if moved {
+            if let Some(c) = self.chains.get_mut(&id) {
+                bump(c);
             }
         }
     }
@@ -237,17 +286,11 @@ impl MetaState {
         let mut added = Vec::new();
         let mut have: Vec<ServerId> = c.members.iter().chain(&c.syncing).copied().collect();
         while have.len() < r {
-            let load = |s: ServerId| {
-                self.chains
-                    .values()
-                    .filter(|c| c.members.contains(&s) || c.syncing.contains(&s))
-                    .count()
-            };
             let Some(pick) = live
                 .iter()
                 .copied()
                 .filter(|s| !have.contains(s))
-                .min_by_key(|s| (load(*s), *s))
+                .min_by_key(|s| (self.load(*s), *s))
             else {
                 break;
             };
@@ -298,6 +341,79 @@ mod tests {
         }
         s.chain_refs.insert(ChainId(1), 1);
         s
+    }
+
+    /// Four servers, R=2, every chain holding data.
+    fn four() -> MetaState {
+        let mut s = state();
+        s.apply(&Command::RegisterServer {
+            uuid: "uuid-3".into(),
+            address: "s3.example:7101".into(),
+            capacity: 1000,
+            free: 600,
+            now_ns: T0,
+        })
+        .expect("register");
+        for id in 1..=4 {
+            s.chain_refs.insert(ChainId(id), 1);
+        }
+        s
+    }
+
+    fn set(s: &mut MetaState, id: u64, up: bool) {
+        let cmd = if up {
+            Command::ServerUp {
+                server: ServerId(id),
+                now_ns: T0,
+            }
+        } else {
+            Command::ServerDown {
+                server: ServerId(id),
+                now_ns: T0,
+            }
+        };
+        s.apply(&cmd).expect("membership");
+    }
+
+    #[test]
+    fn rebuilds_started_on_two_survivors_spread_over_the_servers_that_come_back() {
+        let mut s = four();
+        // What a chaos run ended in: servers 2 and 3 were down while every chain lost a
+        // member, so every chain is held by 4 and syncing onto 1.
+        set(&mut s, 2, false);
+        set(&mut s, 3, false);
+        for id in 1..=4 {
+            let c = s.chains.get_mut(&ChainId(id)).expect("chain");
+            c.members = vec![ServerId(4)];
+            c.syncing = vec![ServerId(1)];
+        }
+        let before: Vec<ChainInfo> = (1..=4).map(|id| chain(&s, id)).collect();
+        set(&mut s, 2, true);
+        set(&mut s, 3, true);
+        // Server 4 holds every chain (members never move); the four copies spread over
+        // 1, 2 and 3 instead of all landing on 1.
+        let syncs: Vec<usize> = (1..=3)
+            .map(|id| {
+                (1..=4)
+                    .filter(|c| chain(&s, *c).syncing.contains(&ServerId(id)))
+                    .count()
+            })
+            .collect();
+        assert_eq!(syncs.iter().sum::<usize>(), 4, "every chain still syncs one copy");
+        assert!(
+            syncs.iter().max().unwrap() - syncs.iter().min().unwrap() <= 1,
+            "copies stay piled on one server: syncing per server {syncs:?}"
+        );
+        for (id, old) in (1..=4).zip(before) {
+            let c = chain(&s, id);
+            // Members (acknowledged holders) never change by the move; the version does
+            // whenever the syncing list did.
+            assert_eq!(c.members, old.members, "chain {id}");
+            assert!(c.members.len() + c.syncing.len() == 2, "chain {id}: {c:?}");
+            if c.syncing != old.syncing {
+                assert!(c.version > old.version, "chain {id} moved without a bump");
+            }
+        }
     }
 
     #[test]

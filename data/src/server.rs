@@ -214,9 +214,16 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
             reply.cluster_id
         );
     }
-    ident.cluster_id = Some(cluster.to_string());
-    ident.server_id = Some(reply.server_id);
-    ident.save(&args.dir)?;
+    // Written only when it changed: a restart on a full disk must not fail here (a chaos
+    // run had three servers exit with ENOSPC at this step after their disks filled).
+    let known = (Some(cluster.to_string()), Some(reply.server_id));
+    if (ident.cluster_id.clone(), ident.server_id) != known {
+        ident.cluster_id = known.0;
+        ident.server_id = known.1;
+        ident
+            .save(&args.dir)
+            .context("save the data server identity after registration")?;
+    }
     let me = ServerId(reply.server_id);
     tracing::info!(server_id = %me, %cluster, address = %advertise, direct_io = store.direct_io(), "registered");
 

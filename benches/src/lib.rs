@@ -1,6 +1,7 @@
 //! Benchmark support for Cirrus: the jobs (fio sequential throughput, an mdtest-like
-//! metadata job), the systems they run on (local disk, GlusterFS, CephFS, Cirrus), the
-//! run plan with its progress bar, and the report (table, JSON, SVG).
+//! metadata job), the systems they run on (local disk, the FUSE ceiling, GlusterFS,
+//! CephFS, Cirrus), the run plan with its progress bar, and the report (table, JSON,
+//! SVG).
 //!
 //! The `cirrus-bench` binary is a thin CLI over [`runner`]. The criterion micro-benches
 //! live in `benches/micro.rs`. Every baseline is measured in the same run as Cirrus,
@@ -11,6 +12,7 @@
 
 pub mod fio;
 pub mod mdtest;
+pub mod nullfs;
 pub mod progress;
 pub mod report;
 pub mod runner;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// The systems a run compares; Cirrus is always the numerator of a ratio.
-pub const SYSTEMS: [&str; 4] = ["cirrus", "local", "gluster", "ceph"];
+pub const SYSTEMS: [&str; 5] = ["cirrus", "local", "fuse-null", "gluster", "ceph"];
 
 /// One measured number.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -15,7 +15,7 @@ pub struct Record {
     pub section: String,
     /// What was run, e.g. `write direct`, `create`.
     pub job: String,
-    /// `cirrus`, `local`, `gluster` or `ceph`.
+    /// `cirrus`, `local`, `fuse-null` (the FUSE ceiling), `gluster` or `ceph`.
     pub system: String,
     /// `MB/s` or `ops/s`.
     pub unit: String,
@@ -182,6 +182,7 @@ impl Report {
         let colors = [
             ("cirrus", "#1f77b4"),
             ("local", "#7f7f7f"),
+            ("fuse-null", "#bcbd22"),
             ("gluster", "#ff7f0e"),
             ("ceph", "#d62728"),
         ];
@@ -237,7 +238,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="16">Cirrus vs local disk, GlusterFS, CephFS (same run, same machine)</text>"#
+            r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="16">Cirrus vs local disk, the FUSE ceiling, GlusterFS, CephFS (same run, same machine)</text>"#
         );
         s.push_str(&body);
         s.push_str("</svg>\n");
@@ -248,6 +249,7 @@ impl Report {
 fn short(sys: &str) -> &str {
     match sys {
         "gluster" => "glus",
+        "fuse-null" => "fuse",
         other => other,
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::fio::{Mode, SeqJob};
 use crate::mdtest::MetaJob;
+use crate::nullfs::NullMount;
 use crate::progress::Progress;
 use crate::report::{Machine, Report};
 use crate::sys;
@@ -22,11 +23,13 @@ const GIB: u64 = 1 << 30;
 /// Parameters of one run (the `cirrus-bench` command line).
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
-    /// Systems to measure, in order: local, gluster, ceph, cirrus.
+    /// Systems to measure, in order: local, fuse-null (a FUSE filesystem in this process
+    /// that drops writes and reads zeros: the ceiling of FUSE itself, sequential jobs
+    /// only), gluster, ceph, cirrus.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "local,gluster,ceph,cirrus"
+        default_value = "local,fuse-null,gluster,ceph,cirrus"
     )]
     pub systems: Vec<String>,
     /// Replica counts for the founding setup (R=1: distribute, R=2: mirrored).
@@ -93,6 +96,9 @@ impl Config {
         if self.has("local") {
             n += 1 + per_config;
         }
+        if self.has("fuse-null") {
+            n += 1 + self.modes().len();
+        }
         for s in ["gluster", "ceph", "cirrus"] {
             if self.has(s) {
                 n += self.replicas.len() * (1 + per_config);
@@ -143,6 +149,12 @@ struct Run<'a> {
 impl Run<'_> {
     /// The fio and metadata jobs of one (system, R) configuration.
     fn jobs(&mut self, system: &str, r_sections: &[u32], dir: &Path, label: &str) {
+        self.seq_jobs(system, r_sections, dir, label);
+        self.meta_jobs(system, r_sections, dir, label);
+    }
+
+    /// The fio jobs of one configuration.
+    fn seq_jobs(&mut self, system: &str, r_sections: &[u32], dir: &Path, label: &str) {
         let bytes = self.cfg.bytes_per_thread();
         for mode in self.cfg.modes() {
             self.progress
@@ -170,6 +182,10 @@ impl Run<'_> {
                     .note(format!("{label}: fio {} failed: {e:#}", mode.tag())),
             }
         }
+    }
+
+    /// The metadata jobs of one configuration.
+    fn meta_jobs(&mut self, system: &str, r_sections: &[u32], dir: &Path, label: &str) {
         for &t in &self.cfg.md_threads.clone() {
             self.progress
                 .step(&format!("{label}: metadata, {t} threads"));
@@ -261,6 +277,25 @@ pub fn run(cfg: &Config) -> Result<Report> {
 
     if cfg.has("local") {
         run.with_system("local", &rs, "local", || Local::start(&work));
+    }
+    if cfg.has("fuse-null") {
+        // The FUSE path alone: the same fio jobs, no storage behind them.
+        run.progress.step("fuse-null: mount");
+        match NullMount::start(&work) {
+            Ok(mut m) => {
+                let dir = m.dir().to_path_buf();
+                run.seq_jobs("fuse-null", &rs, &dir, "fuse-null");
+                if let Err(e) = m.stop() {
+                    run.report.note(format!("fuse-null: unmount: {e:#}"));
+                }
+            }
+            Err(e) => {
+                run.report
+                    .note(format!("fuse-null: could not mount: {e:#}"));
+                let n = cfg.modes().len();
+                run.skip(n);
+            }
+        }
     }
     if cfg.has("gluster") {
         for &r in &rs {
@@ -548,6 +583,49 @@ mod tests {
         assert!(
             png.starts_with(b"\x89PNG\r\n\x1a\n"),
             "results.png is not a PNG"
+        );
+    }
+
+    #[test]
+    fn the_fuse_ceiling_is_measured_through_a_real_mount_and_unmounted() {
+        if !sys::have("fio") {
+            panic!(
+                "this test needs fio on PATH (Debian package `fio`; scripts/test.sh installs it)"
+            );
+        }
+        if !Path::new("/dev/fuse").exists() {
+            panic!("this test mounts a FUSE filesystem and needs /dev/fuse (modprobe fuse)");
+        }
+        let work = tempfile::tempdir().expect("tempdir");
+        let w = work.path().join("w");
+        let c = Cli::parse_from([
+            "x",
+            "--systems",
+            "fuse-null",
+            "--replicas",
+            "1",
+            "--scale",
+            "0.02",
+            "--threads",
+            "2",
+            "--workdir",
+            &w.to_string_lossy(),
+            "--out",
+            &work.path().join("out").to_string_lossy(),
+        ])
+        .cfg;
+        let report = run(&c).expect("run");
+        assert!(report.notes.is_empty(), "{:?}", report.notes);
+        // 4 seq jobs, no metadata rows.
+        assert_eq!(report.records.len(), 4, "{:#?}", report.records);
+        assert!(report
+            .records
+            .iter()
+            .all(|r| r.value > 0.0 && r.system == "fuse-null" && r.unit == "MB/s"));
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(
+            !mounts.contains(&*w.join("fuse-null").to_string_lossy()),
+            "the null filesystem is still mounted"
         );
     }
 }

@@ -399,7 +399,11 @@ mod tests {
                     .count()
             })
             .collect();
-        assert_eq!(syncs.iter().sum::<usize>(), 4, "every chain still syncs one copy");
+        assert_eq!(
+            syncs.iter().sum::<usize>(),
+            4,
+            "every chain still syncs one copy"
+        );
         assert!(
             syncs.iter().max().unwrap() - syncs.iter().min().unwrap() <= 1,
             "copies stay piled on one server: syncing per server {syncs:?}"

@@ -193,10 +193,21 @@ pub fn object_files(dir: &Path) -> Vec<(PathBuf, u64)> {
     v
 }
 
-/// Flips 16 bytes inside one 4 KiB block of one object file, chosen by `pick`, and
-/// makes it durable. Returns a description, or None when the server holds no data yet.
-pub fn corrupt_block(dir: &Path, pick: u64) -> Result<Option<String>> {
-    let files = object_files(dir);
+/// Flips 16 bytes inside one 4 KiB block of one object file, chosen by `pick` among the
+/// objects of `chains` (`objects/<chain>/`), and makes it durable. Returns a description,
+/// or None when the server holds no such data.
+pub fn corrupt_block(dir: &Path, pick: u64, chains: &[u32]) -> Result<Option<String>> {
+    let in_chain = |p: &Path| {
+        p.parent()
+            .and_then(|c| c.file_name())
+            .and_then(|c| c.to_str())
+            .and_then(|c| c.parse::<u32>().ok())
+            .is_some_and(|c| chains.contains(&c))
+    };
+    let files: Vec<(PathBuf, u64)> = object_files(dir)
+        .into_iter()
+        .filter(|(p, _)| in_chain(p))
+        .collect();
     if files.is_empty() {
         return Ok(None);
     }
@@ -235,8 +246,12 @@ mod tests {
         std::fs::write(obj.join("12_0.dat"), &data).expect("write");
         std::fs::write(obj.join("12_0.crc"), b"sidecar").expect("write");
         let empty = tempfile::tempdir().expect("tempdir");
-        assert!(corrupt_block(empty.path(), 1).expect("empty dir").is_none());
-        let what = corrupt_block(d.path(), 0x1234_5678_9abc)
+        assert!(corrupt_block(empty.path(), 1, &[3]).expect("empty dir").is_none());
+        assert!(
+            corrupt_block(d.path(), 1, &[4]).expect("other chain").is_none(),
+            "an object of a chain not allowed was corrupted"
+        );
+        let what = corrupt_block(d.path(), 0x1234_5678_9abc, &[3])
             .expect("corrupt")
             .expect("a file");
         assert!(what.contains("12_0.dat"), "{what}");

@@ -503,8 +503,30 @@ impl Harness {
                 let Some(k) = Self::choose(&data, p.pick, busy) else {
                     return Ok((vec![], Undo::Nothing));
                 };
+                // Only blocks with a second full copy: a chain running on one member
+                // after earlier faults would lose the block for good, a double fault
+                // beyond what R = 2 promises (seed 1010 hit the sole member of a chain
+                // whose other copy was still being rebuilt).
+                let me = self.cluster.data_addr(k - 3);
+                let chains: Vec<u32> = match self.cluster.chain_table().await {
+                    Ok(t) => {
+                        let id = t.servers.iter().find(|s| s.address == me).map(|s| s.id);
+                        let alive = |m: &u64| t.servers.iter().any(|s| s.id == *m && s.alive);
+                        t.chains
+                            .iter()
+                            .filter(|c| {
+                                id.is_some_and(|id| c.members.contains(&id))
+                                    && c.members.len() >= 2
+                                    && c.members.iter().all(alive)
+                                    && c.syncing.is_empty()
+                            })
+                            .map(|c| c.id)
+                            .collect()
+                    }
+                    Err(_) => Vec::new(),
+                };
                 let dir = self.cluster.data_dir(k - 3);
-                match disk::corrupt_block(&dir, p.pick)? {
+                match disk::corrupt_block(&dir, p.pick, &chains)? {
                     Some(what) => {
                         busy.push(k);
                         let i = self.record(kind, node_name(k), what);

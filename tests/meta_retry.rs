@@ -254,9 +254,9 @@ forward_all! {
     symlink(SymlinkRequest) -> AttrReply;
     readlink(ReadlinkRequest) -> ReadlinkReply;
     link(LinkRequest) -> AttrReply;
-    unlink(UnlinkRequest) -> Empty;
-    rmdir(RmdirRequest) -> Empty;
-    rename(RenameRequest) -> Empty;
+    unlink(UnlinkRequest) -> DirsReply;
+    rmdir(RmdirRequest) -> DirsReply;
+    rename(RenameRequest) -> DirsReply;
     readdir(ReaddirRequest) -> ReaddirReply;
     get_xattr(GetXattrRequest) -> GetXattrReply;
     set_xattr(SetXattrRequest) -> Empty;

@@ -330,6 +330,11 @@ impl Client {
         if let Some(a) = self.open_attr(ino) {
             return Ok(a);
         }
+        // A directory this mount changed within the last second: the attributes meta
+        // returned with that change (see `meta::DIR_ATTR_TTL`).
+        if let Some(a) = self.meta.cached_dir(ino) {
+            return Ok(a);
+        }
         let (seen, ns) = (self.gen(), self.ns());
         let a = self.meta.getattr(ino).await?;
         self.remember_attr(&a, ns);

@@ -1,13 +1,38 @@
 //! Typed meta client: one async method per meta RPC, domain types in and out, `FsError`
 //! out. Wire types stop here. Leader following, per-try and total deadlines come from
 //! `MetaConn`; this module adds the request shapes and the validation of replies.
+//!
+//! It also keeps the attributes of directories this client has just changed: namespace
+//! replies carry the parent's attributes right after the change, and `cached_dir` serves
+//! them for up to `DIR_ATTR_TTL`. With `default_permissions` the kernel drops a directory's
+//! attributes after every create or unlink in it and asks for them again at the next
+//! permission check; without this, every file created cost one more read barrier at meta.
 
 use cirrus_proto::{pb, MetaConn};
 use cirrus_types::{
     Chain, ChainId, ClientId, FileKind, FsError, FsResult, HandleId, InodeId, Layout, ServerId,
 };
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long this client answers for a directory's attributes after changing it: the
+/// kernel's own attribute TTL (`fuse::DIR_TTL`), so another mount's change of the
+/// directory is seen as late as it would be without the cache.
+pub const DIR_ATTR_TTL: Duration = Duration::from_secs(1);
+
+/// Directories' attributes from the replies of this client's own changes.
+#[derive(Default)]
+struct DirAttrs {
+    /// Bumped by changes whose reply may not name every directory they touched (an
+    /// unlink or rename can change a moved directory's ctime, an xattr change its
+    /// attributes): entries of an older generation are not served.
+    gen: u64,
+    by_ino: HashMap<InodeId, (Attr, Instant, u64)>,
+}
+
+/// Entries kept before the cache is cleared wholesale.
+const DIR_ATTRS_MAX: usize = 4096;
 
 /// Attributes of an inode, as the meta group holds them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,6 +183,7 @@ fn layout(p: Option<&pb::Layout>) -> FsResult<Layout> {
 #[derive(Clone)]
 pub struct MetaClient {
     conn: Arc<MetaConn>,
+    dirs: Arc<Mutex<DirAttrs>>,
 }
 
 /// Runs one RPC through `MetaConn::call`, cloning the request for each attempt and
@@ -178,7 +204,55 @@ macro_rules! rpc {
 
 impl MetaClient {
     pub fn new(conn: Arc<MetaConn>) -> Self {
-        MetaClient { conn }
+        MetaClient {
+            conn,
+            dirs: Arc::default(),
+        }
+    }
+
+    fn dirs(&self) -> std::sync::MutexGuard<'_, DirAttrs> {
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attributes of directory `ino` from a change this client made less than
+    /// `DIR_ATTR_TTL` ago, if any.
+    pub fn cached_dir(&self, ino: InodeId) -> Option<Attr> {
+        let d = self.dirs();
+        d.by_ino
+            .get(&ino)
+            .filter(|(_, at, gen)| *gen == d.gen && at.elapsed() < DIR_ATTR_TTL)
+            .map(|(a, _, _)| a.clone())
+    }
+
+    /// Remembers a directory's attributes from a reply (`gen`: the generation before the
+    /// call was sent, so a change that raced with it wins).
+    fn note_dir(&self, a: Option<&pb::Attr>, gen: u64) {
+        let Some(a) = a.and_then(|a| Attr::try_from(Some(a)).ok()) else {
+            return;
+        };
+        if a.kind != FileKind::Dir {
+            return;
+        }
+        let mut d = self.dirs();
+        if d.gen != gen {
+            return;
+        }
+        if d.by_ino.len() >= DIR_ATTRS_MAX {
+            d.by_ino.clear();
+        }
+        d.by_ino.insert(a.ino, (a, Instant::now(), gen));
+    }
+
+    /// Drops every cached directory attribute; returns the new generation.
+    fn dirs_changed(&self) -> u64 {
+        let mut d = self.dirs();
+        d.gen += 1;
+        d.by_ino.clear();
+        d.gen
+    }
+
+    fn dir_gen(&self) -> u64 {
+        self.dirs().gen
     }
 
     pub fn conn(&self) -> &Arc<MetaConn> {
@@ -229,6 +303,10 @@ impl MetaClient {
                 handle,
             }
         )?;
+        // Only this inode changed: its cached attributes (if a directory) are replaced.
+        self.dirs().by_ino.remove(&ino);
+        let gen = self.dir_gen();
+        self.note_dir(r.attr.as_ref(), gen);
         Attr::try_from(r.attr.as_ref())
     }
 
@@ -244,6 +322,7 @@ impl MetaClient {
         exclusive: bool,
         client: Option<ClientId>,
     ) -> FsResult<Opened> {
+        let gen = self.dir_gen();
         let r = rpc!(
             self,
             "create",
@@ -261,6 +340,7 @@ impl MetaClient {
                 stripe_count: 0,
             }
         )?;
+        self.note_dir(r.parent.as_ref(), gen);
         Ok(Opened {
             handle: HandleId(r.handle),
             attr: Attr::try_from(r.attr.as_ref())?,
@@ -276,6 +356,7 @@ impl MetaClient {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
+        let gen = self.dir_gen();
         let r = rpc!(
             self,
             "mkdir",
@@ -289,6 +370,7 @@ impl MetaClient {
                 gid,
             }
         )?;
+        self.note_dir(r.parent.as_ref(), gen);
         Attr::try_from(r.attr.as_ref())
     }
 
@@ -300,6 +382,7 @@ impl MetaClient {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
+        let gen = self.dir_gen();
         let r = rpc!(
             self,
             "symlink",
@@ -313,6 +396,7 @@ impl MetaClient {
                 gid,
             }
         )?;
+        self.note_dir(r.parent.as_ref(), gen);
         Attr::try_from(r.attr.as_ref())
     }
 
@@ -330,6 +414,7 @@ impl MetaClient {
     }
 
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> FsResult<Attr> {
+        let gen = self.dir_gen();
         let r = rpc!(
             self,
             "link",
@@ -341,11 +426,13 @@ impl MetaClient {
                 new_name: new_name.to_vec(),
             }
         )?;
+        self.note_dir(r.parent.as_ref(), gen);
         Attr::try_from(r.attr.as_ref())
     }
 
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
-        rpc!(
+        let gen = self.dirs_changed();
+        let r = rpc!(
             self,
             "unlink",
             unlink,
@@ -355,11 +442,13 @@ impl MetaClient {
                 name: name.to_vec(),
             }
         )?;
+        self.note_dir(r.parent.as_ref(), gen);
         Ok(())
     }
 
     pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
-        rpc!(
+        let gen = self.dirs_changed();
+        let r = rpc!(
             self,
             "rmdir",
             rmdir,
@@ -369,6 +458,7 @@ impl MetaClient {
                 name: name.to_vec(),
             }
         )?;
+        self.note_dir(r.parent.as_ref(), gen);
         Ok(())
     }
 
@@ -381,7 +471,8 @@ impl MetaClient {
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        rpc!(
+        let gen = self.dirs_changed();
+        let r = rpc!(
             self,
             "rename",
             rename,
@@ -394,6 +485,8 @@ impl MetaClient {
                 flags,
             }
         )?;
+        self.note_dir(r.parent.as_ref(), gen);
+        self.note_dir(r.new_parent.as_ref(), gen);
         Ok(())
     }
 
@@ -458,6 +551,7 @@ impl MetaClient {
         value: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        self.dirs_changed();
         rpc!(
             self,
             "setxattr",
@@ -487,6 +581,7 @@ impl MetaClient {
     }
 
     pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> FsResult<()> {
+        self.dirs_changed();
         rpc!(
             self,
             "removexattr",

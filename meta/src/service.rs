@@ -55,6 +55,7 @@ fn attr_reply(r: Reply) -> FsResult<pb::AttrReply> {
     match r {
         Reply::Attr(a) => Ok(pb::AttrReply {
             attr: Some(pb_attr(&a)),
+            parent: None,
         }),
         other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
     }
@@ -90,6 +91,14 @@ fn time_set(t: Option<pb::TimeSpec>) -> Option<TimeSet> {
 }
 
 impl MetaNode {
+    /// Attributes of `ino` in this node's applied state, without a read barrier: right
+    /// after a write was applied here they are as of that write or later (the applied
+    /// state only holds committed entries). For the parent attributes of a reply.
+    fn applied_attr(&self, ino: InodeId) -> Option<pb::Attr> {
+        let g = self.shared.read().ok()?;
+        g.state.getattr(ino).ok().map(|a| pb_attr(&a))
+    }
+
     fn pb_table(&self, t: &ChainTable) -> pb::ChainTable {
         let seen = self
             .leader
@@ -183,6 +192,7 @@ impl pb::meta_server::Meta for MetaService {
                 let a = n.read(|s| s.lookup(parent, &r.name)).await?;
                 Ok(pb::AttrReply {
                     attr: Some(pb_attr(&a)),
+                    parent: None,
                 })
             }
             .await,
@@ -199,6 +209,7 @@ impl pb::meta_server::Meta for MetaService {
                 let a = n.read(|s| s.getattr(i)).await?;
                 Ok(pb::AttrReply {
                     attr: Some(pb_attr(&a)),
+                    parent: None,
                 })
             }
             .await,
@@ -245,8 +256,9 @@ impl pb::meta_server::Meta for MetaService {
                 };
                 spec.validate()?;
                 let client = (r.client_id != 0).then_some(ClientId(r.client_id));
+                let parent = ino(r.parent, "create parent")?;
                 let cmd = Command::Create {
-                    parent: ino(r.parent, "create parent")?,
+                    parent,
                     name: r.name,
                     mode: r.mode,
                     uid: r.uid,
@@ -269,6 +281,7 @@ impl pb::meta_server::Meta for MetaService {
                         attr: Some(pb_attr(&attr)),
                         handle: handle.map(|h| h.0).unwrap_or(0),
                         layout: Some((&layout).into()),
+                        parent: n.applied_attr(parent),
                     }),
                     other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
                 }
@@ -285,15 +298,18 @@ impl pb::meta_server::Meta for MetaService {
             async {
                 n.check(&r.cluster_id, false)?;
                 validate_name(&r.name)?;
+                let parent = ino(r.parent, "mkdir parent")?;
                 let cmd = Command::Mkdir {
-                    parent: ino(r.parent, "mkdir parent")?,
+                    parent,
                     name: r.name,
                     mode: r.mode,
                     uid: r.uid,
                     gid: r.gid,
                     now_ns: now_ns(),
                 };
-                attr_reply(n.write(once(tag?, cmd)).await?)
+                let mut a = attr_reply(n.write(once(tag?, cmd)).await?)?;
+                a.parent = n.applied_attr(parent);
+                Ok(a)
             }
             .await,
         )
@@ -307,15 +323,18 @@ impl pb::meta_server::Meta for MetaService {
             async {
                 n.check(&r.cluster_id, false)?;
                 validate_name(&r.name)?;
+                let parent = ino(r.parent, "symlink parent")?;
                 let cmd = Command::Symlink {
-                    parent: ino(r.parent, "symlink parent")?,
+                    parent,
                     name: r.name,
                     target: r.target,
                     uid: r.uid,
                     gid: r.gid,
                     now_ns: now_ns(),
                 };
-                attr_reply(n.write(once(tag?, cmd)).await?)
+                let mut a = attr_reply(n.write(once(tag?, cmd)).await?)?;
+                a.parent = n.applied_attr(parent);
+                Ok(a)
             }
             .await,
         )
@@ -343,19 +362,22 @@ impl pb::meta_server::Meta for MetaService {
             async {
                 n.check(&r.cluster_id, false)?;
                 validate_name(&r.new_name)?;
+                let new_parent = ino(r.new_parent, "link parent")?;
                 let cmd = Command::Link {
                     ino: ino(r.ino, "link")?,
-                    new_parent: ino(r.new_parent, "link parent")?,
+                    new_parent,
                     new_name: r.new_name,
                     now_ns: now_ns(),
                 };
-                attr_reply(n.write(once(tag?, cmd)).await?)
+                let mut a = attr_reply(n.write(once(tag?, cmd)).await?)?;
+                a.parent = n.applied_attr(new_parent);
+                Ok(a)
             }
             .await,
         )
     }
 
-    async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Rpc<pb::Empty> {
+    async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Rpc<pb::DirsReply> {
         let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
@@ -363,19 +385,23 @@ impl pb::meta_server::Meta for MetaService {
             async {
                 n.check(&r.cluster_id, false)?;
                 validate_name(&r.name)?;
+                let parent = ino(r.parent, "unlink parent")?;
                 let cmd = Command::Unlink {
-                    parent: ino(r.parent, "unlink parent")?,
+                    parent,
                     name: r.name,
                     now_ns: now_ns(),
                 };
                 n.write(once(tag?, cmd)).await?;
-                Ok(pb::Empty {})
+                Ok(pb::DirsReply {
+                    parent: n.applied_attr(parent),
+                    new_parent: None,
+                })
             }
             .await,
         )
     }
 
-    async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Rpc<pb::Empty> {
+    async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Rpc<pb::DirsReply> {
         let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
@@ -383,19 +409,23 @@ impl pb::meta_server::Meta for MetaService {
             async {
                 n.check(&r.cluster_id, false)?;
                 validate_name(&r.name)?;
+                let parent = ino(r.parent, "rmdir parent")?;
                 let cmd = Command::Rmdir {
-                    parent: ino(r.parent, "rmdir parent")?,
+                    parent,
                     name: r.name,
                     now_ns: now_ns(),
                 };
                 n.write(once(tag?, cmd)).await?;
-                Ok(pb::Empty {})
+                Ok(pb::DirsReply {
+                    parent: n.applied_attr(parent),
+                    new_parent: None,
+                })
             }
             .await,
         )
     }
 
-    async fn rename(&self, req: Request<pb::RenameRequest>) -> Rpc<pb::Empty> {
+    async fn rename(&self, req: Request<pb::RenameRequest>) -> Rpc<pb::DirsReply> {
         let tag = request_tag(req.metadata());
         let r = req.into_inner();
         let n = &self.node;
@@ -410,16 +440,23 @@ impl pb::meta_server::Meta for MetaService {
                 ) {
                     return Err(FsError::Invalid(format!("rename flags {:#x}", r.flags)));
                 }
+                let (parent, new_parent) = (
+                    ino(r.parent, "rename parent")?,
+                    ino(r.new_parent, "rename new parent")?,
+                );
                 let cmd = Command::Rename {
-                    parent: ino(r.parent, "rename parent")?,
+                    parent,
                     name: r.name,
-                    new_parent: ino(r.new_parent, "rename new parent")?,
+                    new_parent,
                     new_name: r.new_name,
                     flags: r.flags,
                     now_ns: now_ns(),
                 };
                 n.write(once(tag?, cmd)).await?;
-                Ok(pb::Empty {})
+                Ok(pb::DirsReply {
+                    parent: n.applied_attr(parent),
+                    new_parent: n.applied_attr(new_parent),
+                })
             }
             .await,
         )

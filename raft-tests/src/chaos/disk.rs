@@ -246,9 +246,13 @@ mod tests {
         std::fs::write(obj.join("12_0.dat"), &data).expect("write");
         std::fs::write(obj.join("12_0.crc"), b"sidecar").expect("write");
         let empty = tempfile::tempdir().expect("tempdir");
-        assert!(corrupt_block(empty.path(), 1, &[3]).expect("empty dir").is_none());
+        assert!(corrupt_block(empty.path(), 1, &[3])
+            .expect("empty dir")
+            .is_none());
         assert!(
-            corrupt_block(d.path(), 1, &[4]).expect("other chain").is_none(),
+            corrupt_block(d.path(), 1, &[4])
+                .expect("other chain")
+                .is_none(),
             "an object of a chain not allowed was corrupted"
         );
         let what = corrupt_block(d.path(), 0x1234_5678_9abc, &[3])

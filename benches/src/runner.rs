@@ -14,6 +14,7 @@ use crate::report::{Machine, Report};
 use crate::sys;
 use crate::systems::{Ceph, Cirrus, Gluster, Local, Mounted};
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -60,6 +61,13 @@ pub struct Config {
     /// Thread counts of the metadata job.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     pub md_threads: Vec<usize>,
+    /// Rounds of the sequential jobs: every system of one R is up at once and each
+    /// round runs every job on every system in turn (rotating who goes first); the
+    /// figure is the median. The disk of a cloud VM changes speed for minutes after a
+    /// heavy writer, so systems measured one after the other were judged on different
+    /// disks.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Scratch directory on the disk under test (every system's data goes under it).
     #[arg(long)]
     pub workdir: Option<PathBuf>,
@@ -89,21 +97,18 @@ impl Config {
         self.systems.iter().any(|s| s == system)
     }
 
-    /// Steps of the whole run, for the progress bar: one per bring-up and one per job.
+    /// Steps of the whole run, for the progress bar: per R block, one per bring-up, one
+    /// per (round, mode) and one per metadata job; then the scaling job.
     fn planned_steps(&self) -> usize {
-        let per_config = self.modes().len() + self.md_threads.len();
-        let mut n = 0;
-        if self.has("local") {
-            n += 1 + per_config;
-        }
-        if self.has("fuse-null") {
-            n += 1 + self.modes().len();
-        }
-        for s in ["gluster", "ceph", "cirrus"] {
-            if self.has(s) {
-                n += self.replicas.len() * (1 + per_config);
-            }
-        }
+        let systems = ["local", "fuse-null", "gluster", "ceph", "cirrus"];
+        let present = systems.iter().filter(|s| self.has(s)).count();
+        let with_meta = systems
+            .iter()
+            .filter(|s| **s != "fuse-null" && self.has(s))
+            .count();
+        let per_r =
+            present + self.rounds.max(1) * self.modes().len() + with_meta * self.md_threads.len();
+        let mut n = self.replicas.len() * per_r;
         if self.has("cirrus") {
             n += self.scaling.len() * 2;
         }
@@ -147,43 +152,6 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// The fio and metadata jobs of one (system, R) configuration.
-    fn jobs(&mut self, system: &str, r_sections: &[u32], dir: &Path, label: &str) {
-        self.seq_jobs(system, r_sections, dir, label);
-        self.meta_jobs(system, r_sections, dir, label);
-    }
-
-    /// The fio jobs of one configuration.
-    fn seq_jobs(&mut self, system: &str, r_sections: &[u32], dir: &Path, label: &str) {
-        let bytes = self.cfg.bytes_per_thread();
-        for mode in self.cfg.modes() {
-            self.progress
-                .step(&format!("{label}: fio {} write+read", mode.tag()));
-            let job = SeqJob {
-                threads: self.cfg.threads,
-                bytes_per_thread: bytes,
-                block_size: MIB,
-                mode,
-            };
-            match job.run(dir) {
-                Ok(res) => {
-                    let (w, rd) = match mode {
-                        Mode::Direct => ("write direct", "read direct"),
-                        Mode::Buffered => ("write buffered+fsync", "read buffered"),
-                    };
-                    for &r in r_sections {
-                        let s = seq_section(r);
-                        self.report.push(&s, w, system, "MB/s", res.write_bps / 1e6);
-                        self.report.push(&s, rd, system, "MB/s", res.read_bps / 1e6);
-                    }
-                }
-                Err(e) => self
-                    .report
-                    .note(format!("{label}: fio {} failed: {e:#}", mode.tag())),
-            }
-        }
-    }
-
     /// The metadata jobs of one configuration.
     fn meta_jobs(&mut self, system: &str, r_sections: &[u32], dir: &Path, label: &str) {
         for &t in &self.cfg.md_threads.clone() {
@@ -223,32 +191,123 @@ impl Run<'_> {
         }
     }
 
-    fn per_config(&self) -> usize {
-        self.cfg.modes().len() + self.cfg.md_threads.len()
+    /// Brings up `system` for replica count `r`.
+    fn start(
+        &self,
+        system: &str,
+        r: u32,
+        work: &Path,
+        rt: &tokio::runtime::Runtime,
+        bin: Option<&Path>,
+    ) -> Result<Box<dyn Mounted>> {
+        Ok(match system {
+            "local" => Box::new(Local::start(work)?),
+            "fuse-null" => Box::new(NullMount::start(work)?),
+            "gluster" => Box::new(Gluster::start(work, r)?),
+            // A fresh cluster per R, with the pool size set while the pools are still
+            // empty: raising the size of pools that already held data made ceph backfill
+            // on the shared disk and never reach active+clean within the deadline.
+            "ceph" => {
+                let ceph = Ceph::start(work)?;
+                ceph.set_replicas(r)
+                    .with_context(|| format!("set both CephFS pools to size {r}"))?;
+                Box::new(ceph)
+            }
+            "cirrus" => {
+                let bin = bin.ok_or_else(|| anyhow::anyhow!("no cirrus binary"))?;
+                Box::new(Cirrus::start(rt, bin, work, self.cfg.data_servers, r)?)
+            }
+            other => bail!("unknown system {other:?}"),
+        })
     }
 
-    /// Brings a system up, runs its jobs, tears it down; a failed bring-up is a note.
-    fn with_system<S: Mounted>(
-        &mut self,
-        system: &str,
-        r_sections: &[u32],
-        label: &str,
-        start: impl FnOnce() -> Result<S>,
-    ) {
-        self.progress.step(&format!("{label}: bring up"));
-        match start() {
-            Ok(mut s) => {
-                let dir = s.dir().to_path_buf();
-                self.jobs(system, r_sections, &dir, label);
-                if let Err(e) = s.stop() {
-                    self.report.note(format!("{label}: tear-down: {e:#}"));
+    /// One replica count: every system up at once, the sequential jobs in rounds that
+    /// rotate the order, medians recorded; then each system's metadata jobs; teardown.
+    fn block(&mut self, r: u32, work: &Path, rt: &tokio::runtime::Runtime, bin: Option<&Path>) {
+        let mut up: Vec<(&'static str, String, Box<dyn Mounted>)> = Vec::new();
+        for sys in ["local", "fuse-null", "gluster", "ceph", "cirrus"] {
+            if !self.cfg.has(sys) {
+                continue;
+            }
+            let label = match sys {
+                "local" | "fuse-null" => format!("{sys} (R={r} block)"),
+                "cirrus" => format!("cirrus R={r}, {} data", self.cfg.data_servers),
+                _ => format!("{sys} R={r}"),
+            };
+            self.progress.step(&format!("{label}: bring up"));
+            match self.start(sys, r, work, rt, bin) {
+                Ok(m) => up.push((sys, label, m)),
+                Err(e) => {
+                    self.report
+                        .note(format!("{label}: could not be brought up: {e:#}"));
+                    if sys != "fuse-null" {
+                        self.skip(self.cfg.md_threads.len());
+                    }
                 }
             }
-            Err(e) => {
-                self.report
-                    .note(format!("{label}: could not be brought up: {e:#}"));
-                let n = self.per_config();
-                self.skip(n);
+        }
+        let bytes = self.cfg.bytes_per_thread();
+        let rounds = self.cfg.rounds.max(1);
+        let mut samples: BTreeMap<(usize, &'static str), Vec<f64>> = BTreeMap::new();
+        for round in 0..rounds {
+            for mode in self.cfg.modes() {
+                self.progress.step(&format!(
+                    "R={r} round {}/{rounds}: fio {} write+read on every system",
+                    round + 1,
+                    mode.tag()
+                ));
+                let (w, rd) = match mode {
+                    Mode::Direct => ("write direct", "read direct"),
+                    Mode::Buffered => ("write buffered+fsync", "read buffered"),
+                };
+                let n = up.len();
+                for k in 0..n {
+                    let i = (k + round) % n;
+                    let (_, label, m) = &up[i];
+                    let job = SeqJob {
+                        threads: self.cfg.threads,
+                        bytes_per_thread: bytes,
+                        block_size: MIB,
+                        mode,
+                    };
+                    match job.run(m.dir()) {
+                        Ok(res) => {
+                            samples.entry((i, w)).or_default().push(res.write_bps / 1e6);
+                            samples.entry((i, rd)).or_default().push(res.read_bps / 1e6);
+                        }
+                        Err(e) => {
+                            let msg = format!("{label}: fio {} failed: {e:#}", mode.tag());
+                            self.report.note(msg);
+                        }
+                    }
+                }
+            }
+        }
+        // Jobs in the report's order (write then read, direct then buffered).
+        for mode in self.cfg.modes() {
+            let jobs = match mode {
+                Mode::Direct => ["write direct", "read direct"],
+                Mode::Buffered => ["write buffered+fsync", "read buffered"],
+            };
+            for job in jobs {
+                for (i, (sys, _, _)) in up.iter().enumerate() {
+                    if let Some(v) = samples.get_mut(&(i, job)) {
+                        v.sort_by(f64::total_cmp);
+                        let median = v[v.len() / 2];
+                        self.report.push(&seq_section(r), job, sys, "MB/s", median);
+                    }
+                }
+            }
+        }
+        for (sys, label, m) in &up {
+            if *sys != "fuse-null" {
+                let dir = m.dir().to_path_buf();
+                self.meta_jobs(sys, &[r], &dir, label);
+            }
+        }
+        while let Some((_, label, mut m)) = up.pop() {
+            if let Err(e) = m.stop() {
+                self.report.note(format!("{label}: tear-down: {e:#}"));
             }
         }
     }
@@ -273,72 +332,30 @@ pub fn run(cfg: &Config) -> Result<Report> {
         progress: Progress::new(cfg.planned_steps()),
     };
     run.report.params = params(cfg, &work);
-    let rs = cfg.replicas.clone();
-
-    if cfg.has("local") {
-        run.with_system("local", &rs, "local", || Local::start(&work));
-    }
-    if cfg.has("fuse-null") {
-        // The FUSE path alone: the same fio jobs, no storage behind them.
-        run.progress.step("fuse-null: mount");
-        match NullMount::start(&work) {
-            Ok(mut m) => {
-                let dir = m.dir().to_path_buf();
-                run.seq_jobs("fuse-null", &rs, &dir, "fuse-null");
-                if let Err(e) = m.stop() {
-                    run.report.note(format!("fuse-null: unmount: {e:#}"));
-                }
-            }
-            Err(e) => {
-                run.report
-                    .note(format!("fuse-null: could not mount: {e:#}"));
-                let n = cfg.modes().len();
-                run.skip(n);
-            }
-        }
-    }
-    if cfg.has("gluster") {
-        for &r in &rs {
-            let label = format!("gluster R={r}");
-            run.with_system("gluster", &[r], &label, || Gluster::start(&work, r));
-        }
-    }
-    if cfg.has("ceph") {
-        // A fresh cluster per R, with the pool size set while the pools are still empty:
-        // raising the size of pools that already hold the R=1 run's data made ceph
-        // backfill on the shared disk and never reach active+clean within the deadline.
-        for &r in &rs {
-            let label = format!("ceph R={r}");
-            run.with_system("ceph", &[r], &label, || {
-                let ceph = Ceph::start(&work)?;
-                ceph.set_replicas(r)
-                    .with_context(|| format!("set both CephFS pools to size {r}"))?;
-                Ok(ceph)
-            });
-        }
-    }
-    if cfg.has("cirrus") {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start a tokio runtime")?;
+    let bin = if cfg.has("cirrus") {
         match cfg.cirrus_bin() {
-            Ok(bin) => {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .context("start a tokio runtime")?;
-                for &r in &rs {
-                    let label = format!("cirrus R={r}, {} data", cfg.data_servers);
-                    run.with_system("cirrus", &[r], &label, || {
-                        Cirrus::start(&rt, &bin, &work, cfg.data_servers, r)
-                    });
-                }
-                scaling(&mut run, &rt, &bin, &work);
-            }
+            Ok(b) => Some(b),
             Err(e) => {
                 run.report.note(format!("cirrus: {e:#}"));
-                let n = rs.len() * (1 + run.per_config()) + cfg.scaling.len() * 2;
-                run.skip(n);
+                None
             }
         }
+    } else {
+        None
+    };
+    for &r in &cfg.replicas.clone() {
+        run.block(r, &work, &rt, bin.as_deref());
+    }
+    if let Some(bin) = &bin {
+        scaling(&mut run, &rt, bin, &work);
+    } else if cfg.has("cirrus") {
+        let n = cfg.scaling.len() * 2;
+        run.skip(n);
     }
     let report = run.report;
     write_outputs(&report, &cfg.out)?;
@@ -412,6 +429,7 @@ fn params(cfg: &Config, work: &Path) -> std::collections::BTreeMap<String, Strin
     p.insert("files".into(), cfg.files.to_string());
     p.insert("small_files".into(), cfg.small_files.to_string());
     p.insert("md_threads".into(), format!("{:?}", cfg.md_threads));
+    p.insert("rounds".into(), cfg.rounds.to_string());
     p.insert("workdir".into(), work.display().to_string());
     p
 }
@@ -509,6 +527,7 @@ mod tests {
     #[test]
     fn defaults_are_the_founding_setup() {
         let c = Cli::parse_from(["x"]).cfg;
+        assert_eq!(c.rounds, 3);
         assert_eq!(c.threads, 4);
         assert_eq!(c.bytes_per_thread(), GIB);
         assert_eq!(c.replicas, vec![1, 2]);

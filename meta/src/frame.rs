@@ -20,7 +20,7 @@ pub fn header(magic: &[u8; 8], version: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(magic);
     h[8..12].copy_from_slice(&version.to_le_bytes());
-    let crc = crc32c::crc32c(&h[..12]);
+    let crc = cirrus_types::checksum::crc32c(&h[..12]);
     h[12..16].copy_from_slice(&crc.to_le_bytes());
     h
 }
@@ -39,7 +39,7 @@ pub fn check_header(buf: &[u8], magic: &[u8; 8], version: u32, what: &str) -> io
         return Err(bad("wrong magic: not a cirrus file of this kind".into()));
     }
     let crc = u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]);
-    if crc != crc32c::crc32c(&buf[..12]) {
+    if crc != cirrus_types::checksum::crc32c(&buf[..12]) {
         return Err(bad("header checksum mismatch".into()));
     }
     let v = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
@@ -54,7 +54,7 @@ pub fn check_header(buf: &[u8], magic: &[u8; 8], version: u32, what: &str) -> io
 /// Appends one framed record to `out`.
 pub fn push_record(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(&cirrus_types::checksum::crc32c(payload).to_le_bytes());
     out.extend_from_slice(payload);
 }
 
@@ -71,7 +71,7 @@ pub fn read_record(buf: &[u8], pos: usize) -> Option<(&[u8], usize)> {
         return None;
     }
     let payload = &rest[RECORD_OVERHEAD..RECORD_OVERHEAD + len];
-    if crc32c::crc32c(payload) != crc {
+    if cirrus_types::checksum::crc32c(payload) != crc {
         return None;
     }
     Some((payload, pos + RECORD_OVERHEAD + len))

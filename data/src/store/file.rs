@@ -491,7 +491,7 @@ impl FileStore {
                 let whole = (i > 0 || off == a) && (i + 1 < nblocks || end == b);
                 match pieces {
                     Some(p) if whole => p[i],
-                    _ => crc32c::crc32c(blk),
+                    _ => cirrus_types::checksum::crc32c(blk),
                 }
             })
             .collect();
@@ -543,7 +543,10 @@ impl FileStore {
         let b = off + data.len() as u64;
         let _g = o.blocks.lock(off, b).await;
         self.ensure_allocated(&o, b).await?;
-        let new_crcs: Vec<u32> = data.chunks(BLOCK as usize).map(crc32c::crc32c).collect();
+        let new_crcs: Vec<u32> = data
+            .chunks(BLOCK as usize)
+            .map(cirrus_types::checksum::crc32c)
+            .collect();
         self.ring
             .write_at(&o.data, off, AlignedBuf::from_slice(data))
             .await
@@ -635,7 +638,7 @@ impl FileStore {
                 return Err(StoreError::Corrupt { key, blocks: bad });
             }
             blk.as_mut_slice()[(size - a) as usize..].fill(0);
-            tail_crc.push(crc32c::crc32c(blk.as_slice()));
+            tail_crc.push(cirrus_types::checksum::crc32c(blk.as_slice()));
             self.ring
                 .write_at(&o.data, a, blk)
                 .await

@@ -42,7 +42,7 @@ impl Header {
         b[24..32].copy_from_slice(&self.key.inode.0.to_le_bytes());
         b[32..36].copy_from_slice(&self.key.index.to_le_bytes());
         b[40..48].copy_from_slice(&self.size.to_le_bytes());
-        let c = crc32c::crc32c(&b[0..48]);
+        let c = cirrus_types::checksum::crc32c(&b[0..48]);
         b[48..52].copy_from_slice(&c.to_le_bytes());
         b
     }
@@ -67,7 +67,7 @@ impl Header {
         if u32_at(12) as u64 != BLOCK {
             return Err(bad(&format!("block size {}", u32_at(12))));
         }
-        if crc32c::crc32c(&b[0..48]) != u32_at(48) {
+        if cirrus_types::checksum::crc32c(&b[0..48]) != u32_at(48) {
             return Err(bad("header crc mismatch"));
         }
         Ok(Header {

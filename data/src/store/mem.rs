@@ -23,7 +23,7 @@ impl MemObj {
             let mut blk = vec![0u8; BLOCK as usize];
             let e = (s + BLOCK as usize).min(self.data.len());
             blk[..e - s].copy_from_slice(&self.data[s..e]);
-            self.crcs[b as usize] = crc32c::crc32c(&blk);
+            self.crcs[b as usize] = cirrus_types::checksum::crc32c(&blk);
         }
     }
 }

@@ -182,7 +182,7 @@ pub fn lost_block_crc() -> u32 {
 /// crc32c of one all-zero block (a hole).
 pub fn zero_block_crc() -> u32 {
     static ZERO: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *ZERO.get_or_init(|| crc32c::crc32c(&[0u8; BLOCK as usize]))
+    *ZERO.get_or_init(|| cirrus_types::checksum::crc32c(&[0u8; BLOCK as usize]))
 }
 
 /// Wire piece crcs of `data`, which starts at object offset `off`, given `blocks[i]`, the
@@ -197,7 +197,7 @@ pub fn piece_crcs_from_blocks(off: u64, data: &[u8], blocks: &[u32]) -> Vec<u32>
             at += n;
             match blocks.get(i) {
                 Some(c) if n == BLOCK as usize => *c,
-                _ => crc32c::crc32c(piece),
+                _ => cirrus_types::checksum::crc32c(piece),
             }
         })
         .collect()
@@ -217,11 +217,11 @@ pub fn bad_blocks_in(first: u64, buf: &[u8], window: &[u32]) -> Vec<u64> {
             let b = first + i as u64;
             let want = window.get(i).copied().unwrap_or_else(zero_block_crc);
             let got = if chunk.len() == BLOCK as usize {
-                crc32c::crc32c(chunk)
+                cirrus_types::checksum::crc32c(chunk)
             } else {
                 let mut full = chunk.to_vec();
                 full.resize(BLOCK as usize, 0);
-                crc32c::crc32c(&full)
+                cirrus_types::checksum::crc32c(&full)
             };
             (got != want).then_some(b)
         })

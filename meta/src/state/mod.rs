@@ -653,7 +653,7 @@ impl MetaState {
         }
         format!(
             "{fnv:016x}{:08x}{:08x}",
-            crc32c::crc32c(&bytes),
+            cirrus_types::checksum::crc32c(&bytes),
             bytes.len() as u32
         )
     }

@@ -8,9 +8,11 @@
 //! because the machines are shared and noisy and only ratios hold.
 //!
 //! Must not depend on: cirrus-meta or cirrus-data internals (Cirrus is driven as the
-//! `cirrus` binary, the way an operator runs it).
+//! `cirrus` binary, the way an operator runs it, and through the public client library
+//! for the library rows).
 
 pub mod fio;
+pub mod library;
 pub mod mdtest;
 pub mod nullfs;
 pub mod progress;

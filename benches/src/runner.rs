@@ -7,6 +7,7 @@
 //! missing.
 
 use crate::fio::{Mode, SeqJob};
+use crate::library::LibraryJob;
 use crate::mdtest::MetaJob;
 use crate::nullfs::NullMount;
 use crate::progress::Progress;
@@ -144,6 +145,8 @@ pub fn meta_section(r: u32, threads: usize) -> String {
     )
 }
 pub const SCALING_SECTION: &str = "scaling R=1, direct";
+/// The rows of the client-library job (write includes the fsync) in a seq section.
+pub const LIBRARY_JOBS: (&str, &str) = ("write library (+fsync)", "read library");
 
 struct Run<'a> {
     cfg: &'a Config,
@@ -280,22 +283,56 @@ impl Run<'_> {
                             self.report.note(msg);
                         }
                     }
+                    // The same job through the client library, in the same slot of the
+                    // rotation as the mount it bypasses.
+                    if let (Mode::Direct, Some(addrs)) = (mode, m.meta_addrs()) {
+                        let job = LibraryJob {
+                            threads: self.cfg.threads,
+                            bytes_per_thread: bytes,
+                        };
+                        match job.run(rt, &addrs) {
+                            Ok(res) => {
+                                let (w, rd) = LIBRARY_JOBS;
+                                samples.entry((i, w)).or_default().push(res.write_bps / 1e6);
+                                samples.entry((i, rd)).or_default().push(res.read_bps / 1e6);
+                            }
+                            Err(e) => self
+                                .report
+                                .note(format!("{label}: library job failed: {e:#}")),
+                        }
+                    }
                 }
             }
         }
-        // Jobs in the report's order (write then read, direct then buffered).
+        // Jobs in the report's order (write then read, direct then buffered, then the
+        // library rows with the local direct figures beside them as the ceiling).
+        let mut order = Vec::new();
         for mode in self.cfg.modes() {
-            let jobs = match mode {
+            order.extend(match mode {
                 Mode::Direct => ["write direct", "read direct"],
                 Mode::Buffered => ["write buffered+fsync", "read buffered"],
-            };
-            for job in jobs {
-                for (i, (sys, _, _)) in up.iter().enumerate() {
-                    if let Some(v) = samples.get_mut(&(i, job)) {
-                        v.sort_by(f64::total_cmp);
-                        let median = v[v.len() / 2];
-                        self.report.push(&seq_section(r), job, sys, "MB/s", median);
-                    }
+            });
+        }
+        order.extend([LIBRARY_JOBS.0, LIBRARY_JOBS.1]);
+        let mut medians: BTreeMap<(usize, &'static str), f64> = BTreeMap::new();
+        for job in order {
+            for (i, (sys, _, _)) in up.iter().enumerate() {
+                if let Some(v) = samples.get_mut(&(i, job)) {
+                    v.sort_by(f64::total_cmp);
+                    let median = v[v.len() / 2];
+                    medians.insert((i, job), median);
+                    self.report.push(&seq_section(r), job, sys, "MB/s", median);
+                }
+            }
+        }
+        if let Some(local) = up.iter().position(|(sys, _, _)| *sys == "local") {
+            let any_library = medians.keys().any(|(_, j)| *j == LIBRARY_JOBS.0);
+            for (lib, direct) in [
+                (LIBRARY_JOBS.0, "write direct"),
+                (LIBRARY_JOBS.1, "read direct"),
+            ] {
+                if let (true, Some(v)) = (any_library, medians.get(&(local, direct))) {
+                    self.report.push(&seq_section(r), lib, "local", "MB/s", *v);
                 }
             }
         }
@@ -646,5 +683,73 @@ mod tests {
             !mounts.contains(&*w.join("fuse-null").to_string_lossy()),
             "the null filesystem is still mounted"
         );
+    }
+    #[test]
+    fn the_library_rows_come_from_a_real_cluster_beside_the_local_ceiling() {
+        if !sys::have("fio") {
+            panic!(
+                "this test needs fio on PATH (Debian package `fio`; scripts/test.sh installs it)"
+            );
+        }
+        if !Path::new("/dev/fuse").exists() {
+            panic!("this test mounts Cirrus and needs /dev/fuse (modprobe fuse)");
+        }
+        let bin = cirrus_raft_tests::cluster::cirrus_bin();
+        let work = tempfile::tempdir().expect("tempdir");
+        let c = Cli::parse_from([
+            "x",
+            "--systems",
+            "local,cirrus",
+            "--replicas",
+            "1",
+            "--scaling",
+            "--no-buffered",
+            "--rounds",
+            "1",
+            "--scale",
+            "0.004",
+            "--threads",
+            "2",
+            "--files",
+            "20",
+            "--small-files",
+            "5",
+            "--md-threads",
+            "1",
+            "--cirrus-bin",
+            &bin.to_string_lossy(),
+            "--workdir",
+            &work.path().join("w").to_string_lossy(),
+            "--out",
+            &work.path().join("out").to_string_lossy(),
+        ])
+        .cfg;
+        let report = run(&c).expect("run");
+        assert!(report.notes.is_empty(), "{:?}", report.notes);
+        let value = |job: &str, system: &str| {
+            report
+                .records
+                .iter()
+                .find(|r| r.section == seq_section(1) && r.job == job && r.system == system)
+                .map(|r| r.value)
+        };
+        for job in [LIBRARY_JOBS.0, LIBRARY_JOBS.1] {
+            let lib = value(job, "cirrus").unwrap_or_else(|| panic!("no cirrus {job} row"));
+            assert!(lib > 0.0, "{job}: {lib}");
+        }
+        // The local direct figures sit beside the library rows as their ceiling.
+        assert_eq!(
+            value(LIBRARY_JOBS.0, "local"),
+            value("write direct", "local")
+        );
+        assert_eq!(
+            value(LIBRARY_JOBS.1, "local"),
+            value("read direct", "local")
+        );
+        assert!(value("write direct", "cirrus").is_some_and(|v| v > 0.0));
+        assert!(report
+            .records
+            .iter()
+            .any(|r| r.system == "cirrus" && r.job == "create" && r.value > 0.0));
     }
 }

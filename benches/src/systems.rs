@@ -23,6 +23,10 @@ pub trait Mounted {
     fn dir(&self) -> &Path;
     /// Unmounts and stops everything this bring-up started. Idempotent.
     fn stop(&mut self) -> Result<()>;
+    /// The meta group of a system the client library can reach (Cirrus only).
+    fn meta_addrs(&self) -> Option<String> {
+        None
+    }
 }
 
 fn free_port() -> Result<u16> {
@@ -560,6 +564,9 @@ impl Cirrus {
 impl Mounted for Cirrus {
     fn dir(&self) -> &Path {
         &self.mnt
+    }
+    fn meta_addrs(&self) -> Option<String> {
+        self.cluster.as_ref().map(|c| c.meta_addrs())
     }
     fn stop(&mut self) -> Result<()> {
         sys::umount(&self.mnt);

@@ -561,6 +561,23 @@ mod tests {
         cfg: Config,
     }
 
+    /// Fails (never skips) with the reason when the machine lacks fio.
+    fn need_fio() {
+        assert!(
+            sys::have("fio"),
+            "this test needs fio on PATH (Debian package `fio`; scripts/test.sh installs it)"
+        );
+    }
+
+    /// fio, and /dev/fuse for a test that mounts a FUSE filesystem.
+    fn need_fio_and_fuse() {
+        need_fio();
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "this test mounts a FUSE filesystem and needs /dev/fuse (modprobe fuse)"
+        );
+    }
+
     #[test]
     fn defaults_are_the_founding_setup() {
         let c = Cli::parse_from(["x"]).cfg;
@@ -590,11 +607,7 @@ mod tests {
 
     #[test]
     fn local_only_run_measures_every_job_and_writes_outputs() {
-        if !sys::have("fio") {
-            panic!(
-                "this test needs fio on PATH (Debian package `fio`; scripts/test.sh installs it)"
-            );
-        }
+        need_fio();
         let work = tempfile::tempdir().expect("tempdir");
         let out = work.path().join("out");
         let c = Cli::parse_from([
@@ -644,14 +657,7 @@ mod tests {
 
     #[test]
     fn the_fuse_ceiling_is_measured_through_a_real_mount_and_unmounted() {
-        if !sys::have("fio") {
-            panic!(
-                "this test needs fio on PATH (Debian package `fio`; scripts/test.sh installs it)"
-            );
-        }
-        if !Path::new("/dev/fuse").exists() {
-            panic!("this test mounts a FUSE filesystem and needs /dev/fuse (modprobe fuse)");
-        }
+        need_fio_and_fuse();
         let work = tempfile::tempdir().expect("tempdir");
         let w = work.path().join("w");
         let c = Cli::parse_from([
@@ -684,16 +690,10 @@ mod tests {
             "the null filesystem is still mounted"
         );
     }
+
     #[test]
     fn the_library_rows_come_from_a_real_cluster_beside_the_local_ceiling() {
-        if !sys::have("fio") {
-            panic!(
-                "this test needs fio on PATH (Debian package `fio`; scripts/test.sh installs it)"
-            );
-        }
-        if !Path::new("/dev/fuse").exists() {
-            panic!("this test mounts Cirrus and needs /dev/fuse (modprobe fuse)");
-        }
+        need_fio_and_fuse();
         let bin = cirrus_raft_tests::cluster::cirrus_bin();
         let work = tempfile::tempdir().expect("tempdir");
         let c = Cli::parse_from([

@@ -68,6 +68,21 @@ async fn rmdir(conn: &MetaConn, parent: u64, name: &[u8]) -> FsResult<()> {
     .map(|_| ())
 }
 
+async fn release_raw(conn: &MetaConn, handles: &[u64]) -> FsResult<()> {
+    let cid = conn.cluster_id();
+    let (first, more) = (handles[0], handles[1..].to_vec());
+    conn.call("release", move |mut c| {
+        let req = pb::ReleaseRequest {
+            cluster_id: cid.clone(),
+            handle: first,
+            more: more.clone(),
+        };
+        async move { c.release(req).await }
+    })
+    .await
+    .map(|_| ())
+}
+
 fn is_invalid<T: std::fmt::Debug>(r: FsResult<T>, what: &str) {
     assert!(matches!(r, Err(FsError::Invalid(_))), "{what}: {r:?}");
 }
@@ -133,6 +148,13 @@ async fn each_bad_input_is_refused_with_its_error_and_changes_nothing() -> Resul
         rename(&conn, ROOT, b"file", ROOT, b"dir", 1).await,
         Err(FsError::Exists),
         "RENAME_NOREPLACE onto an existing name"
+    );
+    // A release batch over the limit, even of unknown handles, is refused before it is
+    // proposed.
+    let oversized: Vec<u64> = (1..=cirrus_types::MAX_RELEASE_BATCH as u64 + 1).collect();
+    is_invalid(
+        release_raw(&conn, &oversized).await,
+        "oversized release batch",
     );
     let other = ClusterId(0x1234).to_string();
     assert!(matches!(

@@ -50,6 +50,9 @@ pub struct ClientConfig {
     pub max_inflight: usize,
     /// How often open handles' lease is renewed at meta.
     pub lease_interval: Duration,
+    /// How long `close` lets meta releases gather before one call sends them all in one
+    /// raft entry (a file is released at meta at most about this long after its close).
+    pub release_delay: Duration,
 }
 
 impl Default for ClientConfig {
@@ -64,6 +67,7 @@ impl Default for ClientConfig {
             max_chunk: 4 << 20,
             max_inflight: 16,
             lease_interval: Duration::from_secs(5),
+            release_delay: Duration::from_millis(20),
         }
     }
 }
@@ -207,7 +211,24 @@ pub struct Client {
     /// attributes without returning them (unlink, rename, rmdir, xattrs): cached
     /// attributes of open inodes fetched before it are not served any more.
     ns_gen: AtomicU64,
+    /// Meta handles of closed files not yet released at meta (see `close`).
+    releases: Mutex<ReleaseQueue>,
+    /// Cuts the sender's `release_delay` short (unmount).
+    release_now: tokio::sync::Notify,
+    /// Signalled when the release sender stops with the queue empty.
+    releases_idle: tokio::sync::Notify,
 }
+
+/// Handles waiting to be released at meta in one batch.
+#[derive(Default)]
+struct ReleaseQueue {
+    handles: Vec<HandleId>,
+    /// A task owns sending: it sends batches until the queue is empty, then clears this.
+    sender: bool,
+}
+
+/// Pause before a failed release batch is sent again.
+const RELEASE_RETRY: Duration = Duration::from_secs(1);
 
 impl Client {
     /// Connects to the meta group at `addrs` (`H1:7001,H2:7001,...`): learns the cluster
@@ -243,6 +264,9 @@ impl Client {
             next_fh: AtomicU64::new(1),
             local_gen: AtomicU64::new(0),
             ns_gen: AtomicU64::new(0),
+            releases: Mutex::new(ReleaseQueue::default()),
+            release_now: tokio::sync::Notify::new(),
+            releases_idle: tokio::sync::Notify::new(),
         }))
     }
 
@@ -793,6 +817,33 @@ impl Client {
     /// returned after the handle is released anyway (the kernel ignores release errors,
     /// but `flush` already reported them to close(2)).
     pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let (res, handle) = self.close_local(fh).await?;
+        let rel = self.meta.release(handle).await;
+        res.and(rel)
+    }
+
+    /// Like `release`, but the handle is released at meta behind the call: closes of the
+    /// next `release_delay` share one meta call and one raft entry. Until then the file
+    /// only stays referenced at meta (an unlinked file's objects are collected a few ms
+    /// later); a batch that fails is sent again, and the mount's lease covers a client
+    /// that dies first. `drain_releases` sends what waits (unmount).
+    pub async fn close(self: &Arc<Self>, fh: u64) -> FsResult<()> {
+        let (res, handle) = self.close_local(fh).await?;
+        let start = {
+            let mut q = lock(&self.releases);
+            q.handles.push(handle);
+            !std::mem::replace(&mut q.sender, true)
+        };
+        if start {
+            let c = self.clone();
+            self.rt.spawn(async move { c.send_releases().await });
+        }
+        res
+    }
+
+    /// Flush and commit, then forget the handle here; returns the flush's result and the
+    /// meta handle still to release.
+    async fn close_local(&self, fh: u64) -> FsResult<(FsResult<()>, HandleId)> {
         let res = self.flush(fh).await;
         let Some(h) = lock(&self.handles).remove(&fh) else {
             return Err(FsError::StaleHandle);
@@ -807,8 +858,63 @@ impl Client {
                 inodes.remove(&h.inode.ino);
             }
         }
-        let rel = self.meta.release(h.meta).await;
-        res.and(rel)
+        Ok((res, h.meta))
+    }
+
+    /// The release sender: after `release_delay` (or at once when hurried), sends
+    /// everything queued in one call; stops once the queue is empty.
+    async fn send_releases(self: Arc<Self>) {
+        let mut pause = self.cfg.release_delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.release_now.notified() => {}
+            }
+            let batch: Vec<HandleId> = {
+                let mut q = lock(&self.releases);
+                if q.handles.is_empty() {
+                    q.sender = false;
+                    drop(q);
+                    self.releases_idle.notify_waiters();
+                    return;
+                }
+                let n = q.handles.len().min(cirrus_types::MAX_RELEASE_BATCH);
+                q.handles.drain(..n).collect()
+            };
+            pause = match self.meta.release_many(&batch).await {
+                Ok(()) => self.cfg.release_delay,
+                Err(e) if e.is_retryable() || matches!(e, FsError::Timeout(_) | FsError::Io(_)) => {
+                    tracing::warn!(err = %e, handles = batch.len(), "release at meta, will retry");
+                    lock(&self.releases).handles.extend(batch);
+                    RELEASE_RETRY
+                }
+                Err(e) => {
+                    // Refused outright (wrong cluster, bad input): retrying cannot help;
+                    // meta drops the handles when this mount's lease ends.
+                    tracing::error!(err = %e, handles = batch.len(), "release at meta");
+                    self.cfg.release_delay
+                }
+            };
+        }
+    }
+
+    /// Sends the releases queued by `close` now and waits until none is left or in
+    /// flight. The caller bounds the wait (a meta group that stays down keeps it going;
+    /// `release_all` gives it the deadline).
+    pub async fn drain_releases(&self) {
+        loop {
+            let idle = self.releases_idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            {
+                let q = lock(&self.releases);
+                if q.handles.is_empty() && !q.sender {
+                    return;
+                }
+            }
+            self.release_now.notify_one();
+            idle.await;
+        }
     }
 
     /// read(2): the bytes of `[off, off + len)` up to the size this mount knows, from
@@ -1085,13 +1191,24 @@ impl Client {
         first
     }
 
-    /// Releases every handle still open (unmount): flushes, then releases at meta.
+    /// Releases every handle still open and every release `close` queued (unmount):
+    /// flushes, then releases at meta.
     pub async fn release_all(&self) {
         let fhs: Vec<u64> = lock(&self.handles).keys().copied().collect();
         for fh in fhs {
             if let Err(e) = self.release(fh).await {
                 tracing::error!(err = %e, "release at unmount");
             }
+        }
+        if tokio::time::timeout(self.cfg.deadline, self.drain_releases())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "releases at meta still pending after {:?}; meta drops them when this \
+                 mount's lease lapses",
+                self.cfg.deadline
+            );
         }
     }
 }

@@ -502,7 +502,7 @@ impl Filesystem for CirrusFs {
         reply: ReplyEmpty,
     ) {
         self.run(
-            move |c| async move { c.release(fh.0).await },
+            move |c| async move { c.close(fh.0).await },
             move |r| empty(reply, r),
         );
     }

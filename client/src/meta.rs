@@ -632,13 +632,22 @@ impl MetaClient {
     }
 
     pub async fn release(&self, handle: HandleId) -> FsResult<()> {
+        self.release_many(&[handle]).await
+    }
+
+    /// Releases `handles` (1 to `MAX_RELEASE_BATCH`) in one raft entry.
+    pub async fn release_many(&self, handles: &[HandleId]) -> FsResult<()> {
+        let Some((first, more)) = handles.split_first() else {
+            return Ok(());
+        };
         rpc!(
             self,
             "release",
             release,
             pb::ReleaseRequest {
                 cluster_id: String::new(),
-                handle: handle.0,
+                handle: first.0,
+                more: more.iter().map(|h| h.0).collect(),
             }
         )?;
         Ok(())

@@ -11,6 +11,7 @@ use cirrus_proto::leader::RequestTag;
 use cirrus_proto::pb;
 use cirrus_proto::to_status;
 use cirrus_types::name::validate_name;
+use cirrus_types::MAX_RELEASE_BATCH;
 use cirrus_types::{
     ChainId, ChainVersion, ClientId, FsError, FsResult, HandleId, InodeId, LayoutSpec, ServerId,
 };
@@ -627,14 +628,28 @@ impl pb::meta_server::Meta for MetaService {
         done(
             async {
                 n.check(&r.cluster_id, false)?;
-                n.write(once(
-                    tag?,
+                // Refused before anything is proposed: an oversized batch never reaches the log.
+                if r.more.len() >= MAX_RELEASE_BATCH {
+                    return Err(FsError::Invalid(format!(
+                        "{} handles in one release (at most {MAX_RELEASE_BATCH})",
+                        r.more.len() + 1
+                    )));
+                }
+                let cmd = if r.more.is_empty() {
                     Command::Release {
                         handle: HandleId(r.handle),
                         now_ns: now_ns(),
-                    },
-                ))
-                .await?;
+                    }
+                } else {
+                    Command::ReleaseMany {
+                        handles: std::iter::once(r.handle)
+                            .chain(r.more)
+                            .map(HandleId)
+                            .collect(),
+                        now_ns: now_ns(),
+                    }
+                };
+                n.write(once(tag?, cmd)).await?;
                 Ok(pb::Empty {})
             }
             .await,

@@ -45,6 +45,10 @@ id_newtype!(
     /// An open-file handle id, allocated by the meta group.
     HandleId(u64)
 );
+
+/// Most handles one release call (one raft entry) may carry: bounds the entry's size and
+/// its apply time. Clients batch the releases of closed files up to this.
+pub const MAX_RELEASE_BATCH: usize = 4096;
 id_newtype!(
     /// A client (mount) id, random per mount, used for handle leases.
     ClientId(u64)

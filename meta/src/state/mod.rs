@@ -224,6 +224,9 @@ pub enum Command {
         done_below: u64,
         cmd: Box<Command>,
     },
+    /// `Release` of several handles in one entry (a client batches the releases of the
+    /// files it closed). Idempotent like `Release`; at most `cirrus_types::MAX_RELEASE_BATCH` handles.
+    ReleaseMany { handles: Vec<HandleId>, now_ns: i64 },
 }
 
 impl Command {
@@ -244,6 +247,7 @@ impl Command {
             | RemoveXattr { now_ns, .. }
             | Open { now_ns, .. }
             | Release { now_ns, .. }
+            | ReleaseMany { now_ns, .. }
             | ReleaseClient { now_ns, .. }
             | CommitWrite { now_ns, .. }
             | RegisterServer { now_ns, .. }
@@ -567,6 +571,7 @@ impl MetaState {
                 ..
             } => self.open(*ino, *client, *truncate, now),
             Release { handle, .. } => self.release(*handle, now),
+            ReleaseMany { handles, .. } => self.release_many(handles, now),
             ReleaseClient { client, .. } => self.release_client(*client, now),
             CommitWrite {
                 ino,

@@ -365,6 +365,13 @@ impl Model {
                 self.collect();
                 Ok(NONE)
             }
+            Op::ReleaseMany { handles } => {
+                for h in handles {
+                    self.handles.remove(h);
+                }
+                self.collect();
+                Ok(NONE)
+            }
             Op::ReleaseClient { client } => {
                 self.handles.retain(|_, (_, c)| c != client);
                 self.collect();
@@ -505,6 +512,9 @@ enum Op {
     Release {
         handle: u64,
     },
+    ReleaseMany {
+        handles: Vec<u64>,
+    },
     ReleaseClient {
         client: u64,
     },
@@ -550,6 +560,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (path(), 1u64..=3, any::<bool>())
             .prop_map(|(path, client, truncate)| Op::Open { path, client, truncate }),
         2 => (1u64..12).prop_map(|handle| Op::Release { handle }),
+        1 => prop::collection::vec(1u64..12, 1..5).prop_map(|handles| Op::ReleaseMany { handles }),
         1 => (1u64..=3).prop_map(|client| Op::ReleaseClient { client }),
     ]
 }
@@ -760,6 +771,13 @@ fn run(s: &mut MetaState, op: &Op, now: i64) -> MResult {
             s,
             Command::Release {
                 handle: HandleId(*handle),
+                now_ns: now,
+            },
+        )?),
+        Op::ReleaseMany { handles } => done(ap(
+            s,
+            Command::ReleaseMany {
+                handles: handles.iter().copied().map(HandleId).collect(),
                 now_ns: now,
             },
         )?),

@@ -475,6 +475,20 @@ impl MetaState {
         Ok(Reply::Done)
     }
 
+    pub(super) fn release_many(&mut self, handles: &[HandleId], now: i64) -> Response {
+        if handles.len() > cirrus_types::MAX_RELEASE_BATCH {
+            return Err(FsError::Invalid(format!(
+                "{} handles in one release (at most {})",
+                handles.len(),
+                cirrus_types::MAX_RELEASE_BATCH
+            )));
+        }
+        for h in handles {
+            self.release(*h, now)?;
+        }
+        Ok(Reply::Done)
+    }
+
     pub(super) fn release_client(&mut self, client: ClientId, now: i64) -> Response {
         let handles: Vec<HandleId> = self
             .client_handles

@@ -426,6 +426,55 @@ fn readdir_cookies_are_stable_across_inserts_and_removals() {
 }
 
 #[test]
+fn one_release_many_entry_releases_every_handle_and_an_oversized_one_changes_nothing() {
+    let mut s = cluster(2);
+    let mut files = Vec::new();
+    for n in ["a", "b", "c"] {
+        let (f, _, h) = create(&mut s, InodeId::ROOT, n, Some(7));
+        s.apply(&Command::Unlink {
+            parent: InodeId::ROOT,
+            name: n.as_bytes().to_vec(),
+            now_ns: T0,
+        })
+        .expect("unlink");
+        files.push((f.ino, h.expect("create opened a handle")));
+    }
+    // Unlinked but open: all three still there, none garbage yet.
+    assert_eq!(s.garbage_len(), 0);
+    let too_many = vec![files[0].1; cirrus_types::MAX_RELEASE_BATCH + 1];
+    refused(
+        &mut s,
+        Command::ReleaseMany {
+            handles: too_many,
+            now_ns: T0,
+        },
+        FsError::Invalid(format!(
+            "{} handles in one release (at most {})",
+            cirrus_types::MAX_RELEASE_BATCH + 1,
+            cirrus_types::MAX_RELEASE_BATCH
+        )),
+    );
+    assert!(
+        s.handle(files[0].1).is_some(),
+        "a refused batch released nothing"
+    );
+    // Two of the three in one entry, plus an unknown handle (a retried batch): both go.
+    s.apply(&Command::ReleaseMany {
+        handles: vec![files[0].1, HandleId(999_999), files[2].1],
+        now_ns: T0,
+    })
+    .expect("release many");
+    assert!(s.handle(files[0].1).is_none() && s.handle(files[2].1).is_none());
+    assert!(
+        s.handle(files[1].1).is_some(),
+        "a handle not in the batch stays"
+    );
+    assert_eq!(s.getattr(files[0].0), Err(FsError::NotFound));
+    assert!(s.getattr(files[1].0).is_ok());
+    assert_eq!(s.garbage_len(), 2);
+}
+
+#[test]
 fn unlinked_open_file_survives_until_last_release_then_is_garbage() {
     let mut s = cluster(2);
     let (f, layout, h1) = create(&mut s, InodeId::ROOT, "f", Some(7));
@@ -879,6 +928,10 @@ fn any_command() -> impl Strategy<Value = Command> {
         }),
         (1u64..6).prop_map(|h| Command::Release {
             handle: HandleId(h),
+            now_ns: T0
+        }),
+        prop::collection::vec(1u64..6, 0..4).prop_map(|hs| Command::ReleaseMany {
+            handles: hs.into_iter().map(HandleId).collect(),
             now_ns: T0
         }),
         (0u8..4).prop_map(|u| Command::RegisterServer {

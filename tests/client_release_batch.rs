@@ -1,0 +1,84 @@
+//! `close` releases the file's meta handle behind the call, and the closes of a short
+//! window share one release call (one raft entry): a create-and-close loop costs one
+//! replicated write per file instead of two. A batch must still release every handle
+//! (an unlinked file is collected only then), and `drain_releases` (unmount) must send
+//! whatever still waits.
+
+mod data_common;
+
+use anyhow::{anyhow, ensure, Result};
+use cirrus_client::client::{Client, ClientConfig};
+use cirrus_raft_tests::cluster::ClusterBuilder;
+use cirrus_types::{FsError, InodeId};
+use data_common::{metric, pattern};
+use std::time::Duration;
+
+const FILES: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closes_release_in_batches_and_every_unlinked_file_is_gone_after_the_drain() -> Result<()> {
+    let c = ClusterBuilder::new()
+        .data_servers(1)
+        .replicas(1)
+        .start()
+        .await?;
+    // A long gathering window, so the batching does not depend on this machine's speed.
+    let cfg = ClientConfig {
+        release_delay: Duration::from_millis(500),
+        ..ClientConfig::default()
+    };
+    let cl = Client::connect(&c.meta_addrs(), cfg)
+        .await
+        .map_err(|e| anyhow!("connect: {e}"))?;
+    let release_calls = || async {
+        let mut n = 0.0;
+        for i in 0..3 {
+            n += metric(
+                &c.meta_metrics_addr(i),
+                "cirrus_latency_seconds_count{op=\"Release\"}",
+            )
+            .await?;
+        }
+        anyhow::Ok(n)
+    };
+    let before = release_calls().await?;
+
+    let mut inos = Vec::new();
+    for i in 0..FILES {
+        let name = format!("f{i}");
+        let (fh, attr) = cl
+            .create(InodeId::ROOT, name.as_bytes(), 0o644, 0, 0, true)
+            .await
+            .map_err(|e| anyhow!("create {name}: {e}"))?;
+        if i % 4 == 0 {
+            cl.write(fh, 0, &pattern(i as u64, 0, 10_000))
+                .await
+                .map_err(|e| anyhow!("write {name}: {e}"))?;
+        }
+        cl.close(fh)
+            .await
+            .map_err(|e| anyhow!("close {name}: {e}"))?;
+        // Unlinked after close: meta keeps the inode only while the handle is open.
+        cl.unlink(InodeId::ROOT, name.as_bytes())
+            .await
+            .map_err(|e| anyhow!("unlink {name}: {e}"))?;
+        inos.push(attr.ino);
+    }
+    tokio::time::timeout(Duration::from_secs(60), cl.drain_releases())
+        .await
+        .map_err(|_| anyhow!("drain_releases did not finish in 60 s"))?;
+
+    for ino in &inos {
+        let r = cl.meta().getattr(*ino).await;
+        ensure!(
+            r == Err(FsError::NotFound),
+            "inode {ino:?} unlinked and closed is still at meta after the drain: {r:?}"
+        );
+    }
+    let calls = release_calls().await? - before;
+    ensure!(
+        calls >= 1.0 && calls <= (FILES / 4) as f64,
+        "{FILES} closes took {calls} release calls; batching should need a few"
+    );
+    Ok(())
+}

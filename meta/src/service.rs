@@ -10,8 +10,8 @@ use crate::state::{self, Attr, ChainTable, Reply, SetAttr, TimeSet};
 use cirrus_proto::leader::RequestTag;
 use cirrus_proto::pb;
 use cirrus_proto::to_status;
+use cirrus_types::check_release_batch;
 use cirrus_types::name::validate_name;
-use cirrus_types::MAX_RELEASE_BATCH;
 use cirrus_types::{
     ChainId, ChainVersion, ClientId, FsError, FsResult, HandleId, InodeId, LayoutSpec, ServerId,
 };
@@ -629,12 +629,7 @@ impl pb::meta_server::Meta for MetaService {
             async {
                 n.check(&r.cluster_id, false)?;
                 // Refused before anything is proposed: an oversized batch never reaches the log.
-                if r.more.len() >= MAX_RELEASE_BATCH {
-                    return Err(FsError::Invalid(format!(
-                        "{} handles in one release (at most {MAX_RELEASE_BATCH})",
-                        r.more.len() + 1
-                    )));
-                }
+                check_release_batch(r.more.len() + 1)?;
                 let cmd = if r.more.is_empty() {
                     Command::Release {
                         handle: HandleId(r.handle),

@@ -49,6 +49,17 @@ id_newtype!(
 /// Most handles one release call (one raft entry) may carry: bounds the entry's size and
 /// its apply time. Clients batch the releases of closed files up to this.
 pub const MAX_RELEASE_BATCH: usize = 4096;
+
+/// Refuses a release of `n` handles over `MAX_RELEASE_BATCH` (the meta door and the state
+/// machine give the same answer).
+pub fn check_release_batch(n: usize) -> crate::FsResult<()> {
+    if n > MAX_RELEASE_BATCH {
+        return Err(crate::FsError::Invalid(format!(
+            "{n} handles in one release (at most {MAX_RELEASE_BATCH})"
+        )));
+    }
+    Ok(())
+}
 id_newtype!(
     /// A client (mount) id, random per mount, used for handle leases.
     ClientId(u64)

@@ -476,13 +476,7 @@ impl MetaState {
     }
 
     pub(super) fn release_many(&mut self, handles: &[HandleId], now: i64) -> Response {
-        if handles.len() > cirrus_types::MAX_RELEASE_BATCH {
-            return Err(FsError::Invalid(format!(
-                "{} handles in one release (at most {})",
-                handles.len(),
-                cirrus_types::MAX_RELEASE_BATCH
-            )));
-        }
+        cirrus_types::check_release_batch(handles.len())?;
         for h in handles {
             self.release(*h, now)?;
         }

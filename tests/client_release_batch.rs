@@ -1,8 +1,8 @@
 //! `close` releases the file's meta handle behind the call, and the closes of a short
 //! window share one release call (one raft entry): a create-and-close loop costs one
 //! replicated write per file instead of two. A batch must still release every handle
-//! (an unlinked file is collected only then), and `drain_releases` (unmount) must send
-//! whatever still waits.
+//! (an unlinked file is collected only then), an unlink must not overtake the mount's
+//! queued releases, and `drain_releases` (unmount) must send whatever still waits.
 
 mod data_common;
 
@@ -58,11 +58,15 @@ async fn closes_release_in_batches_and_every_unlinked_file_is_gone_after_the_dra
         cl.close(fh)
             .await
             .map_err(|e| anyhow!("close {name}: {e}"))?;
-        // Unlinked after close: meta keeps the inode only while the handle is open.
+        inos.push(attr.ino);
+    }
+    // Unlinked after close: meta keeps an inode only while a handle is open. The first
+    // unlink sends the queued releases ahead of it.
+    for i in 0..FILES {
+        let name = format!("f{i}");
         cl.unlink(InodeId::ROOT, name.as_bytes())
             .await
             .map_err(|e| anyhow!("unlink {name}: {e}"))?;
-        inos.push(attr.ino);
     }
     tokio::time::timeout(Duration::from_secs(60), cl.drain_releases())
         .await

@@ -405,6 +405,7 @@ impl Client {
     }
 
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
+        self.releases_first().await;
         let r = self.meta.unlink(parent, name).await;
         self.ns_changed();
         r
@@ -424,6 +425,8 @@ impl Client {
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        // A rename can replace (unlink) its target.
+        self.releases_first().await;
         let r = self
             .meta
             .rename(parent, name, new_parent, new_name, flags)
@@ -895,6 +898,20 @@ impl Client {
                     self.cfg.release_delay
                 }
             };
+        }
+    }
+
+    /// Before a change that can take a file's last name: this mount's queued releases go
+    /// first, so the file is not kept alive by a handle this mount already closed (a
+    /// stale entry elsewhere would still open it). Costs nothing when none is queued; a
+    /// meta group too slow to take them within the deadline fails the change itself.
+    async fn releases_first(&self) {
+        let pending = {
+            let q = lock(&self.releases);
+            !q.handles.is_empty() || q.sender
+        };
+        if pending {
+            let _ = tokio::time::timeout(self.cfg.deadline, self.drain_releases()).await;
         }
     }
 

@@ -116,6 +116,7 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
     let shared = sm.shared();
     let network = network::Network::new(args.id, identity.clone());
     let config = Arc::new(raft_config(args.snapshot_every)?);
+    let read_lease = node::read_lease(&config);
     let raft = raft_types::Raft::new(args.id, config, network, log, sm)
         .await
         .context("start raft")?;
@@ -145,7 +146,7 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
         leader: Default::default(),
         registry: registry.clone(),
         gauges,
-        read_barrier: Default::default(),
+        read_barrier: node::ReadBarrier::new(read_lease),
     });
     {
         let raft = raft.clone();

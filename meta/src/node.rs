@@ -12,7 +12,7 @@ use crate::state::Reply;
 use cirrus_proto::metrics::{Gauge, Registry};
 use cirrus_types::{ClientId, ClusterId, FsError, FsResult, InodeId, ServerId};
 use openraft::error::{ForwardToLeader, RaftError};
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, LogId, ServerState, Vote};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,7 +46,8 @@ pub struct Gauges {
     pub inodes: Gauge,
 }
 
-/// Coalesces linearizable-read barriers (see `MetaNode::read`).
+/// Coalesces linearizable-read barriers and keeps the read lease they earn (see
+/// `MetaNode::read`).
 pub struct ReadBarrier {
     /// Held by the one barrier in flight.
     turn: tokio::sync::Mutex<()>,
@@ -54,16 +55,67 @@ pub struct ReadBarrier {
     started: AtomicU64,
     /// Start number of the latest barrier that completed successfully.
     done: AtomicU64,
+    /// How long after a barrier *started* reads may skip the quorum round.
+    lease: Duration,
+    /// The latest lease earned, if any.
+    held: Mutex<Option<Lease>>,
 }
 
-impl Default for ReadBarrier {
-    fn default() -> Self {
+/// What a successful barrier proved: at `since` (taken before its heartbeats went out)
+/// this node led with `vote` under the membership of log id `membership`, and a quorum
+/// acknowledged it after that instant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Lease {
+    since: Instant,
+    vote: Vote<NodeId>,
+    membership: Option<LogId<NodeId>>,
+}
+
+/// The leader-side read lease: a third of openraft's follower-side lease (a follower that
+/// acknowledged a heartbeat refuses every vote request for `election_timeout_max` after
+/// it), so the leader stops trusting its lease well before any other node can be elected,
+/// with room for clock rate differences between machines.
+pub fn read_lease(config: &openraft::Config) -> Duration {
+    Duration::from_millis(config.election_timeout_max / 3)
+}
+
+impl ReadBarrier {
+    pub fn new(lease: Duration) -> Self {
         ReadBarrier {
             turn: tokio::sync::Mutex::new(()),
             started: AtomicU64::new(0),
             done: AtomicU64::new(0),
+            lease,
+            held: Mutex::new(None),
         }
     }
+
+    fn lease(&self) -> Option<Lease> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_lease(&self, l: Option<Lease>) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = l;
+    }
+}
+
+/// This node's vote and membership log id if it leads, read inside the raft core (so in
+/// order with vote requests it handles: once it granted another node's vote, this says
+/// so).
+async fn leading(raft: &Raft, me: NodeId) -> Option<(Vote<NodeId>, Option<LogId<NodeId>>)> {
+    raft.with_raft_state(move |st| {
+        let vote = st.vote_ref();
+        let membership = st.membership_state.effective();
+        (st.server_state == ServerState::Leader
+            && vote.is_committed()
+            && vote.leader_id().voted_for() == Some(me)
+            // A joint configuration has two quorums to reason about: no lease there.
+            && membership.membership().get_joint_config().len() == 1)
+            .then(|| (*vote, *membership.log_id()))
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Everything a handler needs.
@@ -121,14 +173,29 @@ impl MetaNode {
 
     /// A linearizable read: a read-index round through the leader (openraft's
     /// `ensure_linearizable`: confirm leadership with a quorum, wait until applied reaches
-    /// the commit index seen at the start), then the query on the local state.
+    /// the commit index seen at the start), then the query on the local state; or, inside
+    /// the read lease that round earned, the query alone.
     ///
     /// Concurrent reads share barriers: a read needs one barrier that *started after it
     /// arrived* (that barrier's commit index covers every write acknowledged before the
     /// read began), not one of its own. Barriers run one at a time; every read that
     /// arrives while one runs is served by the next, so N concurrent reads cost about two
     /// quorum round trips instead of N.
+    ///
+    /// The lease (`docs/design/0001-meta-raft-storage.md`, "Read lease"): a barrier that
+    /// started at `t` proves that a quorum heard this leader after `t`, and each of them
+    /// refuses to vote for anyone else for `election_timeout_max` after it heard. So until
+    /// `t + lease` (a third of that) no other leader can exist unless this one granted its
+    /// vote, which the raft core would show. A read inside the lease asks the core whether
+    /// this node still leads with the same vote and membership, holds the state still,
+    /// and only then checks the clock, so a pause anywhere before sends it to a barrier
+    /// instead. Everything a lease read must see is already applied here: writes this
+    /// leader acknowledged (acknowledged after apply) and, through the barrier, all before.
     pub async fn read<T>(&self, f: impl FnOnce(&MetaState) -> FsResult<T>) -> FsResult<T> {
+        let f = match self.lease_read(f).await {
+            Ok(answer) => return answer,
+            Err(f) => f,
+        };
         match tokio::time::timeout(OP_DEADLINE, self.barrier()).await {
             Err(_) => return Err(FsError::Timeout("read barrier of the meta leader".into())),
             Ok(r) => r?,
@@ -140,7 +207,41 @@ impl MetaNode {
         f(&g.state)
     }
 
-    /// Waits for a read barrier that started after this call (see `read`).
+    /// The read under the lease, or `f` back when there is no valid lease.
+    async fn lease_read<T, F>(&self, f: F) -> Result<FsResult<T>, F>
+    where
+        F: FnOnce(&MetaState) -> FsResult<T>,
+    {
+        let rb = &self.read_barrier;
+        let Some(lease) = rb.lease() else {
+            return Err(f);
+        };
+        let deadline = lease.since + rb.lease;
+        if Instant::now() >= deadline {
+            return Err(f);
+        }
+        match leading(&self.raft, self.id).await {
+            Some((vote, membership)) if vote == lease.vote && membership == lease.membership => {}
+            _ => {
+                rb.set_lease(None);
+                return Err(f);
+            }
+        }
+        // The guard holds the state still: the answer is the state as of taking it, so
+        // the clock is checked after that (a pause before it is caught here).
+        let g = match self.shared.read() {
+            Ok(g) => g,
+            Err(_) => return Ok(Err(FsError::Io("state machine lock poisoned".into()))),
+        };
+        if Instant::now() >= deadline {
+            drop(g);
+            return Err(f);
+        }
+        Ok(f(&g.state))
+    }
+
+    /// Waits for a read barrier that started after this call (see `read`), and keeps the
+    /// lease a successful one earns.
     async fn barrier(&self) -> FsResult<()> {
         let rb = &self.read_barrier;
         let need = rb.started.load(Ordering::SeqCst) + 1;
@@ -153,16 +254,33 @@ impl MetaNode {
             return Ok(());
         }
         let n = rb.started.fetch_add(1, Ordering::SeqCst) + 1;
+        // Taken before the heartbeats go out: the lease runs from here.
+        let since = Instant::now();
+        let before = leading(&self.raft, self.id).await;
         match self.raft.ensure_linearizable().await {
             Ok(_) => {
                 // Barriers run one at a time under `turn`, so `done` only grows.
                 rb.done.store(n, Ordering::SeqCst);
+                // A lease only if the round confirmed the vote and membership this node
+                // held before it started.
+                let after = leading(&self.raft, self.id).await;
+                rb.set_lease(match (before, after) {
+                    (Some(b), Some(a)) if a == b => Some(Lease {
+                        since,
+                        vote: a.0,
+                        membership: a.1,
+                    }),
+                    _ => None,
+                });
                 Ok(())
             }
-            Err(e) => Err(match e.forward_to_leader() {
-                Some(f) => self.not_leader(f),
-                None => FsError::Unavailable(format!("read barrier: {e}")),
-            }),
+            Err(e) => {
+                rb.set_lease(None);
+                Err(match e.forward_to_leader() {
+                    Some(f) => self.not_leader(f),
+                    None => FsError::Unavailable(format!("read barrier: {e}")),
+                })
+            }
         }
     }
 

@@ -64,7 +64,7 @@ pub struct ReadBarrier {
 /// What a successful barrier proved: at `since` (taken before its heartbeats went out)
 /// this node led with `vote` under the membership of log id `membership`, and a quorum
 /// acknowledged it after that instant.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 struct Lease {
     since: Instant,
     vote: Vote<NodeId>,
@@ -182,15 +182,11 @@ impl MetaNode {
     /// arrives while one runs is served by the next, so N concurrent reads cost about two
     /// quorum round trips instead of N.
     ///
-    /// The lease (`docs/design/0001-meta-raft-storage.md`, "Read lease"): a barrier that
-    /// started at `t` proves that a quorum heard this leader after `t`, and each of them
-    /// refuses to vote for anyone else for `election_timeout_max` after it heard. So until
-    /// `t + lease` (a third of that) no other leader can exist unless this one granted its
-    /// vote, which the raft core would show. A read inside the lease asks the core whether
-    /// this node still leads with the same vote and membership, holds the state still,
-    /// and only then checks the clock, so a pause anywhere before sends it to a barrier
-    /// instead. Everything a lease read must see is already applied here: writes this
-    /// leader acknowledged (acknowledged after apply) and, through the barrier, all before.
+    /// Inside the lease a barrier earned (why that is safe:
+    /// `docs/design/0001-meta-raft-storage.md`, "Read lease"), a read asks the raft core
+    /// whether this node still leads with the same vote and membership, holds the state
+    /// still, and only then checks the clock, so a pause anywhere before sends it to a
+    /// barrier instead.
     pub async fn read<T>(&self, f: impl FnOnce(&MetaState) -> FsResult<T>) -> FsResult<T> {
         let f = match self.lease_read(f).await {
             Ok(answer) => return answer,

@@ -1,8 +1,9 @@
 //! `close` releases the file's meta handle behind the call, and the closes of a short
 //! window share one release call (one raft entry): a create-and-close loop costs one
 //! replicated write per file instead of two. A batch must still release every handle
-//! (an unlinked file is collected only then), an unlink must not overtake the mount's
-//! queued releases, and `drain_releases` (unmount) must send whatever still waits.
+//! (an unlinked file is collected only then), a handle not yet released must not let
+//! another mount open a file unlinked elsewhere, and `drain_releases` (unmount) must send
+//! whatever still waits.
 
 mod data_common;
 
@@ -60,8 +61,8 @@ async fn closes_release_in_batches_and_every_unlinked_file_is_gone_after_the_dra
             .map_err(|e| anyhow!("close {name}: {e}"))?;
         inos.push(attr.ino);
     }
-    // Unlinked after close: meta keeps an inode only while a handle is open. The first
-    // unlink sends the queued releases ahead of it.
+    // Unlinked after close: meta keeps an inode only while a handle is open, so these
+    // go once the queued releases are sent.
     for i in 0..FILES {
         let name = format!("f{i}");
         cl.unlink(InodeId::ROOT, name.as_bytes())
@@ -84,5 +85,49 @@ async fn closes_release_in_batches_and_every_unlinked_file_is_gone_after_the_dra
         calls >= 1.0 && calls <= (FILES / 4) as f64,
         "{FILES} closes took {calls} release calls; batching should need a few"
     );
+    Ok(())
+}
+
+/// A release can trail its mount's unlink (the kernel sends RELEASE after close(2) has
+/// returned), so meta may still keep an unlinked inode for a handle. Another mount that
+/// opens it through a stale entry must get NotFound all the same; the mount that holds
+/// it open may still reopen it (as through /proc/self/fd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_of_a_file_unlinked_elsewhere_is_not_found_while_a_handle_still_keeps_it(
+) -> Result<()> {
+    let c = ClusterBuilder::new()
+        .data_servers(1)
+        .replicas(1)
+        .start()
+        .await?;
+    let connect = || async {
+        Client::connect(&c.meta_addrs(), ClientConfig::default())
+            .await
+            .map_err(|e| anyhow!("connect: {e}"))
+    };
+    let (a, b) = (connect().await?, connect().await?);
+    let (held, attr) = b
+        .create(InodeId::ROOT, b"f", 0o644, 0, 0, true)
+        .await
+        .map_err(|e| anyhow!("create f: {e}"))?;
+    b.unlink(InodeId::ROOT, b"f")
+        .await
+        .map_err(|e| anyhow!("unlink f: {e}"))?;
+    ensure!(
+        b.meta().getattr(attr.ino).await.is_ok(),
+        "meta dropped the unlinked inode while b still holds it open"
+    );
+    let r = a.open(attr.ino).await.map(|(fh, _)| fh);
+    ensure!(
+        r == Err(FsError::NotFound),
+        "an open from another mount of the unlinked inode answered {r:?}, not NotFound"
+    );
+    let (again, _) = b
+        .open(attr.ino)
+        .await
+        .map_err(|e| anyhow!("b's reopen of the inode it holds open: {e}"))?;
+    for fh in [again, held] {
+        b.release(fh).await.map_err(|e| anyhow!("release: {e}"))?;
+    }
     Ok(())
 }

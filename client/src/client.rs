@@ -405,7 +405,6 @@ impl Client {
     }
 
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
-        self.releases_first().await;
         let r = self.meta.unlink(parent, name).await;
         self.ns_changed();
         r
@@ -425,8 +424,6 @@ impl Client {
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        // A rename can replace (unlink) its target.
-        self.releases_first().await;
         let r = self
             .meta
             .rename(parent, name, new_parent, new_name, flags)
@@ -540,6 +537,15 @@ impl Client {
         if opened.attr.kind != FileKind::File {
             let _ = self.meta.release(opened.handle).await;
             return Err(FsError::IsDir);
+        }
+        // No name reaches the inode any more: another mount unlinked it, and meta keeps it
+        // only for a handle not yet released (the kernel sends RELEASE after close(2)
+        // returns, so it can trail that mount's unlink). An open through a stale entry
+        // here is ENOENT, as if the inode were gone; one on an inode this mount still
+        // holds open (a reopen through /proc/self/fd) goes on, as on a local disk.
+        if opened.attr.nlink == 0 && !lock(&self.inodes).contains_key(&ino) {
+            let _ = self.meta.release(opened.handle).await;
+            return Err(FsError::NotFound);
         }
         Ok(self.register(opened, ns))
     }
@@ -898,20 +904,6 @@ impl Client {
                     self.cfg.release_delay
                 }
             };
-        }
-    }
-
-    /// Before a change that can take a file's last name: this mount's queued releases go
-    /// first, so the file is not kept alive by a handle this mount already closed (a
-    /// stale entry elsewhere would still open it). Costs nothing when none is queued; a
-    /// meta group too slow to take them within the deadline fails the change itself.
-    async fn releases_first(&self) {
-        let pending = {
-            let q = lock(&self.releases);
-            !q.handles.is_empty() || q.sender
-        };
-        if pending {
-            let _ = tokio::time::timeout(self.cfg.deadline, self.drain_releases()).await;
         }
     }
 

@@ -152,7 +152,7 @@ struct OpenInode {
     ino: InodeId,
     layout: Layout,
     state: Mutex<InodeState>,
-    /// Serialises flushes, truncates and syncs of this inode.
+    /// Serialises flushes, commits, truncates and syncs of this inode.
     io_lock: tokio::sync::Mutex<()>,
     /// Signalled after every flush behind the writer (room may have been freed).
     flushed: tokio::sync::Notify,
@@ -753,7 +753,11 @@ impl Client {
         Ok(())
     }
 
-    /// Records size and mtime at meta when local writes are not yet committed.
+    /// Records size and mtime at meta when local writes are not yet committed. Called
+    /// with the inode's io lock held: meta keeps the larger of its size and a commit's,
+    /// so a commit that read the size before a truncate and reached meta after it would
+    /// grow the file back (a close in another process, or the close-on-exec of a child,
+    /// sends FLUSH while this one truncates).
     async fn commit(&self, inode: &Arc<OpenInode>, handle: HandleId) -> FsResult<()> {
         let (size, mtime, gen) = {
             let st = lock(&inode.state);
@@ -784,7 +788,8 @@ impl Client {
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let (inode, handle) = self.handle(fh)?;
         let deadline = self.deadline();
-        self.flush_inode(&inode, deadline).await?;
+        let _io = inode.io_lock.lock().await;
+        self.flush_locked(&inode, deadline).await?;
         self.commit(&inode, handle).await
     }
 
@@ -818,7 +823,6 @@ impl Client {
             lock(&inode.state).touched.extend(touched);
             return Err(e);
         }
-        drop(_io);
         self.commit(&inode, handle).await
     }
 

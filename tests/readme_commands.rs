@@ -96,7 +96,22 @@ fn quick_start_runs_as_written_and_mounts() {
                     panic!("`{last}` exited ({st}) before mounting; it printed: {seen:?}");
                 }
             }
-            Err(_) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Its output closed: it is exiting, most likely with a reason on stderr
+                // (above), such as a port already in use.
+                let end = Instant::now() + Duration::from_secs(30);
+                let st = loop {
+                    match child.try_wait() {
+                        Ok(Some(st)) => break Some(st),
+                        _ if Instant::now() > end => break None,
+                        _ => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                };
+                if let Some(st) = st {
+                    panic!("`{last}` exited ({st}) before mounting; it printed: {seen:?}");
+                }
+                break;
+            }
         }
     }
     let stop = |child: &mut std::process::Child| {

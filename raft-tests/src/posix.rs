@@ -34,6 +34,13 @@ pub struct ExerciseConfig {
     pub xattrs: bool,
     /// Print every operation.
     pub verbose: bool,
+    /// Spawn short-lived child processes (`true`) from a second thread all through the
+    /// run. Each child closes this process's close-on-exec descriptors at exec, and each
+    /// such close of a file on the mount is a FUSE FLUSH (a flush and size commit) racing
+    /// the calls of the run, as every program that forks while files are open causes.
+    /// The chaos harness does it by spawning its faults; the CI chaos run found a size
+    /// commit overtaken by a truncate that way (`tests/client_commit_truncate.rs`).
+    pub spawn_children: bool,
 }
 
 impl ExerciseConfig {
@@ -46,6 +53,7 @@ impl ExerciseConfig {
             max_io: 300 << 10,
             xattrs: true,
             verbose: false,
+            spawn_children: false,
         }
     }
 }
@@ -61,6 +69,52 @@ pub struct ExerciseReport {
     /// Slowest single call on the mount.
     pub slowest: Duration,
     pub slowest_op: String,
+    /// Children spawned beside the calls (`spawn_children`).
+    pub children: u64,
+}
+
+/// The `spawn_children` thread: spawns `true` until dropped, then reports how many ran.
+struct Spawner {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Spawner {
+    fn start() -> Spawner {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !s.load(Ordering::SeqCst) {
+                let ran = std::process::Command::new("true")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                if ran.is_ok() {
+                    n += 1;
+                }
+                // Paced, so the children race the calls rather than take the CPU.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            n
+        });
+        Spawner {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(&mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 /// Shared with a watchdog thread: when the current call on the mount started (ms since
@@ -604,6 +658,7 @@ pub fn run(
     let mut m = Side::new(mount);
     let mut l = Side::new(local);
     let mut rep = ExerciseReport::default();
+    let mut spawner = cfg.spawn_children.then(Spawner::start);
     let begun = Instant::now();
     let fail = |i: usize, message: String| ExerciseFailure {
         seed: cfg.seed,
@@ -696,6 +751,8 @@ pub fn run(
             format!("final close: local {want}, mount {got}"),
         ));
     }
+    // The last child is gone before the trees are compared: its FLUSHes are done.
+    rep.children = spawner.as_mut().map_or(0, Spawner::finish);
     compare_trees(mount, local).map_err(|e| fail(cfg.ops, format!("final tree: {e}")))?;
     Ok(rep)
 }
@@ -793,8 +850,10 @@ mod tests {
         let mut cfg = ExerciseConfig::new(7);
         cfg.ops = 400;
         cfg.xattrs = supports_user_xattrs(a.path());
+        cfg.spawn_children = true;
         let r = run(a.path(), b.path(), &cfg, None).unwrap();
         assert_eq!(r.ops, 400);
+        assert!(r.children > 0, "no child was spawned beside the calls");
         let mut r1 = SmallRng::seed_from_u64(9);
         let mut r2 = SmallRng::seed_from_u64(9);
         for _ in 0..50 {

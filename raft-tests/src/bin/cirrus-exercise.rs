@@ -34,6 +34,10 @@ struct Args {
     /// Print every operation.
     #[arg(long, short)]
     verbose: bool,
+    /// Spawn child processes from a second thread all through the run: each one's exec
+    /// closes the open files, a FUSE FLUSH racing the calls.
+    #[arg(long)]
+    spawn_children: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +48,7 @@ fn main() -> std::process::ExitCode {
     cfg.ops = a.ops;
     cfg.deadline = a.deadline;
     cfg.verbose = a.verbose;
+    cfg.spawn_children = a.spawn_children;
     let sub = format!("exercise-{seed}-{}", std::process::id());
     let (m, l) = (a.mount.join(&sub), a.local.join(&sub));
     for d in [&m, &l] {
@@ -62,8 +67,8 @@ fn main() -> std::process::ExitCode {
     match posix::run(&m, &l, &cfg, None) {
         Ok(r) => {
             println!(
-                "cirrus-exercise: seed {seed}: {} ops agree ({} succeeded; {} B written, {} B read; slowest call {:?}: {})",
-                r.ops, r.ok_ops, r.bytes_written, r.bytes_read, r.slowest, r.slowest_op
+                "cirrus-exercise: seed {seed}: {} ops agree ({} succeeded; {} B written, {} B read; {} children spawned; slowest call {:?}: {})",
+                r.ops, r.ok_ops, r.bytes_written, r.bytes_read, r.children, r.slowest, r.slowest_op
             );
             std::process::ExitCode::SUCCESS
         }

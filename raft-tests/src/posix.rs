@@ -85,7 +85,8 @@ impl Spawner {
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut n = 0;
-            while !s.load(Ordering::SeqCst) {
+            // At least one child, however short the run.
+            loop {
                 let ran = std::process::Command::new("true")
                     .stdin(std::process::Stdio::null())
                     .stdout(std::process::Stdio::null())
@@ -93,6 +94,9 @@ impl Spawner {
                     .status();
                 if ran.is_ok() {
                     n += 1;
+                }
+                if s.load(Ordering::SeqCst) {
+                    break;
                 }
                 // Paced, so the children race the calls rather than take the CPU.
                 std::thread::sleep(Duration::from_millis(5));

@@ -144,6 +144,9 @@ enum Out {
         mode: u32,
     },
     Names(Vec<String>),
+    /// The open succeeded, but closing the file the slot held before failed: the error
+    /// close(2) reported for the replaced descriptor.
+    ReplacedCloseFailed(i32),
 }
 
 impl std::fmt::Display for Out {
@@ -151,6 +154,11 @@ impl std::fmt::Display for Out {
         match self {
             Out::Bytes(b) => write!(f, "{} bytes (crc32-ish {:08x})", b.len(), fnv(b)),
             Out::Errno(e) => write!(f, "errno {e} ({})", std::io::Error::from_raw_os_error(*e)),
+            Out::ReplacedCloseFailed(e) => write!(
+                f,
+                "opened, but closing the slot's previous file failed: errno {e} ({})",
+                std::io::Error::from_raw_os_error(*e)
+            ),
             other => write!(f, "{other:?}"),
         }
     }
@@ -177,6 +185,18 @@ fn res<T>(r: std::io::Result<T>, f: impl FnOnce(T) -> Out) -> Out {
 
 fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("exerciser paths have no NUL")
+}
+
+/// close(2) with its result: it reports write-back errors, which File's Drop swallows.
+fn close_checked(f: File) -> Out {
+    use std::os::fd::IntoRawFd;
+    let fd = f.into_raw_fd();
+    // SAFETY: fd was just released from the File, which no longer owns it.
+    if unsafe { libc::close(fd) } == 0 {
+        Out::Ok
+    } else {
+        last_err()
+    }
 }
 
 fn last_err() -> Out {
@@ -429,6 +449,17 @@ impl Side {
         }
     }
 
+    /// Puts a newly opened file in `slot`. A file the slot held is closed with a checked
+    /// close(2), not dropped: its close is a FUSE FLUSH (write-back and size commit), and
+    /// an error there must show up as a difference, not vanish in File's Drop.
+    fn put(&mut self, slot: usize, f: File) -> Out {
+        match self.slots[slot].replace(f).map(close_checked) {
+            None | Some(Out::Ok) => Out::Ok,
+            Some(Out::Errno(e)) => Out::ReplacedCloseFailed(e),
+            Some(other) => other,
+        }
+    }
+
     fn fd(&self, slot: usize) -> Result<&File, Out> {
         self.slots[slot].as_ref().ok_or(Out::Errno(libc::EBADF))
     }
@@ -444,34 +475,18 @@ impl Side {
                     .mode(0o644)
                     .open(self.p(path));
                 match r {
-                    Ok(f) => {
-                        self.slots[*slot] = Some(f);
-                        Out::Ok
-                    }
+                    Ok(f) => self.put(*slot, f),
                     Err(e) => errno_of(&e),
                 }
             }
             Op::Open { slot, path } => {
                 match OpenOptions::new().read(true).write(true).open(self.p(path)) {
-                    Ok(f) => {
-                        self.slots[*slot] = Some(f);
-                        Out::Ok
-                    }
+                    Ok(f) => self.put(*slot, f),
                     Err(e) => errno_of(&e),
                 }
             }
             Op::Close { slot } => match self.slots[*slot].take() {
-                // close(2) reports write-back errors; File's Drop would swallow them.
-                Some(f) => {
-                    use std::os::fd::IntoRawFd;
-                    let fd = f.into_raw_fd();
-                    // SAFETY: fd was just released from the File, which no longer owns it.
-                    if unsafe { libc::close(fd) } == 0 {
-                        Out::Ok
-                    } else {
-                        last_err()
-                    }
-                }
+                Some(f) => close_checked(f),
                 None => Out::Errno(libc::EBADF),
             },
             Op::Write {

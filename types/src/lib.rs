@@ -8,8 +8,10 @@ pub mod checksum;
 pub mod error;
 pub mod ids;
 pub mod layout;
+pub mod limits;
 pub mod name;
 
 pub use error::{FsError, FsResult};
 pub use ids::*;
 pub use layout::{Chain, Extent, Layout, LayoutSpec, ObjectKey, LAYOUT_FN_VERSION};
+pub use limits::MAX_FILE_SIZE;

@@ -87,6 +87,13 @@ fn run_seed(seed: u64, extra: &[&str]) {
         summary["ops"].as_u64().unwrap_or(0) > 50,
         "the workloads ran:\n{stdout}"
     );
+    // Every node was followed for memory (the check fails a run past the ceiling; this
+    // makes sure the sampler saw them all rather than nothing).
+    let peaks = summary["peak_rss_mib"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !peaks.is_empty() && peaks.iter().all(|p| p[1].as_f64().unwrap_or(0.0) > 0.0),
+        "every node's resident memory sampled: {peaks:?}\n{stdout}"
+    );
     for f in ["history.json", "timeline.html"] {
         assert!(out.path().join(f).is_file(), "{f} written");
     }

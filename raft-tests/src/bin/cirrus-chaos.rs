@@ -53,6 +53,10 @@ struct Cli {
     /// Bound for serving again and for converging after heal.
     #[arg(long, default_value = "90s", value_parser = parse_duration)]
     heal_bound: Duration,
+    /// Resident memory (MiB) no node may pass at any sample; past it the run fails
+    /// (`bounded_memory`).
+    #[arg(long, default_value_t = 1024)]
+    rss_ceiling_mib: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -145,6 +149,7 @@ fn main() {
         out: out.clone(),
         cirrus: cli.cirrus.clone(),
         heal_bound: cli.heal_bound,
+        rss_ceiling: cli.rss_ceiling_mib.saturating_mul(1 << 20),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -96,6 +96,8 @@ pub struct Options {
     pub cirrus: Option<PathBuf>,
     /// How long the heal phase may take to serve again and to converge.
     pub heal_bound: Duration,
+    /// Resident memory no node may pass at any sample (`bounded_memory`).
+    pub rss_ceiling: u64,
 }
 
 /// Everything a run produced (the JSON written as `history.json`).
@@ -118,6 +120,8 @@ pub struct RunRecord {
     pub heal_serves_s: Option<f64>,
     pub heal_converged_s: Option<f64>,
     pub safety_s: f64,
+    /// Resident memory of every node over the run.
+    pub memory: Vec<check::bounded_memory::NodeMemory>,
     pub notes: Vec<String>,
 }
 
@@ -949,6 +953,24 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
         opts.data_servers,
         t0,
         samples.clone(),
+        stop_rx.clone(),
+    ));
+    let memory = Arc::new(Mutex::new(Vec::new()));
+    let node_dirs = (0..n_nodes)
+        .map(|k| {
+            let dir = if k < 3 {
+                cluster.meta_dir(k)
+            } else {
+                cluster.data_dir(k - 3)
+            };
+            (node_name(k), dir)
+        })
+        .collect();
+    let mem = tokio::spawn(check::bounded_memory::sample(
+        node_dirs,
+        t0,
+        Duration::from_millis(500),
+        memory.clone(),
         stop_rx,
     ));
 
@@ -1026,6 +1048,8 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
         check::converged::check(&h.cluster, h.opts.replicas, h.opts.heal_bound).await;
     let _ = stop_tx.send(true);
     let _ = mon.await;
+    let _ = mem.await;
+    let memory = memory.lock().map(|m| m.clone()).unwrap_or_default();
 
     // ---- merge the histories
     let verifier = DataWorkload::new(t0);
@@ -1103,6 +1127,7 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
     }
     checks.push(serves);
     checks.push(conv);
+    checks.push(check::bounded_memory::check(&memory, opts.rss_ceiling));
 
     // ---- timings
     let s = samples.lock().map(|s| Samples {
@@ -1177,6 +1202,7 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
         heal_serves_s: serves_s,
         heal_converged_s: conv_s,
         safety_s,
+        memory,
         notes: h.notes.clone(),
     };
     if failed {

@@ -41,6 +41,8 @@ pub struct Summary {
     pub rebuilds_s: Vec<f64>,
     pub heal_serves_s: Option<f64>,
     pub heal_converged_s: Option<f64>,
+    /// Peak resident memory of every node, MiB.
+    pub peak_rss_mib: Vec<(String, f64)>,
 }
 
 fn stats(v: &[f64]) -> String {
@@ -230,6 +232,11 @@ pub fn summary(r: &RunRecord) -> (String, Summary) {
         rebuilds_s: r.rebuilds_s.clone(),
         heal_serves_s: r.heal_serves_s,
         heal_converged_s: r.heal_converged_s,
+        peak_rss_mib: r
+            .memory
+            .iter()
+            .map(|m| (m.node.clone(), m.peak_rss_bytes as f64 / (1 << 20) as f64))
+            .collect(),
     };
     (t, s)
 }

@@ -5,11 +5,13 @@
 //! - `acked_writes_survive`: every write acknowledged by fsync reads back after heal.
 //! - `no_phantom_bytes`: no read returns bytes never written to that range.
 //! - `bounded_ops`: no operation outlives its deadline.
+//! - `bounded_memory`: no node's resident memory passes a ceiling during the run.
 //! - `serves_after_heal`: after heal the cluster serves again within a bound.
 //! - `converged`: after heal every chain is at full R and the three meta nodes hold
 //!   identical state digests.
 
 pub mod acked_writes_survive;
+pub mod bounded_memory;
 pub mod bounded_ops;
 pub mod converged;
 pub mod linearizable;

@@ -48,7 +48,10 @@ impl LoopDisk {
         f.set_len(size_mib << 20).context("size the image")?;
         drop(f);
         let imgs = img.display().to_string();
-        run(&["mkfs.ext4", "-q", "-F", "-m", "0", &imgs])?;
+        // 4 KiB blocks whatever the image size: mke2fs picks 1 KiB for small images, and
+        // ext4 with 1 KiB blocks stops files at 4 TiB, below the largest object a data
+        // server must hold (`cirrus_types::MAX_FILE_SIZE`; the data workload writes there).
+        run(&["mkfs.ext4", "-q", "-F", "-m", "0", "-b", "4096", &imgs])?;
         let mnt = root.join(name);
         std::fs::create_dir_all(&mnt).context("create mount point")?;
         let mnts = mnt.display().to_string();
@@ -213,13 +216,22 @@ pub fn corrupt_block(dir: &Path, pick: u64, chains: &[u32]) -> Result<Option<Str
     }
     let (path, len) = &files[(pick % files.len() as u64) as usize];
     let blocks = len / 4096;
-    let block = (pick >> 16) % blocks;
-    let at = block * 4096 + 64 + (pick >> 40) % 3000;
+    if blocks == 0 {
+        return Ok(None);
+    }
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .with_context(|| format!("open {}", path.display()))?;
+    // Objects are sparse (the data workload writes at the end of the largest file): aim
+    // at a block that holds data, the first at or after the picked one, else the first.
+    let picked = (pick >> 16) % blocks;
+    let block = match next_data(&f, picked * 4096).or_else(|| next_data(&f, 0)) {
+        Some(off) => (off / 4096).min(blocks - 1),
+        None => picked,
+    };
+    let at = block * 4096 + 64 + (pick >> 40) % 3000;
     let mut b = [0u8; 16];
     f.read_exact_at(&mut b, at).context("read the block")?;
     for x in &mut b {
@@ -231,6 +243,16 @@ pub fn corrupt_block(dir: &Path, pick: u64, chains: &[u32]) -> Result<Option<Str
         "{} block {block} (16 bytes at {at})",
         path.strip_prefix(dir).unwrap_or(path).display()
     )))
+}
+
+/// The first offset at or after `from` that holds data (`SEEK_DATA`), if any.
+fn next_data(f: &std::fs::File, from: u64) -> Option<u64> {
+    use std::os::unix::io::AsRawFd;
+    let from = i64::try_from(from).ok()?;
+    // SAFETY: lseek on a file descriptor we own; it moves only that description's offset,
+    // which nothing else here uses (reads and writes are positional).
+    let r = unsafe { libc::lseek(f.as_raw_fd(), from, libc::SEEK_DATA) };
+    u64::try_from(r).ok()
 }
 
 #[cfg(test)]
@@ -266,5 +288,33 @@ mod tests {
             std::fs::read(obj.join("12_0.crc")).expect("crc"),
             b"sidecar"
         );
+    }
+
+    #[test]
+    fn corrupt_block_of_a_sparse_object_lands_on_its_data() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let obj = d.path().join("objects").join("3");
+        std::fs::create_dir_all(&obj).expect("mkdir");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(obj.join("7_0.dat"))
+            .expect("create");
+        let far = 1u64 << 32;
+        f.write_all_at(&[9u8; 4096], far).expect("write far");
+        f.sync_all().expect("sync");
+        // Every pick lands on the one block of data, wherever it points in the hole.
+        for pick in [0u64, 0x1234_5678_9abc, u64::MAX / 3] {
+            let what = corrupt_block(d.path(), pick, &[3])
+                .expect("corrupt")
+                .expect("a file");
+            let mut b = [0u8; 4096];
+            f.read_exact_at(&mut b, far).expect("read");
+            assert!(b.iter().any(|x| *x != 9), "{what}: data block unchanged");
+            assert!(what.contains(&format!("block {}", far / 4096)), "{what}");
+            f.write_all_at(&[9u8; 4096], far).expect("restore");
+        }
     }
 }

@@ -21,8 +21,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-/// Largest object offset accepted (1 PiB): keeps offset arithmetic far from overflow.
-pub const MAX_OBJECT_END: u64 = 1 << 50;
+/// Largest read one request may ask for: what one reply can carry. The buffer a read
+/// allocates is bounded by this, never by the length a caller names.
+pub const MAX_READ: u32 = cirrus_proto::bulk::MAX_PAYLOAD;
 
 /// One chain as this server knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +82,16 @@ impl Table {
             replicas: t.replicas,
         }
     }
+}
+
+/// One object of a rebuild listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub key: ObjectKey,
+    pub size: u64,
+    /// Where it may hold data (`ChunkStore::data_ranges`); None from a server that does
+    /// not say, meaning all of it.
+    pub ranges: Option<Vec<(u64, u64)>>,
 }
 
 /// Tunables of the node.
@@ -318,24 +329,27 @@ impl Node {
         }
     }
 
-    /// Objects (key, size) of `chain` here, for a rebuild listing at `version` (0: any).
-    /// The version check orders the listing after every write this server answered at
-    /// an older version (see `still_at`).
+    /// Objects (key, size, data ranges) of `chain` here, for a rebuild listing at
+    /// `version` (0: any). The version check orders the listing after every write this
+    /// server answered at an older version (see `still_at`). The ranges say where each
+    /// object may hold data, so a rebuild copies those and not the holes.
     pub async fn list_objects(
         &self,
         chain: ChainId,
         version: ChainVersion,
-    ) -> FsResult<Vec<(ObjectKey, u64)>> {
+    ) -> FsResult<Vec<Listed>> {
         if version.0 != 0 {
             self.check_chain(chain, version).await?;
         }
-        Ok(self
-            .store
-            .list()
-            .into_iter()
-            .filter(|o| o.chain == chain)
-            .map(|o| (o.key, o.size))
-            .collect())
+        let mut out = Vec::new();
+        for o in self.store.list().into_iter().filter(|o| o.chain == chain) {
+            out.push(Listed {
+                key: o.key,
+                size: o.size,
+                ranges: Some(self.store.data_ranges(o.key).await),
+            });
+        }
+        Ok(out)
     }
 
     /// The per-object lock used for ordering writes, truncates and rebuild copies.
@@ -387,11 +401,9 @@ impl Node {
     pub async fn write(&self, w: WriteArgs) -> FsResult<u64> {
         let c = self.check_chain(w.chain, w.version).await?;
         let pos = self.position(&c, w.hop)?;
-        let end = w
-            .off
-            .checked_add(w.data.len() as u64)
-            .filter(|e| *e <= MAX_OBJECT_END)
-            .ok_or_else(|| FsError::Invalid(format!("write end past {MAX_OBJECT_END}")))?;
+        // Past the largest object: refused here, before anything is written or forwarded,
+        // so the next member never sees it.
+        let end = cirrus_types::limits::check_file_range(w.off, w.data.len() as u64)?;
         verify_pieces(w.off, &w.data, &w.crcs)?;
         let lock = self.obj_lock(w.key);
         let _g = lock.lock(align_down(w.off), align_up(end)).await;
@@ -563,9 +575,15 @@ impl Node {
                 self.me, c.id, c.version
             )));
         }
-        if off > MAX_OBJECT_END {
+        if off > cirrus_types::MAX_FILE_SIZE {
             return Err(FsError::Invalid(format!(
-                "read offset past {MAX_OBJECT_END}"
+                "read offset {off} past the largest object ({})",
+                cirrus_types::MAX_FILE_SIZE
+            )));
+        }
+        if len > MAX_READ {
+            return Err(FsError::Invalid(format!(
+                "read of {len} bytes: at most {MAX_READ} per request"
             )));
         }
         let r = match self.store.read(key, off, len as usize).await {
@@ -617,9 +635,7 @@ impl Node {
         size: u64,
         hop: u32,
     ) -> FsResult<()> {
-        if size > MAX_OBJECT_END {
-            return Err(FsError::Invalid(format!("size past {MAX_OBJECT_END}")));
-        }
+        cirrus_types::limits::check_file_size(size)?;
         let c = self.check_chain(chain, version).await?;
         let pos = self.position(&c, hop)?;
         let lock = self.obj_lock(key);

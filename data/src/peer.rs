@@ -191,7 +191,7 @@ impl Peers {
         addr: &str,
         chain: ChainId,
         version: ChainVersion,
-    ) -> FsResult<Vec<(ObjectKey, u64)>> {
+    ) -> FsResult<Vec<crate::node::Listed>> {
         let mut cl = self.client(addr)?;
         let req = pb::ListObjectsRequest {
             cluster_id: self.cluster.to_string(),
@@ -204,9 +204,57 @@ impl Peers {
         r.objects
             .iter()
             .map(|o| {
-                let k = cirrus_proto::convert::object_key(o.object.as_ref())?;
-                Ok((k, o.size))
+                let key = cirrus_proto::convert::object_key(o.object.as_ref())?;
+                let ranges = if o.ranges_known {
+                    Some(listed_ranges(&o.ranges, o.size)?)
+                } else {
+                    None
+                };
+                Ok(crate::node::Listed {
+                    key,
+                    size: o.size,
+                    ranges,
+                })
             })
             .collect()
+    }
+}
+
+/// A listing's ranges (start,end pairs) checked: whole pairs, each non-empty, sorted and
+/// disjoint, within the size and at most `MAX_RANGES`. A peer's reply is input like any
+/// other; a bad one fails the listing rather than steering a rebuild.
+fn listed_ranges(flat: &[u64], size: u64) -> FsResult<Vec<(u64, u64)>> {
+    let bad = |m: &str| FsError::Invalid(format!("object listing ranges: {m}"));
+    if !flat.len().is_multiple_of(2) {
+        return Err(bad("odd number of bounds"));
+    }
+    if flat.len() / 2 > crate::store::crcmap::MAX_RANGES {
+        return Err(bad("too many ranges"));
+    }
+    let v: Vec<(u64, u64)> = flat.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    let mut prev = 0u64;
+    for (s, e) in &v {
+        if s >= e || *s < prev || *e > size {
+            return Err(bad("not sorted, empty or past the size"));
+        }
+        prev = *e;
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use super::*;
+
+    #[test]
+    fn listing_ranges_are_checked_before_a_rebuild_trusts_them() {
+        assert_eq!(listed_ranges(&[0, 4, 8, 12], 12), Ok(vec![(0, 4), (8, 12)]));
+        assert_eq!(listed_ranges(&[], 12), Ok(vec![]));
+        assert!(listed_ranges(&[0], 12).is_err());
+        assert!(listed_ranges(&[4, 4], 12).is_err());
+        assert!(listed_ranges(&[8, 12, 0, 4], 12).is_err());
+        assert!(listed_ranges(&[0, 13], 12).is_err());
+        let many: Vec<u64> = (0..600).flat_map(|i| [i * 2, i * 2 + 1]).collect();
+        assert!(listed_ranges(&many, 10_000).is_err());
     }
 }

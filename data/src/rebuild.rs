@@ -348,17 +348,45 @@ async fn rebuild_chain(
         .addr_of(source)
         .ok_or_else(|| FsError::Unavailable(format!("no address for server {source}")))?;
     let mut list = node.peers.list(&src, id, version).await?;
-    list.sort_by_key(|(k, _)| (k.inode.0, k.index));
-    let total: u64 = list.iter().map(|(_, s)| *s).sum();
+    list.sort_by_key(|l| (l.key.inode.0, l.key.index));
+    let total: u64 = list
+        .iter()
+        .map(|l| {
+            l.ranges
+                .as_ref()
+                .map_or(l.size, |r| r.iter().map(|(s, e)| e - s).sum())
+        })
+        .sum();
     tracing::info!(chain = %id, from = %src, objects = list.len(), bytes = total, resume_after = ?p.cursor, "rebuild pass");
     let mut throttle = Throttle::new(cfg.rate);
-    for (key, listed_size) in &list {
+    for l in &list {
+        let key = &l.key;
         if let Some(cur) = p.cursor {
             if (key.inode.0, key.index) <= cur {
                 continue;
             }
         }
-        let n = copy_object(node, id, version, &src, *key, *listed_size, &mut throttle).await?;
+        // What to copy: where the source holds data, and where this server still holds
+        // bytes of its own (stale ones must be overwritten by the source's zeros); the
+        // rest is a hole on both and a truncate to the size is all it needs.
+        let ranges = match &l.ranges {
+            Some(theirs) => Some(crate::store::crcmap::union(
+                theirs,
+                &node.store.data_ranges(*key).await,
+            )),
+            None => None,
+        };
+        let n = copy_object(
+            node,
+            id,
+            version,
+            &src,
+            *key,
+            l.size,
+            ranges.as_deref(),
+            &mut throttle,
+        )
+        .await?;
         p.copied_bytes += n;
         p.cursor = Some((key.inode.0, key.index));
         at_version(node, id, version)?;
@@ -366,7 +394,7 @@ async fn rebuild_chain(
     }
     // Objects here that the source does not have (deleted while this server was away),
     // untouched by any chain operation since: remove them.
-    let theirs: HashSet<ObjectKey> = list.iter().map(|(k, _)| *k).collect();
+    let theirs: HashSet<ObjectKey> = list.iter().map(|l| l.key).collect();
     for o in node.store.list() {
         if o.chain == id && !theirs.contains(&o.key) && node.tracker.gen(id, o.key) == 0 {
             let lock = node.obj_lock(o.key);
@@ -378,8 +406,8 @@ async fn rebuild_chain(
     }
     // Copies are plain writes: make them durable before this server may serve reads
     // (chain writes and syncs that reached it meanwhile were made durable by their sync).
-    for (key, _) in &list {
-        node.store.sync(*key).await?;
+    for l in &list {
+        node.store.sync(l.key).await?;
     }
     at_version(node, id, version)?;
     p.done = true;
@@ -391,6 +419,8 @@ async fn rebuild_chain(
 /// to its end if that comes first; returns the bytes copied. Bytes past the listed size
 /// were written after this server joined the chain as syncing, so they reach it through
 /// the chain itself: chasing them let a copy that streaming writers outpace run forever.
+/// With `ranges`, only those are read (holes are skipped, then the size is set).
+#[allow(clippy::too_many_arguments)]
 async fn copy_object(
     node: &Arc<Node>,
     id: ChainId,
@@ -398,19 +428,37 @@ async fn copy_object(
     src: &str,
     key: ObjectKey,
     listed_size: u64,
+    ranges: Option<&[(u64, u64)]>,
     throttle: &mut Throttle,
 ) -> FsResult<u64> {
     let mut off = 0u64;
     let mut copied = 0u64;
     loop {
+        if let Some(r) = ranges {
+            // Past the last range: read at the listed size, which ends the copy through
+            // the same short-read path (and sets the size) as a dense object's end.
+            off = crate::store::crcmap::next_data(r, off)
+                .unwrap_or(listed_size)
+                .min(listed_size.max(off));
+        }
         let mut tries = 0;
         let (n, at_end) = loop {
             tries += 1;
             let c = at_version(node, id, version)?;
             let g1 = node.tracker.gen(id, key);
-            let chunk = read_chunk(node, &c, src, key, off, listed_size).await?;
+            let mut chunk = read_chunk(node, &c, src, key, off, listed_size).await?;
+            // Copy no further than the range being copied: past it is a hole (or the next
+            // range, reached by the jump at the top of the loop).
+            let mut cut = false;
+            if let Some(end) = ranges.and_then(|r| crate::store::crcmap::range_end(r, off)) {
+                let lim = (end - off).div_ceil(BLOCK) * BLOCK;
+                if chunk.data.len() as u64 > lim {
+                    chunk.data.truncate(lim as usize);
+                    cut = true;
+                }
+            }
             let (data, size) = (&chunk.data, chunk.size);
-            let natural_end = (data.len() as u32) < CHUNK;
+            let natural_end = !cut && (data.len() as u32) < CHUNK;
             let at_end = natural_end || off + data.len() as u64 >= listed_size;
             let lock = node.obj_lock(key);
             let hi = if at_end {
@@ -616,7 +664,14 @@ mod tests {
     async fn a_rebuild_listing_is_served_only_at_the_listers_chain_version() {
         let n = node().await;
         let at = |v: u64| n.list_objects(ChainId(1), ChainVersion(v));
-        assert_eq!(at(5).await.expect("same version"), vec![(key(), 8192)]);
+        assert_eq!(
+            at(5).await.expect("same version"),
+            vec![crate::node::Listed {
+                key: key(),
+                size: 8192,
+                ranges: Some(vec![(0, 8192)]),
+            }]
+        );
         // An older lister missed a bump: it must refresh and start over.
         assert_eq!(
             at(4).await,

@@ -192,9 +192,16 @@ impl pb::data_server::Data for DataService {
                 .list_objects(ChainId(r.chain_id), ChainVersion(r.chain_version))
                 .await?
                 .into_iter()
-                .map(|(key, size)| pb::ObjectMeta {
-                    object: Some(key.into()),
-                    size,
+                .map(|l| pb::ObjectMeta {
+                    object: Some(l.key.into()),
+                    size: l.size,
+                    ranges_known: l.ranges.is_some(),
+                    ranges: l
+                        .ranges
+                        .unwrap_or_default()
+                        .into_iter()
+                        .flat_map(|(s, e)| [s, e])
+                        .collect(),
                 })
                 .collect();
             Ok(pb::ListObjectsReply { objects })

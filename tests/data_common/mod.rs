@@ -159,7 +159,7 @@ pub async fn list_objects(
         .await
         .map_err(|e| anyhow!("list objects on data-{}: {e}", i + 1))?
         .into_iter()
-        .map(|(k, size)| (k.inode.0, k.index, size))
+        .map(|l| (l.key.inode.0, l.key.index, l.size))
         .collect();
     v.sort_unstable();
     Ok(v)
@@ -179,6 +179,28 @@ pub fn object_files(
         dir.join(format!("{base}.dat")),
         dir.join(format!("{base}.crc")),
     )
+}
+
+/// Resident memory of a process in bytes (VmRSS of `/proc/PID/status`).
+pub fn rss_bytes(pid: i32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    let kib: u64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+/// Bytes of disk a file holds (its allocated blocks, not its length).
+pub fn disk_bytes(p: &std::path::Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(p)
+        .with_context(|| format!("stat {}", p.display()))?
+        .blocks()
+        * 512)
 }
 
 /// Polls `f` until it returns Some or `GENEROUS` passes.

@@ -9,14 +9,20 @@
 //! size; the logical size lives in the sidecar header. ENOSPC surfaces from fallocate,
 //! before any data is written, so a full disk fails the write cleanly.
 //!
+//! Sparse: a write far past the allocated end allocates around itself only (the gap stays
+//! a hole of the data file), a truncate up allocates nothing, the crcs are a sparse map
+//! (`crcmap.rs`) and the sidecar holds only written blocks' crcs (`format.rs`, version 2),
+//! so memory and disk follow the bytes written, never the size a caller set.
+//!
 //! Crash order: data first, then the sidecar crcs and header. A crash between leaves
 //! blocks whose crc does not match; reads report them and replication repairs them from
 //! another member, which is also how any other torn state is healed.
 
-use super::format::{crc_offset, Header};
+use super::crcmap::CrcMap;
+use super::format::{crc_offset, loaded_crc, stored_crc, Header, HEADER_LEN, VERSION_RAW};
 use super::{
-    bad_blocks_in, lost_block_crc, piece_crcs_from_blocks, zero_block_crc, ChunkStore, ObjectInfo,
-    ReadOut, StoreError, StoreResult, BLOCK,
+    bad_blocks_in, check_range, lost_block_crc, piece_crcs_from_blocks, zero_block_crc, ChunkStore,
+    ObjectInfo, ReadOut, StoreError, StoreResult, BLOCK,
 };
 use crate::rangelock::RangeLock;
 use crate::uring::{AlignedBuf, Ring};
@@ -37,10 +43,14 @@ const MAX_PREALLOC: u64 = 64 << 20;
 
 struct Meta {
     size: u64,
-    /// One crc per block of `size` (rounded up).
-    crcs: Vec<u32>,
+    /// The crc of every block of `size` (rounded up), sparse: holes implicit.
+    crcs: CrcMap,
     /// Bytes allocated in the data file (its length).
     allocated: u64,
+    /// Where the current run of allocation began (0, the start of the last write far
+    /// past the end, or the length at load): steps grow with the run, not with the file's
+    /// length, so an append after a jump to 2^40 takes 64 KiB, not 64 MiB.
+    run_start: u64,
 }
 
 struct Obj {
@@ -194,28 +204,28 @@ impl FileStore {
 
     fn load_one(&self, chain: ChainId, key: ObjectKey) -> StoreResult<Obj> {
         let dir = obj_dir(&self.root, chain);
-        let base = base_name(key);
-        let side_bytes =
-            std::fs::read(dir.join(format!("{base}.crc"))).map_err(io_err("read sidecar"))?;
-        let h = Header::decode(&side_bytes)?;
+        let path = dir.join(format!("{}.crc", base_name(key)));
+        let f = File::open(&path).map_err(io_err("open sidecar"))?;
+        let mut head = [0u8; HEADER_LEN as usize];
+        read_full_at(&f, &mut head, 0).map_err(io_err("read sidecar header"))?;
+        let (h, version) = Header::decode_versioned(&head)?;
         if h.key != key || h.chain != chain {
             return Err(StoreError::Invalid(format!(
                 "sidecar names {:?} in chain {}, file is {key:?} in chain {chain}",
                 h.key, h.chain
             )));
         }
-        let n = h.size.div_ceil(BLOCK) as usize;
-        let mut crcs = Vec::with_capacity(n);
-        for i in 0..n {
-            let o = crc_offset(i as u64) as usize;
-            // A sidecar cut short by a crash: missing crcs read as "unknown" (never match
-            // real data unless it is a hole) and the blocks get repaired.
-            let c = side_bytes
-                .get(o..o + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .unwrap_or(0);
-            crcs.push(c);
-        }
+        check_range(h.size, 0)?;
+        let nblocks = h.size.div_ceil(BLOCK);
+        let crcs = if version == VERSION_RAW {
+            let m = load_raw_v1(&f, nblocks).map_err(io_err("read sidecar"))?;
+            drop(f);
+            rewrite_sidecar(&path, &h, &m).map_err(io_err("convert sidecar to version 2"))?;
+            tracing::info!(path = %path.display(), "converted checksum sidecar to version 2 (sparse)");
+            m
+        } else {
+            load_sparse(&f, nblocks).map_err(io_err("read sidecar"))?
+        };
         let (data, side) = self.open_files(chain, key, false)?;
         let allocated = data.metadata().map_err(io_err("stat data file"))?.len();
         Ok(Obj {
@@ -227,6 +237,7 @@ impl FileStore {
                 size: h.size,
                 crcs,
                 allocated,
+                run_start: allocated,
             }),
             size: AtomicU64::new(h.size),
             blocks: RangeLock::default(),
@@ -256,6 +267,14 @@ impl FileStore {
             .open(dir.join(format!("{base}.dat")))
             .map_err(io_err("open object file"))?;
         Ok((data, side))
+    }
+
+    /// Pages of crcs held in memory for an object (tests bound the sparse map with it).
+    #[cfg(test)]
+    fn crc_pages(&self, key: ObjectKey) -> usize {
+        self.get(key)
+            .and_then(|o| o.meta.try_lock().ok().map(|m| m.crcs.pages()))
+            .unwrap_or(0)
     }
 
     /// Path of an object's data file (tests corrupt it behind the server's back).
@@ -297,8 +316,9 @@ impl FileStore {
             side,
             meta: tokio::sync::Mutex::new(Meta {
                 size: 0,
-                crcs: Vec::new(),
+                crcs: CrcMap::default(),
                 allocated: 0,
+                run_start: 0,
             }),
             size: AtomicU64::new(0),
             blocks: RangeLock::default(),
@@ -310,30 +330,39 @@ impl FileStore {
         Ok(o)
     }
 
-    /// Makes the data file at least `end` bytes long, in growing steps.
-    async fn ensure_allocated(&self, o: &Obj, end: u64) -> StoreResult<()> {
+    /// Makes `[start, end)` of the data file allocated: appends near the end grow it in
+    /// steps; a write far past the end (more than one step beyond it) allocates around
+    /// itself only and leaves the gap a hole, so a write at 8 TiB costs its own blocks.
+    /// Writes inside the file's length land in allocated space or in a hole (which the
+    /// filesystem fills as a plain, non-extending write).
+    async fn ensure_allocated(&self, o: &Obj, start: u64, end: u64) -> StoreResult<()> {
         let mut m = o.meta.lock().await;
         if end <= m.allocated {
             return Ok(());
         }
-        let step = m.allocated.clamp(MIN_PREALLOC, MAX_PREALLOC);
-        let target = end.div_ceil(step) * step;
-        let r = self
-            .ring
-            .fallocate(&o.data, m.allocated, target - m.allocated, 0)
-            .await;
+        let jump = align_down(start) > m.allocated.saturating_add(MAX_PREALLOC);
+        // A jump is not an append stream: it takes the first step only.
+        if jump {
+            m.run_start = align_down(start);
+        }
+        let from = if jump { align_down(start) } else { m.allocated };
+        let step = from
+            .saturating_sub(m.run_start)
+            .clamp(MIN_PREALLOC, MAX_PREALLOC);
+        let target = from + (end - from).div_ceil(step) * step;
+        let r = self.ring.fallocate(&o.data, from, target - from, 0).await;
         match r {
             Ok(()) => m.allocated = target,
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && target > align_up(end) => {
                 // Not room for the whole step: take exactly what this write needs.
                 self.ring
-                    .fallocate(&o.data, m.allocated, align_up(end) - m.allocated, 0)
+                    .fallocate(&o.data, from, align_up(end) - from, 0)
                     .await
                     .map_err(io_err("allocate object space"))?;
                 m.allocated = align_up(end);
             }
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                // Filesystems without fallocate: grow the file instead.
+                // Filesystems without fallocate: grow the file instead (sparse).
                 o.data
                     .set_len(target)
                     .map_err(io_err("extend object file"))?;
@@ -352,7 +381,8 @@ impl FileStore {
     }
 
     /// Records new crcs for blocks starting at `first` and the new size, in memory and
-    /// in the sidecar. `shrink` allows the size to go down (truncate).
+    /// in the sidecar. `shrink` allows the size to go down (truncate). Only the given
+    /// crcs are written: blocks a growing size adds are holes, implicit in both.
     async fn commit_meta(
         &self,
         o: &Obj,
@@ -364,42 +394,30 @@ impl FileStore {
         let mut m = o.meta.lock().await;
         let old_size = m.size;
         let new_size = if shrink { size } else { m.size.max(size) };
-        let nblocks = new_size.div_ceil(BLOCK) as usize;
-        let old_len = m.crcs.len();
-        m.crcs.resize(nblocks, zero_block_crc());
-        for (i, c) in new_crcs.iter().enumerate() {
-            if let Some(slot) = m.crcs.get_mut(first as usize + i) {
-                *slot = *c;
-            }
+        let nblocks = new_size.div_ceil(BLOCK);
+        if shrink {
+            m.crcs.truncate(nblocks);
+        }
+        let n = (new_crcs.len() as u64).min(nblocks.saturating_sub(first));
+        for (i, c) in new_crcs.iter().take(n as usize).enumerate() {
+            m.crcs.set(first + i as u64, *c);
         }
         m.size = new_size;
         o.size.store(new_size, Ordering::Release);
-        // Persist the changed crcs: the written blocks plus any hole blocks added past
-        // the old end.
-        let lo = (first as usize).min(old_len).min(nblocks);
-        let grown_to = if nblocks > old_len { nblocks } else { 0 };
-        let hi = (first as usize + new_crcs.len())
-            .max(grown_to)
-            .min(nblocks)
-            .max(lo);
-        if hi > lo {
-            let mut bytes = Vec::with_capacity((hi - lo) * 4);
-            for c in &m.crcs[lo..hi] {
-                bytes.extend_from_slice(&c.to_le_bytes());
+        if n > 0 {
+            let mut bytes = Vec::with_capacity(n as usize * 4);
+            for c in &new_crcs[..n as usize] {
+                bytes.extend_from_slice(&stored_crc(*c).to_le_bytes());
             }
             self.ring
-                .write_at(
-                    &o.side,
-                    crc_offset(lo as u64),
-                    AlignedBuf::from_slice(&bytes),
-                )
+                .write_at(&o.side, crc_offset(first), AlignedBuf::from_slice(&bytes))
                 .await
                 .map_err(io_err("write checksum sidecar"))?;
         }
         if new_size != old_size {
             if new_size < old_size {
                 o.side
-                    .set_len(crc_offset(nblocks as u64))
+                    .set_len(crc_offset(nblocks))
                     .map_err(io_err("truncate checksum sidecar"))?;
             }
             let h = Header {
@@ -415,15 +433,10 @@ impl FileStore {
         Ok(new_size)
     }
 
-    /// The crcs of blocks `[first, first + n)` (holes past the end as zero blocks). Only
-    /// the window: a copy of the whole vector would cost O(object size) per request.
+    /// The crcs of blocks `[first, first + n)` (holes as zero blocks). Only the window,
+    /// bounded by the request.
     fn snapshot(&self, m: &Meta, first: u64, n: u64) -> Vec<u32> {
-        let mut v = vec![zero_block_crc(); n as usize];
-        let have = m.crcs.get(first as usize..).unwrap_or(&[]);
-        for (slot, c) in v.iter_mut().zip(have) {
-            *slot = *c;
-        }
-        v
+        m.crcs.window(first, n)
     }
 
     /// `piece_crcs`: verified wire piece crcs of `data` (see `ChunkStore::write_verified`).
@@ -435,16 +448,14 @@ impl FileStore {
         data: &[u8],
         piece_crcs: Option<&[u32]>,
     ) -> StoreResult<u64> {
+        let end = check_range(off, data.len() as u64)?;
         let o = self.get_or_create(chain, key).await?;
         if data.is_empty() {
             return Ok(o.meta.lock().await.size);
         }
-        let end = off
-            .checked_add(data.len() as u64)
-            .ok_or_else(|| StoreError::Invalid("offset overflow".into()))?;
         let (a, b) = (align_down(off), align_up(end));
         let _g = o.blocks.lock(a, b).await;
-        self.ensure_allocated(&o, b).await?;
+        self.ensure_allocated(&o, a, b).await?;
         // Only the bytes around `data` are zeroed (edge blocks past the old size, read as
         // zeros); the payload is copied in once.
         let mut buf = AlignedBuf::with_copy_at((b - a) as usize, (off - a) as usize, data);
@@ -512,12 +523,10 @@ impl FileStore {
         data: Bytes,
         crcs: &[u32],
     ) -> StoreResult<u64> {
+        let b = check_range(off, data.len() as u64)?;
         let o = self.get_or_create(chain, key).await?;
-        let b = off
-            .checked_add(data.len() as u64)
-            .ok_or_else(|| StoreError::Invalid("offset overflow".into()))?;
         let _g = o.blocks.lock(off, b).await;
-        self.ensure_allocated(&o, b).await?;
+        self.ensure_allocated(&o, off, b).await?;
         self.ring
             .write_shared(&o.data, off, data)
             .await
@@ -536,13 +545,14 @@ impl FileStore {
         if !off.is_multiple_of(BLOCK) || !(data.len() as u64).is_multiple_of(BLOCK) {
             return Err(StoreError::Invalid("put_blocks needs whole blocks".into()));
         }
+        let b = check_range(off, data.len() as u64)?;
+        check_range(logical_end, 0)?;
         let o = self.get_or_create(chain, key).await?;
         if data.is_empty() {
             return Ok(o.meta.lock().await.size);
         }
-        let b = off + data.len() as u64;
         let _g = o.blocks.lock(off, b).await;
-        self.ensure_allocated(&o, b).await?;
+        self.ensure_allocated(&o, off, b).await?;
         let new_crcs: Vec<u32> = data
             .chunks(BLOCK as usize)
             .map(cirrus_types::checksum::crc32c)
@@ -562,7 +572,8 @@ impl FileStore {
         block: u64,
         logical_end: u64,
     ) -> StoreResult<u64> {
-        let (off, b) = (block * BLOCK, (block + 1) * BLOCK);
+        let off = block.checked_mul(BLOCK).ok_or(StoreError::TooBig)?;
+        let b = check_range(off, BLOCK)?;
         self.do_put_blocks(chain, key, off, &[0u8; BLOCK as usize], logical_end)
             .await?;
         let o = self.get_or_create(chain, key).await?;
@@ -613,6 +624,7 @@ impl FileStore {
     }
 
     async fn do_truncate(&self, chain: ChainId, key: ObjectKey, size: u64) -> StoreResult<()> {
+        check_range(size, 0)?;
         let o = self.get_or_create(chain, key).await?;
         let cur = o.meta.lock().await.size;
         let lo = align_down(size.min(cur));
@@ -688,6 +700,136 @@ impl FileStore {
         }
         Ok(())
     }
+}
+
+/// Reads exactly `buf.len()` bytes at `off` (EOF: `UnexpectedEof`).
+fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(buf, off)
+}
+
+/// Bytes read per step when loading a sidecar: memory while loading stays this.
+const LOAD_CHUNK: usize = 1 << 20;
+
+/// The next offset at or after `off` holding data (`SEEK_DATA`), or None past the last.
+/// Filesystems without it answer as if the whole file were data.
+fn seek_data(f: &File, off: u64) -> std::io::Result<Option<u64>> {
+    use std::os::unix::io::AsRawFd;
+    let Ok(o) = i64::try_from(off) else {
+        return Ok(None);
+    };
+    // SAFETY: lseek on a descriptor this function's caller owns; it only moves that
+    // open file description's offset, which nothing here uses (reads are positional).
+    let r = unsafe { libc::lseek(f.as_raw_fd(), o, libc::SEEK_DATA) };
+    if r >= 0 {
+        return Ok(Some(r as u64));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENXIO) => Ok(None),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some(off)),
+        _ => Err(e),
+    }
+}
+
+/// The end of the data region starting at `off` (`SEEK_HOLE`).
+fn seek_hole(f: &File, off: u64, len: u64) -> u64 {
+    use std::os::unix::io::AsRawFd;
+    let Ok(o) = i64::try_from(off) else {
+        return len;
+    };
+    // SAFETY: as in `seek_data`.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), o, libc::SEEK_HOLE) };
+    if r >= 0 {
+        (r as u64).min(len)
+    } else {
+        len
+    }
+}
+
+/// Loads a version-2 sidecar's crcs for blocks below `nblocks`, reading only the regions
+/// of the (sparse) file that hold data; zero entries are zero blocks and cost nothing.
+fn load_sparse(f: &File, nblocks: u64) -> std::io::Result<CrcMap> {
+    let mut m = CrcMap::default();
+    let len = f.metadata()?.len().min(crc_offset(nblocks));
+    let mut at = HEADER_LEN;
+    let mut buf = vec![0u8; LOAD_CHUNK];
+    while at < len {
+        let Some(d) = seek_data(f, at)? else { break };
+        // Entries are 4-byte aligned after the 64-byte header.
+        let d = HEADER_LEN + (d.max(HEADER_LEN) - HEADER_LEN) / 4 * 4;
+        if d >= len {
+            break;
+        }
+        let region_end = seek_hole(f, d, len).max(d + 4).min(len);
+        let mut pos = d;
+        while pos < region_end {
+            let n = ((region_end - pos) as usize).min(LOAD_CHUNK) / 4 * 4;
+            if n == 0 {
+                break;
+            }
+            read_full_at(f, &mut buf[..n], pos)?;
+            for (i, e) in buf[..n].chunks_exact(4).enumerate() {
+                let v = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+                if v != 0 {
+                    m.set((pos - HEADER_LEN) / 4 + i as u64, loaded_crc(v));
+                }
+            }
+            pos += n as u64;
+        }
+        at = region_end.max(at + 4);
+    }
+    Ok(m)
+}
+
+/// Loads a version-1 sidecar (raw crcs, one per block; a sidecar cut short by a crash
+/// leaves the missing crcs "unknown", 0, which never match real data unless it is a hole,
+/// so those blocks get repaired). Version 1 was dense, so this costs what it always did,
+/// once: the store rewrites it as version 2.
+fn load_raw_v1(f: &File, nblocks: u64) -> std::io::Result<CrcMap> {
+    let mut m = CrcMap::default();
+    let len = f.metadata()?.len();
+    let mut buf = vec![0u8; LOAD_CHUNK];
+    let mut b = 0u64;
+    while b < nblocks {
+        let n = ((nblocks - b) as usize).min(LOAD_CHUNK / 4);
+        let at = crc_offset(b);
+        let have = (len.saturating_sub(at) as usize).min(n * 4) / 4 * 4;
+        buf[..n * 4].fill(0);
+        if have > 0 {
+            read_full_at(f, &mut buf[..have], at)?;
+        }
+        for (i, e) in buf[..n * 4].chunks_exact(4).enumerate() {
+            let c = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+            if c != zero_block_crc() {
+                m.set(b + i as u64, c);
+            }
+        }
+        b += n as u64;
+    }
+    Ok(m)
+}
+
+/// Writes `m` as a version-2 sidecar beside `path` and renames it over, durably.
+fn rewrite_sidecar(path: &Path, h: &Header, m: &CrcMap) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let tmp = path.with_extension("crc.v2tmp");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&tmp)?;
+    f.write_all_at(&h.encode(), 0)?;
+    for (b, c) in m.written() {
+        f.write_all_at(&stored_crc(c).to_le_bytes(), crc_offset(b))?;
+    }
+    f.set_len(crc_offset(h.size.div_ceil(BLOCK)).max(HEADER_LEN))?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(d) = path.parent() {
+        File::open(d)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn check_chain(o: Arc<Obj>, chain: ChainId) -> StoreResult<Arc<Obj>> {
@@ -806,6 +948,16 @@ impl ChunkStore for FileStore {
             .collect()
     }
 
+    fn data_ranges(&self, key: ObjectKey) -> BoxFuture<'_, Vec<(u64, u64)>> {
+        Box::pin(async move {
+            let Some(o) = self.get(key) else {
+                return Vec::new();
+            };
+            let m = o.meta.lock().await;
+            m.crcs.data_ranges(m.size)
+        })
+    }
+
     fn direct_io(&self) -> bool {
         self.direct
     }
@@ -835,6 +987,154 @@ mod tests {
     use super::*;
     use cirrus_types::checksum::piece_crcs;
     use proptest::prelude::*;
+
+    fn disk_bytes(p: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().blocks() * 512
+    }
+
+    fn side_path(dir: &Path, k: ObjectKey) -> PathBuf {
+        obj_dir(dir, ChainId(1)).join(format!("{}.crc", base_name(k)))
+    }
+
+    #[tokio::test]
+    async fn an_object_of_the_largest_size_costs_what_was_written_and_reloads_the_same() {
+        let max = cirrus_types::MAX_FILE_SIZE;
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(1);
+        {
+            let store = FileStore::open(dir.path()).unwrap();
+            store.write(ChainId(1), k, 0, b"hi\n").await.unwrap();
+            store.truncate(ChainId(1), k, max).await.unwrap();
+            store.write(ChainId(1), k, 1 << 40, b"A").await.unwrap();
+            store.write(ChainId(1), k, max - 1, b"Z").await.unwrap();
+            assert_eq!(store.size(k), Some(max));
+            assert!(store.crc_pages(k) <= 3, "{} crc pages", store.crc_pages(k));
+            // Past the largest object: refused, nothing changed.
+            assert_eq!(
+                store.write(ChainId(1), k, max, b"x").await,
+                Err(StoreError::TooBig)
+            );
+            assert_eq!(
+                store.truncate(ChainId(1), k, max + 1).await,
+                Err(StoreError::TooBig)
+            );
+            assert_eq!(
+                store.write(ChainId(1), k, u64::MAX - 1, b"xy").await,
+                Err(StoreError::TooBig)
+            );
+            assert_eq!(store.size(k), Some(max));
+            store.sync(k).await.unwrap();
+        }
+        let dat = disk_bytes(
+            &dir.path()
+                .join("objects/1")
+                .join(format!("{}.dat", base_name(k))),
+        );
+        let side = disk_bytes(&side_path(dir.path(), k));
+        assert!(dat <= 1 << 20, "data file holds {dat} bytes of disk");
+        assert!(side <= 1 << 20, "sidecar holds {side} bytes of disk");
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(store.size(k), Some(max));
+        assert!(
+            store.crc_pages(k) <= 3,
+            "{} crc pages after reload",
+            store.crc_pages(k)
+        );
+        let r = store.read(k, 0, 8).await.unwrap();
+        assert_eq!(&r.data[..], b"hi\n\0\0\0\0\0");
+        let r = store.read(k, (1 << 40) - 2, 4).await.unwrap();
+        assert_eq!(&r.data[..], b"\0\0A\0");
+        let r = store.read(k, max - 3, 10).await.unwrap();
+        assert_eq!(&r.data[..], b"\0\0Z");
+        let hole = store.read(k, 1 << 42, 1 << 20).await.unwrap();
+        assert!(hole.data.len() == 1 << 20 && hole.data.iter().all(|b| *b == 0));
+        let ranges = store.data_ranges(k).await;
+        assert_eq!(ranges.len(), 3, "{ranges:?}");
+        assert!(
+            ranges.iter().map(|(s, e)| e - s).sum::<u64>() <= 3 * crate::store::crcmap::PAGE_BYTES
+        );
+        // Shrinking forgets the far crcs; growing again reads zeros there.
+        store.truncate(ChainId(1), k, 2).await.unwrap();
+        store.truncate(ChainId(1), k, max).await.unwrap();
+        let r = store.read(k, max - 3, 10).await.unwrap();
+        assert_eq!(&r.data[..], b"\0\0\0");
+        assert_eq!(&store.read(k, 0, 4).await.unwrap().data[..], b"hi\0\0");
+    }
+
+    #[tokio::test]
+    async fn a_version_one_sidecar_is_read_and_rewritten_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(2);
+        let data: Vec<u8> = (0..3 * 4096).map(|i| (i % 251) as u8).collect();
+        {
+            let store = FileStore::open(dir.path()).unwrap();
+            store.write(ChainId(1), k, 0, &data).await.unwrap();
+            store.truncate(ChainId(1), k, 64 << 20).await.unwrap();
+            store.sync(k).await.unwrap();
+        }
+        // Rewrite the sidecar as the first releases did: raw crcs, one per block of the size.
+        let p = side_path(dir.path(), k);
+        let h = Header {
+            chain: ChainId(1),
+            key: k,
+            size: 64 << 20,
+        };
+        let mut v1 = h.encode_raw_v1().to_vec();
+        for b in 0..(64u64 << 20) / BLOCK {
+            let c = match data.get((b * BLOCK) as usize..((b + 1) * BLOCK) as usize) {
+                Some(blk) => cirrus_types::checksum::crc32c(blk),
+                None => zero_block_crc(),
+            };
+            v1.extend_from_slice(&c.to_le_bytes());
+        }
+        std::fs::write(&p, &v1).unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(
+            &store.read(k, 0, data.len()).await.unwrap().data[..],
+            &data[..]
+        );
+        let (_, version) = Header::decode_versioned(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(version, super::super::format::VERSION);
+        assert!(
+            disk_bytes(&p) <= 16 << 10,
+            "converted sidecar holds {} bytes",
+            disk_bytes(&p)
+        );
+        drop(store);
+        // And the converted one loads to the same bytes.
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(
+            &store.read(k, 0, data.len()).await.unwrap().data[..],
+            &data[..]
+        );
+        assert_eq!(store.size(k), Some(64 << 20));
+    }
+
+    #[tokio::test]
+    async fn a_written_block_whose_crc_never_reached_the_sidecar_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(3);
+        {
+            let store = FileStore::open(dir.path()).unwrap();
+            store.write(ChainId(1), k, 0, &[5u8; 8192]).await.unwrap();
+            store.sync(k).await.unwrap();
+        }
+        // A crash between the data write and the sidecar write: block 1's entry is lost.
+        let p = side_path(dir.path(), k);
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[0u8; 4], crc_offset(1)).unwrap();
+        drop(f);
+        let store = FileStore::open(dir.path()).unwrap();
+        match store.read(k, 0, 8192).await {
+            Err(StoreError::Corrupt { blocks, .. }) => assert_eq!(blocks, vec![1]),
+            other => panic!(
+                "a block without its crc was served: {:?}",
+                other.map(|r| r.size)
+            ),
+        }
+    }
 
     fn key(i: u32) -> ObjectKey {
         ObjectKey {

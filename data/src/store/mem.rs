@@ -1,8 +1,12 @@
 //! `MemStore`: the chunk store in memory, with the same checksum behaviour as the file
 //! store (crc per 4 KiB block, verified on read, RMW edges verified), for fast unit tests
 //! of replication, repair and rebuild. `corrupt` flips a stored byte behind its back.
+//! Dense (a vector per object): for tests with small objects only, never a server's
+//! store; it refuses sizes past the largest object like the file store.
 
-use super::{bad_blocks, ChunkStore, ObjectInfo, ReadOut, StoreError, StoreResult, BLOCK};
+use super::{
+    bad_blocks, check_range, ChunkStore, ObjectInfo, ReadOut, StoreError, StoreResult, BLOCK,
+};
 use cirrus_types::{ChainId, ObjectKey};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -98,8 +102,8 @@ impl ChunkStore for MemStore {
         data: &'a [u8],
     ) -> BoxFuture<'a, StoreResult<u64>> {
         let r = self.with(|m| {
+            let end = check_range(off, data.len() as u64)?;
             let o = Self::obj(m, chain, key)?;
-            let end = off + data.len() as u64;
             let (a, b) = (off / BLOCK * BLOCK, end.div_ceil(BLOCK) * BLOCK);
             if off != a {
                 verify(key, o, a, a + BLOCK)?;
@@ -126,8 +130,8 @@ impl ChunkStore for MemStore {
         logical_end: u64,
     ) -> BoxFuture<'a, StoreResult<u64>> {
         let r = self.with(|m| {
+            let end = check_range(off, data.len() as u64)?;
             let o = Self::obj(m, chain, key)?;
-            let end = off + data.len() as u64;
             let size = (o.data.len() as u64).max(logical_end.min(end));
             if o.data.len() < end as usize {
                 o.data.resize(end as usize, 0);
@@ -196,6 +200,7 @@ impl ChunkStore for MemStore {
         size: u64,
     ) -> BoxFuture<'_, StoreResult<()>> {
         let r = self.with(|m| {
+            check_range(size, 0)?;
             let o = Self::obj(m, chain, key)?;
             if size < o.data.len() as u64 && !size.is_multiple_of(BLOCK) {
                 let a = size / BLOCK * BLOCK;
@@ -238,6 +243,16 @@ impl ChunkStore for MemStore {
                 })
                 .collect()
         })
+    }
+
+    fn data_ranges(&self, key: ObjectKey) -> BoxFuture<'_, Vec<(u64, u64)>> {
+        let r = self.with(|m| {
+            m.get(&key)
+                .map(|o| vec![(0, o.data.len() as u64)])
+                .filter(|v| v[0].1 > 0)
+                .unwrap_or_default()
+        });
+        Box::pin(async move { r })
     }
 
     fn direct_io(&self) -> bool {

@@ -9,6 +9,7 @@
 //! - a block's stored crc covers the whole 4 KiB block (zeros past the size included);
 //! - `read` never returns bytes whose block fails its crc: it reports the bad blocks.
 
+pub mod crcmap;
 pub mod file;
 pub mod format;
 pub mod mem;
@@ -30,15 +31,25 @@ pub enum StoreError {
     Corrupt { key: ObjectKey, blocks: Vec<u64> },
     #[error("invalid: {0}")]
     Invalid(String),
+    /// A range or size past the largest object (`cirrus_types::MAX_FILE_SIZE`): EFBIG.
+    #[error("file too large")]
+    TooBig,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The store's door: a range `[off, off + len)` of an object must end at or below the
+/// largest object (`cirrus_types::MAX_FILE_SIZE`), else `TooBig` and nothing changes.
+pub fn check_range(off: u64, len: u64) -> StoreResult<u64> {
+    cirrus_types::limits::check_file_range(off, len).map_err(|_| StoreError::TooBig)
+}
 
 impl StoreError {
     /// Maps an OS error from `what` (a verb phrase) to the store's error.
     pub fn from_io(what: &str, e: std::io::Error) -> StoreError {
         match e.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::NoSpace,
+            Some(libc::EFBIG) => StoreError::TooBig,
             _ => StoreError::Io(format!("{what}: {e}")),
         }
     }
@@ -51,6 +62,7 @@ impl From<StoreError> for FsError {
             StoreError::Io(m) => FsError::Io(m),
             StoreError::Corrupt { .. } => FsError::Checksum(e.to_string()),
             StoreError::Invalid(m) => FsError::Invalid(m),
+            StoreError::TooBig => FsError::TooBig,
         }
     }
 }
@@ -158,6 +170,11 @@ pub trait ChunkStore: Send + Sync + 'static {
 
     /// Every object.
     fn list(&self) -> Vec<ObjectInfo>;
+
+    /// Byte ranges of the object that may hold data (sorted, disjoint, at most
+    /// `crcmap::MAX_RANGES`); everything else below its size is a hole that reads as
+    /// zeros. Rebuild and scrub walk these instead of the size. Missing: empty.
+    fn data_ranges(&self, key: ObjectKey) -> BoxFuture<'_, Vec<(u64, u64)>>;
 
     /// False when a buffered fallback is in use.
     fn direct_io(&self) -> bool;

@@ -22,6 +22,19 @@ pub const BLOCK: usize = 4096;
 pub const SLOT: usize = 256 * 1024;
 /// Slots per file: 4 MiB per file, so files span several 1 MiB stripe units and chains.
 pub const SLOTS: u32 = 16;
+
+/// Where a slot lives in its file. The last slot sits at the very end of the largest
+/// file the cluster takes, so every file is sparse and as long as a file can be: each
+/// write there, each rebuild of the object it lands in, each scrub and each read of the
+/// slots between must cost what was written, not what the size says (the
+/// `bounded_memory` check and the heal bound fail the run otherwise).
+pub fn slot_offset(slot: u32) -> u64 {
+    if slot + 1 == SLOTS {
+        cirrus_types::MAX_FILE_SIZE - SLOT as u64
+    } else {
+        u64::from(slot) * SLOT as u64
+    }
+}
 const MAGIC: u32 = 0xC1_44_05_00;
 
 /// What a block says about itself.
@@ -324,7 +337,7 @@ impl DataWorkload {
             let t = self.now_ns();
             let buf = slot_bytes(file, slot, seq);
             let r = async {
-                c.write(fh, u64::from(slot) * SLOT as u64, &buf).await?;
+                c.write(fh, slot_offset(slot), &buf).await?;
                 c.fsync(fh).await
             }
             .await;
@@ -373,7 +386,7 @@ impl DataWorkload {
     ) -> bool {
         let acked = self.acked(file, slot);
         let t = self.now_ns();
-        let r = c.read(fh, u64::from(slot) * SLOT as u64, SLOT as u32).await;
+        let r = c.read(fh, slot_offset(slot), SLOT as u32).await;
         let (outcome, detail) = match &r {
             Ok(data) => {
                 let obs = observe(file, slot, data, acked, t, after_heal);
@@ -447,6 +460,19 @@ impl DataWorkload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_do_not_overlap_and_the_last_ends_at_the_largest_file_size() {
+        let offs: Vec<u64> = (0..SLOTS).map(slot_offset).collect();
+        for w in offs.windows(2) {
+            assert!(w[0] + SLOT as u64 <= w[1], "{offs:?}");
+        }
+        assert_eq!(
+            slot_offset(SLOTS - 1) + SLOT as u64,
+            cirrus_types::MAX_FILE_SIZE
+        );
+        assert_eq!(slot_offset(0), 0);
+    }
 
     #[test]
     fn blocks_decode_to_their_stamp_and_damage_is_garbage() {

@@ -599,10 +599,9 @@ impl Client {
     /// FUSE threads answer most writes this way, without a task.
     pub fn try_write(self: &Arc<Self>, fh: u64, off: u64, data: &[u8]) -> FsResult<Buffered> {
         let (inode, _) = self.handle(fh)?;
-        let end = off
-            .checked_add(data.len() as u64)
-            .filter(|e| *e <= i64::MAX as u64)
-            .ok_or(FsError::TooBig)?;
+        // The client's door: past the largest file is EFBIG here, before anything is
+        // buffered or sent (the data servers and meta refuse it again).
+        let end = cirrus_types::limits::check_file_range(off, data.len() as u64)?;
         let start_behind = {
             let mut st = lock(&inode.state);
             let held = st.buf.len() + st.inflight.len();
@@ -1103,6 +1102,11 @@ impl Client {
             .and_then(|f| self.handle(f).ok())
             .map(|(_, h)| h.0)
             .unwrap_or(0);
+        if let Some(size) = set.size {
+            // Before any data server is asked to truncate an object: a size past the
+            // largest file changes nothing anywhere.
+            cirrus_types::limits::check_file_size(size)?;
+        }
         let Some(size) = set.size else {
             let (seen, ns) = (self.gen(), self.ns());
             let a = self.meta.setattr(ino, &set, meta_handle).await?;
@@ -1173,7 +1177,7 @@ impl Client {
     /// fallocate mode 0: the range reads as zeros and the file is at least that long.
     /// Space is not reserved (objects are sparse); that is a documented limit.
     pub async fn fallocate(&self, ino: InodeId, fh: u64, off: u64, len: u64) -> FsResult<()> {
-        let end = off.checked_add(len).ok_or(FsError::TooBig)?;
+        let end = cirrus_types::limits::check_file_range(off, len)?;
         let cur = self.getattr(ino).await?.size;
         if end > cur {
             self.setattr(

@@ -89,7 +89,10 @@ fn run_seed(seed: u64, extra: &[&str]) {
     );
     // Every node was followed for memory (the check fails a run past the ceiling; this
     // makes sure the sampler saw them all rather than nothing).
-    let peaks = summary["peak_rss_mib"].as_array().cloned().unwrap_or_default();
+    let peaks = summary["peak_rss_mib"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(
         !peaks.is_empty() && peaks.iter().all(|p| p[1].as_f64().unwrap_or(0.0) > 0.0),
         "every node's resident memory sampled: {peaks:?}\n{stdout}"

@@ -224,6 +224,10 @@ impl pb::meta_server::Meta for MetaService {
         done(
             async {
                 n.check(&r.cluster_id, false)?;
+                // The door: a size past the largest file never reaches the log.
+                if let Some(size) = r.size {
+                    cirrus_types::limits::check_file_size(size)?;
+                }
                 let set = SetAttr {
                     mode: r.mode,
                     uid: r.uid,
@@ -324,6 +328,9 @@ impl pb::meta_server::Meta for MetaService {
             async {
                 n.check(&r.cluster_id, false)?;
                 validate_name(&r.name)?;
+                if r.target.len() > state::SYMLINK_MAX {
+                    return Err(FsError::NameTooLong);
+                }
                 let parent = ino(r.parent, "symlink parent")?;
                 let cmd = Command::Symlink {
                     parent,
@@ -521,6 +528,13 @@ impl pb::meta_server::Meta for MetaService {
         done(
             async {
                 n.check(&r.cluster_id, false)?;
+                // An oversized name or value never reaches the log (apply checks again).
+                if r.name.is_empty()
+                    || r.name.len() > state::XATTR_NAME_MAX
+                    || r.value.len() > state::XATTR_VALUE_MAX
+                {
+                    return Err(FsError::Range);
+                }
                 let cmd = Command::SetXattr {
                     ino: ino(r.ino, "setxattr")?,
                     name: r.name,
@@ -658,6 +672,7 @@ impl pb::meta_server::Meta for MetaService {
         done(
             async {
                 n.check(&r.cluster_id, false)?;
+                cirrus_types::limits::check_file_size(r.size)?;
                 let cmd = Command::CommitWrite {
                     ino: ino(r.ino, "commit write")?,
                     handle: (r.handle != 0).then_some(HandleId(r.handle)),

@@ -46,8 +46,20 @@ pub const LAYOUT_XATTR: &[u8] = b"cirrus.layout";
 pub const XATTR_NAME_MAX: usize = 255;
 pub const XATTR_VALUE_MAX: usize = 65536;
 pub const SYMLINK_MAX: usize = 4095;
-/// Largest file size (off_t).
-pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+/// Ceilings of one inode's xattrs: how many, and their names and values together. A
+/// caller past either gets ENOSPC (as ext4 answers when an inode's xattr space is full);
+/// without them one inode could hold any number of 64 KiB values in every node's memory.
+pub const XATTRS_MAX_PER_INODE: usize = 1024;
+pub const XATTR_BYTES_MAX_PER_INODE: usize = 1 << 20;
+/// Open handles one client may hold (each costs a few dozen bytes on every meta node).
+/// Far above any real process tree (the kernel's own RLIMIT_NOFILE ceiling is 2^20 per
+/// process by default); a client at it is refused a new handle, never grown into.
+pub const MAX_HANDLES_PER_CLIENT: usize = 1 << 20;
+/// Largest file size: the one every door checks (`cirrus_types::limits`, why in
+/// docs/design/0007-limits.md). Apply refuses past it too. Entries written by a binary
+/// with the older limit (i64::MAX) replay the same way on every node after an upgrade
+/// (all run the same binary), so replicas stay identical.
+pub use cirrus_types::MAX_FILE_SIZE;
 /// The first readdir cookie handed to a real entry: 1 and 2 are left to the FUSE adapter
 /// for "." and "..", and 0 means "from the start".
 pub const FIRST_COOKIE: u64 = 3;

@@ -6,6 +6,7 @@
 
 use super::*;
 use cirrus_types::layout::{DEFAULT_MAX_STRIPE_COUNT, DEFAULT_STRIPE_UNIT};
+use cirrus_types::limits::check_file_size;
 use cirrus_types::name::validate_name;
 use cirrus_types::LAYOUT_FN_VERSION;
 
@@ -63,6 +64,9 @@ impl MetaState {
                 FileKind::File => {
                     let ino = e.ino;
                     let layout = self.layout(ino)?;
+                    if let Some(c) = client {
+                        self.check_handle_room(c)?;
+                    }
                     let handle = client.map(|c| self.add_handle(ino, c));
                     Ok(Reply::Created {
                         attr: self.getattr(ino)?,
@@ -72,6 +76,9 @@ impl MetaState {
                     })
                 }
             };
+        }
+        if let Some(c) = client {
+            self.check_handle_room(c)?;
         }
         let ino = InodeId(self.next_ino);
         let layout = self.choose_layout(parent, spec, ino)?;
@@ -352,9 +359,10 @@ impl MetaState {
                     return Err(FsError::Invalid("cannot resize a symlink".into()))
                 }
             }
-            if size > MAX_FILE_SIZE {
-                return Err(FsError::TooBig);
-            }
+            // Refused at the service door too. An entry accepted under an older, larger limit
+            // is refused here on replay, but every node runs the same binary after an
+            // upgrade, so every replica applies it alike and the state stays identical.
+            check_file_size(size)?;
         }
         let resolve = |t: TimeSet| match t {
             TimeSet::Now => now,
@@ -401,12 +409,20 @@ impl MetaState {
         if flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 || flags == XATTR_CREATE | XATTR_REPLACE {
             return Err(FsError::Invalid(format!("xattr flags {flags:#x}")));
         }
-        let present = inode.xattrs.contains_key(name);
-        if flags == XATTR_CREATE && present {
+        let present = inode.xattrs.get(name);
+        if flags == XATTR_CREATE && present.is_some() {
             return Err(FsError::Exists);
         }
-        if flags == XATTR_REPLACE && !present {
+        if flags == XATTR_REPLACE && present.is_none() {
             return Err(FsError::NoAttr);
+        }
+        if present.is_none() && inode.xattrs.len() >= XATTRS_MAX_PER_INODE {
+            return Err(FsError::NoSpace);
+        }
+        let held: usize = inode.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let freed = present.map_or(0, |v| name.len() + v.len());
+        if held - freed + name.len() + value.len() > XATTR_BYTES_MAX_PER_INODE {
+            return Err(FsError::NoSpace);
         }
         if name == LAYOUT_XATTR {
             if inode.kind() != FileKind::Dir {
@@ -443,6 +459,7 @@ impl MetaState {
         now: i64,
     ) -> Response {
         let layout = self.layout(ino)?;
+        self.check_handle_room(client)?;
         let handle = self.add_handle(ino, client);
         let inode = self.inode_mut(ino);
         if truncate {
@@ -504,9 +521,8 @@ impl MetaState {
         now: i64,
     ) -> Response {
         self.layout(ino)?;
-        if size > MAX_FILE_SIZE {
-            return Err(FsError::TooBig);
-        }
+        // Checked at the service door too; see `setattr` on why apply checks again.
+        check_file_size(size)?;
         if let Some(h) = handle {
             match self.handles.get(&h) {
                 Some(open) if open.ino == ino => {}
@@ -645,6 +661,18 @@ impl MetaState {
                 },
             );
         }
+    }
+
+    /// Refuses a new handle for a client at [`MAX_HANDLES_PER_CLIENT`].
+    fn check_handle_room(&self, client: ClientId) -> FsResult<()> {
+        let held = self.client_handles.get(&client).map_or(0, BTreeSet::len);
+        if held >= MAX_HANDLES_PER_CLIENT {
+            return Err(FsError::Invalid(format!(
+                "too many open files: client {client} holds {held} open handles, the most \
+                 one client may hold (close some first)"
+            )));
+        }
+        Ok(())
     }
 
     /// Opens a handle on a regular file (checked by the caller).

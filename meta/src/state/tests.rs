@@ -600,6 +600,154 @@ fn xattrs_honour_create_and_replace_flags() {
 }
 
 #[test]
+fn sizes_past_the_shared_limit_are_efbig_and_the_limit_itself_is_accepted() {
+    assert_eq!(MAX_FILE_SIZE, cirrus_types::MAX_FILE_SIZE);
+    let mut s = cluster(1);
+    let (f, _, h) = create(&mut s, InodeId::ROOT, "f", Some(7));
+    let setsize = |size: u64| Command::Setattr {
+        ino: f.ino,
+        set: SetAttr {
+            size: Some(size),
+            ..Default::default()
+        },
+        now_ns: T0,
+    };
+    let commit = |size: u64| Command::CommitWrite {
+        ino: f.ino,
+        handle: h,
+        size,
+        mtime_ns: T0,
+        now_ns: T0,
+    };
+    // The ~1 PB truncate of issue 19, and one byte past the limit, change nothing.
+    refused(&mut s, setsize(1 << 50), FsError::TooBig);
+    refused(&mut s, setsize(MAX_FILE_SIZE + 1), FsError::TooBig);
+    refused(&mut s, commit(MAX_FILE_SIZE + 1), FsError::TooBig);
+    refused(&mut s, commit(u64::MAX), FsError::TooBig);
+    s.apply(&commit(MAX_FILE_SIZE))
+        .expect("commit at the limit");
+    s.apply(&setsize(MAX_FILE_SIZE))
+        .expect("setattr at the limit");
+    assert_eq!(s.getattr(f.ino).map(|a| a.size), Ok(MAX_FILE_SIZE));
+}
+
+#[test]
+fn xattrs_per_inode_stop_at_their_count_and_byte_ceilings_with_enospc() {
+    let mut s = cluster(1);
+    let (f, _, _) = create(&mut s, InodeId::ROOT, "f", None);
+    let set = |name: &[u8], value: &[u8], flags: u32| Command::SetXattr {
+        ino: f.ino,
+        name: name.to_vec(),
+        value: value.to_vec(),
+        flags,
+        now_ns: T0,
+    };
+    // A value at exactly the size limit is kept whole; one byte more is ERANGE.
+    let full = vec![0xa5; XATTR_VALUE_MAX];
+    s.apply(&set(b"user.full", &full, 0))
+        .expect("value at the limit");
+    assert_eq!(s.getxattr(f.ino, b"user.full"), Ok(full.clone()));
+    s.apply(&Command::RemoveXattr {
+        ino: f.ino,
+        name: b"user.full".to_vec(),
+        now_ns: T0,
+    })
+    .expect("remove");
+    // Count: the ceiling-th xattr fits, one more is ENOSPC; replacing one still works.
+    for i in 0..XATTRS_MAX_PER_INODE {
+        s.apply(&set(format!("user.{i}").as_bytes(), b"v", 0))
+            .expect("xattr under the count ceiling");
+    }
+    refused(&mut s, set(b"user.one-more", b"v", 0), FsError::NoSpace);
+    s.apply(&set(b"user.0", b"w", XATTR_REPLACE))
+        .expect("replace at the count ceiling");
+    assert_eq!(
+        s.listxattr(f.ino).map(|l| l.len()),
+        Ok(XATTRS_MAX_PER_INODE)
+    );
+
+    // Bytes: full-size values up to the byte ceiling, then ENOSPC; shrinking one frees room.
+    let (g, _, _) = create(&mut s, InodeId::ROOT, "g", None);
+    let setg = |name: &[u8], value: &[u8]| Command::SetXattr {
+        ino: g.ino,
+        name: name.to_vec(),
+        value: value.to_vec(),
+        flags: 0,
+        now_ns: T0,
+    };
+    let mut held = 0;
+    let mut i = 0;
+    loop {
+        let name = format!("user.big{i}");
+        if held + name.len() + XATTR_VALUE_MAX > XATTR_BYTES_MAX_PER_INODE {
+            refused(&mut s, setg(name.as_bytes(), &full), FsError::NoSpace);
+            break;
+        }
+        s.apply(&setg(name.as_bytes(), &full))
+            .expect("under the byte ceiling");
+        held += name.len() + XATTR_VALUE_MAX;
+        i += 1;
+    }
+    s.apply(&setg(b"user.big0", b"small")).expect("shrink one");
+    s.apply(&setg(format!("user.big{i}").as_bytes(), &full))
+        .expect("room freed by the shrink");
+}
+
+#[test]
+fn a_client_at_its_handle_ceiling_is_refused_and_others_are_not() {
+    let mut s = cluster(1);
+    let (f, _, _) = create(&mut s, InodeId::ROOT, "f", Some(1));
+    // Fill client 1's handle set to the ceiling directly: a million applies would only
+    // slow the test, and the check reads this set.
+    let set = s.client_handles.entry(ClientId(1)).or_default();
+    for h in 0..MAX_HANDLES_PER_CLIENT as u64 {
+        set.insert(HandleId(1 << 40 | h));
+    }
+    let open = |client: u64| Command::Open {
+        ino: f.ino,
+        client: ClientId(client),
+        truncate: false,
+        now_ns: T0,
+    };
+    let before = s.digest();
+    for cmd in [
+        open(1),
+        create_cmd(InodeId::ROOT, b"g", Some(1)),
+        match create_cmd(InodeId::ROOT, b"f", Some(1)) {
+            Command::Create {
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+                client,
+                spec,
+                now_ns,
+                ..
+            } => Command::Create {
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+                exclusive: false,
+                client,
+                spec,
+                now_ns,
+            },
+            other => other,
+        },
+    ] {
+        match s.apply(&cmd) {
+            Err(FsError::Invalid(m)) => assert!(m.contains("too many open files"), "{m}"),
+            other => panic!("{cmd:?} at the handle ceiling replied {other:?}"),
+        }
+        assert_eq!(s.digest(), before, "a refused {cmd:?} changed the state");
+    }
+    assert!(matches!(s.apply(&open(2)), Ok(Reply::Opened { .. })));
+}
+
+#[test]
 fn layouts_default_spread_and_follow_directory_xattr() {
     let mut s = init(2);
     refused(

@@ -214,7 +214,43 @@ impl Registry {
                 }
             }
         }
+        drop(g);
+        process_memory(&mut out);
         out
+    }
+}
+
+/// The process's own memory, read at scrape time from `/proc/self/status`, in the
+/// standard Prometheus names every daemon of the cluster shares: what operators (and the
+/// chaos harness's ceiling) watch for a server that grows with a caller's numbers.
+fn process_memory(out: &mut String) {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return;
+    };
+    let kib = |key: &str| {
+        s.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|k| k * 1024)
+    };
+    for (name, key, help) in [
+        (
+            "process_resident_memory_bytes",
+            "VmRSS:",
+            "Resident memory size in bytes.",
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "VmSize:",
+            "Virtual memory size in bytes.",
+        ),
+    ] {
+        if let Some(v) = kib(key) {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {v}");
+        }
     }
 }
 
@@ -378,6 +414,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cirrus_raft_term 7"), "{text}");
+        let rss: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no resident memory in:\n{text}"));
+        assert!(rss > 1 << 20, "resident memory {rss}");
         assert!(
             text.contains("cirrus_latency_seconds_bucket{op=\"write\",le=\"0.0025\"} 1"),
             "{text}"

@@ -35,7 +35,7 @@ pub async fn pass(node: &Arc<Node>, cfg: &ScrubConfig) {
     objs.sort_by_key(|o| (o.chain.0, o.key.inode.0, o.key.index));
     for o in objs {
         // Only where the object holds data: holes read as zeros without a stored crc to
-        // check, and walking them would make a sparse 8 TiB object a pass of days.
+        // check, and walking them would make a sparse 4 PiB object a pass of days.
         let ranges = node.store.data_ranges(o.key).await;
         let mut off = ranges.first().map_or(0, |r| r.0);
         while let Some(at) = crate::store::crcmap::next_data(&ranges, off) {

@@ -181,6 +181,21 @@ pub fn object_files(
     )
 }
 
+/// Disk bytes of every file of one object on data server `i`: its sidecar and all its
+/// data segment files (`<base>.dat`, `<base>.dat.<k>`).
+pub fn object_disk_bytes(c: &TestCluster, i: usize, chain: ChainId, key: ObjectKey) -> Result<u64> {
+    let dir = c.data_dir(i).join("objects").join(chain.0.to_string());
+    let base = format!("{}_{}.", key.inode.0, key.index);
+    let mut sum = 0;
+    for ent in std::fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))? {
+        let ent = ent?;
+        if ent.file_name().to_string_lossy().starts_with(&base) {
+            sum += disk_bytes(&ent.path())?;
+        }
+    }
+    Ok(sum)
+}
+
 /// Resident memory of a process in bytes (VmRSS of `/proc/PID/status`).
 pub fn rss_bytes(pid: i32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -6,12 +6,13 @@
 
 use crate::{FsError, FsResult};
 
-/// Largest file size: 8 TiB. A file's objects are never longer than the file, so this is
-/// also the largest object size. Bounded by what an object file holds on the data
-/// servers' filesystems (ext4 with 4 KiB blocks stops at 16 TiB per file, and one object
-/// of a stripe-count-1 file is the whole file) with room for the crc sidecar
-/// (4 bytes per 4 KiB block: at most 8 GiB, sparse).
-pub const MAX_FILE_SIZE: u64 = 1 << 43;
+/// Largest file size: 4 PiB (2^52). A file's objects are never longer than the file, so
+/// this is also the largest object size. A data server keeps an object's bytes in 4 TiB
+/// segment files (ext4 with 4 KiB blocks stops one file at 16 TiB) and its crcs in one
+/// sparse sidecar of 4 bytes per 4 KiB block, at most 4 TiB long: the sidecar is what
+/// bounds this value below ext4's per-file limit. Every offset and block index fits a
+/// `u64` with room (no sum of two offsets of this size overflows).
+pub const MAX_FILE_SIZE: u64 = 1 << 52;
 
 /// Refuses a file (or object) range `[off, off + len)` that ends past [`MAX_FILE_SIZE`]
 /// (or overflows): `EFBIG`, as a local filesystem answers a write or truncate past its

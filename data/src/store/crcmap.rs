@@ -2,7 +2,7 @@
 //! only where a block was written, and every other block below the size is a hole whose
 //! crc is implicitly that of a zero block. Memory is about 4 bytes per written 4 KiB block
 //! (plus one page per written 4 MiB region), whatever the object's size says: a truncate
-//! to 8 TiB costs nothing, a byte written at 8 TiB costs one page.
+//! to 4 PiB costs nothing, a byte written at 4 PiB costs one page.
 
 use super::{zero_block_crc, BLOCK};
 use std::collections::BTreeMap;

@@ -14,12 +14,16 @@
 //! (`crcmap.rs`) and the sidecar holds only written blocks' crcs (`format.rs`, version 2),
 //! so memory and disk follow the bytes written, never the size a caller set.
 //!
+//! Large objects: an object's bytes live in 4 TiB segment files (`segments.rs`), because
+//! one ext4 file stops at 16 TiB and an object may be as long as the largest file.
+//!
 //! Crash order: data first, then the sidecar crcs and header. A crash between leaves
 //! blocks whose crc does not match; reads report them and replication repairs them from
 //! another member, which is also how any other torn state is healed.
 
 use super::crcmap::CrcMap;
 use super::format::{crc_offset, loaded_crc, stored_crc, Header, HEADER_LEN, VERSION_RAW};
+use super::segments::{parse_segment_name, pieces, Segments};
 use super::{
     bad_blocks_in, check_range, lost_block_crc, piece_crcs_from_blocks, zero_block_crc, ChunkStore,
     ObjectInfo, ReadOut, StoreError, StoreResult, BLOCK,
@@ -56,7 +60,7 @@ struct Meta {
 struct Obj {
     chain: ChainId,
     key: ObjectKey,
-    data: Arc<File>,
+    data: Segments,
     side: Arc<File>,
     /// Held across sidecar IO so header writes land in order.
     meta: tokio::sync::Mutex<Meta>,
@@ -176,13 +180,23 @@ impl FileStore {
             else {
                 continue;
             };
+            let mut ents = Vec::new();
+            // Segment files past the first, by object base name.
+            let mut extra: HashMap<String, Vec<u64>> = HashMap::new();
             for ent in std::fs::read_dir(chain_ent.path()).map_err(io_err("list chain dir"))? {
                 let ent = ent.map_err(io_err("list chain dir"))?;
+                if let Some((base, k)) = ent.file_name().to_str().and_then(parse_segment_name) {
+                    extra.entry(base.to_string()).or_default().push(k);
+                }
+                ents.push(ent);
+            }
+            for ent in ents {
                 let name = ent.file_name();
                 let Some(key) = name.to_str().and_then(parse_base) else {
                     continue;
                 };
-                match self.load_one(ChainId(chain), key) {
+                let segs = extra.get(&base_name(key)).map(Vec::as_slice).unwrap_or(&[]);
+                match self.load_one(ChainId(chain), key, segs) {
                     Ok(o) => {
                         loaded.insert(key, Arc::new(o));
                     }
@@ -202,7 +216,7 @@ impl FileStore {
         Ok(())
     }
 
-    fn load_one(&self, chain: ChainId, key: ObjectKey) -> StoreResult<Obj> {
+    fn load_one(&self, chain: ChainId, key: ObjectKey, segs: &[u64]) -> StoreResult<Obj> {
         let dir = obj_dir(&self.root, chain);
         let path = dir.join(format!("{}.crc", base_name(key)));
         let f = File::open(&path).map_err(io_err("open sidecar"))?;
@@ -226,12 +240,12 @@ impl FileStore {
         } else {
             load_sparse(&f, nblocks).map_err(io_err("read sidecar"))?
         };
-        let (data, side) = self.open_files(chain, key, false)?;
-        let allocated = data.metadata().map_err(io_err("stat data file"))?.len();
+        let (data, side) = self.open_files(chain, key, false, segs)?;
+        let allocated = data.allocated()?;
         Ok(Obj {
             chain,
             key,
-            data: Arc::new(data),
+            data,
             side: Arc::new(side),
             meta: tokio::sync::Mutex::new(Meta {
                 size: h.size,
@@ -249,7 +263,8 @@ impl FileStore {
         chain: ChainId,
         key: ObjectKey,
         create: bool,
-    ) -> StoreResult<(File, File)> {
+        segs: &[u64],
+    ) -> StoreResult<(Segments, File)> {
         let dir = obj_dir(&self.root, chain);
         if create {
             std::fs::create_dir_all(&dir).map_err(io_err("create chain dir"))?;
@@ -260,12 +275,7 @@ impl FileStore {
         let side = o
             .open(dir.join(format!("{base}.crc")))
             .map_err(io_err("open sidecar"))?;
-        if self.direct {
-            o.custom_flags(libc::O_DIRECT);
-        }
-        let data = o
-            .open(dir.join(format!("{base}.dat")))
-            .map_err(io_err("open object file"))?;
+        let data = Segments::open(&dir, &base, self.direct, create, segs)?;
         Ok((data, side))
     }
 
@@ -298,7 +308,7 @@ impl FileStore {
         if let Some(o) = self.get(key) {
             return check_chain(o, chain);
         }
-        let (data, side) = self.open_files(chain, key, true)?;
+        let (data, side) = self.open_files(chain, key, true, &[])?;
         let side = Arc::new(side);
         let h = Header {
             chain,
@@ -312,7 +322,7 @@ impl FileStore {
         let o = Arc::new(Obj {
             chain,
             key,
-            data: Arc::new(data),
+            data,
             side,
             meta: tokio::sync::Mutex::new(Meta {
                 size: 0,
@@ -332,7 +342,7 @@ impl FileStore {
 
     /// Makes `[start, end)` of the data file allocated: appends near the end grow it in
     /// steps; a write far past the end (more than one step beyond it) allocates around
-    /// itself only and leaves the gap a hole, so a write at 8 TiB costs its own blocks.
+    /// itself only and leaves the gap a hole, so a write at 4 PiB costs its own blocks.
     /// Writes inside the file's length land in allocated space or in a hole (which the
     /// filesystem fills as a plain, non-extending write).
     async fn ensure_allocated(&self, o: &Obj, start: u64, end: u64) -> StoreResult<()> {
@@ -350,22 +360,19 @@ impl FileStore {
             .saturating_sub(m.run_start)
             .clamp(MIN_PREALLOC, MAX_PREALLOC);
         let target = from + (end - from).div_ceil(step) * step;
-        let r = self.ring.fallocate(&o.data, from, target - from, 0).await;
+        let r = self.allocate(o, from, target - from).await;
         match r {
             Ok(()) => m.allocated = target,
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && target > align_up(end) => {
                 // Not room for the whole step: take exactly what this write needs.
-                self.ring
-                    .fallocate(&o.data, from, align_up(end) - from, 0)
+                self.allocate(o, from, align_up(end) - from)
                     .await
                     .map_err(io_err("allocate object space"))?;
                 m.allocated = align_up(end);
             }
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 // Filesystems without fallocate: grow the file instead (sparse).
-                o.data
-                    .set_len(target)
-                    .map_err(io_err("extend object file"))?;
+                self.extend(o, from, target)?;
                 m.allocated = target;
             }
             Err(e) => return Err(StoreError::from_io("allocate object space", e)),
@@ -373,11 +380,96 @@ impl FileStore {
         Ok(())
     }
 
-    /// Reads whole blocks `[a, b)` (byte offsets, aligned) from the data file.
+    /// fallocate(mode 0) of `[from, from + len)` of the object, segment by segment.
+    async fn allocate(&self, o: &Obj, from: u64, len: u64) -> std::io::Result<()> {
+        for p in pieces(from, len) {
+            let f = seg_file(o, p.seg)?;
+            self.ring.fallocate(&f, p.off, p.len as u64, 0).await?;
+        }
+        Ok(())
+    }
+
+    /// Grows the data files to cover `[from, target)` without allocating (filesystems
+    /// without fallocate).
+    fn extend(&self, o: &Obj, from: u64, target: u64) -> StoreResult<()> {
+        for p in pieces(from, target - from) {
+            let f = seg_file(o, p.seg).map_err(io_err("create object file"))?;
+            let end = p.off + p.len as u64;
+            if f.metadata().map_err(io_err("stat object file"))?.len() < end {
+                f.set_len(end).map_err(io_err("extend object file"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads whole blocks `[a, b)` (byte offsets, aligned) from the data files; a segment
+    /// never created reads as zeros.
     async fn read_blocks(&self, o: &Obj, a: u64, b: u64) -> StoreResult<AlignedBuf> {
-        let (r, buf) = self.ring.read_new(&o.data, a, (b - a) as usize).await;
-        r.map_err(io_err("read object file"))?;
-        Ok(buf)
+        let len = (b - a) as usize;
+        let mut parts = pieces(a, b - a);
+        if let Some(p) = parts.next().filter(|p| p.len == len) {
+            let Some(f) = o
+                .data
+                .get(p.seg, false)
+                .map_err(io_err("open object file"))?
+            else {
+                return Ok(AlignedBuf::zeroed(len));
+            };
+            let (r, buf) = self.ring.read_new(&f, p.off, len).await;
+            r.map_err(io_err("read object file"))?;
+            return Ok(buf);
+        }
+        // Across a segment boundary (rare: once per 4 TiB): piece by piece.
+        let mut out = AlignedBuf::zeroed(len);
+        for p in pieces(a, b - a) {
+            let Some(f) = o
+                .data
+                .get(p.seg, false)
+                .map_err(io_err("open object file"))?
+            else {
+                continue;
+            };
+            let (r, buf) = self.ring.read_new(&f, p.off, p.len).await;
+            r.map_err(io_err("read object file"))?;
+            out.as_mut_slice()[p.at..p.at + p.len].copy_from_slice(buf.as_slice());
+        }
+        Ok(out)
+    }
+
+    /// Writes `buf` at object offset `off` (aligned), creating the segments it reaches.
+    async fn write_blocks(&self, o: &Obj, off: u64, buf: AlignedBuf) -> StoreResult<()> {
+        let len = buf.len();
+        let mut parts = pieces(off, len as u64);
+        if let Some(p) = parts.next().filter(|p| p.len == len) {
+            let f = seg_file(o, p.seg).map_err(io_err("create object file"))?;
+            return self
+                .ring
+                .write_at(&f, p.off, buf)
+                .await
+                .map_err(io_err("write object file"));
+        }
+        for p in pieces(off, len as u64) {
+            let f = seg_file(o, p.seg).map_err(io_err("create object file"))?;
+            let part = AlignedBuf::from_slice(&buf.as_slice()[p.at..p.at + p.len]);
+            self.ring
+                .write_at(&f, p.off, part)
+                .await
+                .map_err(io_err("write object file"))?;
+        }
+        Ok(())
+    }
+
+    /// `write_blocks` of an aligned shared buffer, without a copy (a piece of an aligned
+    /// buffer cut at a segment boundary is still aligned).
+    async fn write_blocks_shared(&self, o: &Obj, off: u64, data: Bytes) -> StoreResult<()> {
+        for p in pieces(off, data.len() as u64) {
+            let f = seg_file(o, p.seg).map_err(io_err("create object file"))?;
+            self.ring
+                .write_shared(&f, p.off, data.slice(p.at..p.at + p.len))
+                .await
+                .map_err(io_err("write object file"))?;
+        }
+        Ok(())
     }
 
     /// Records new crcs for blocks starting at `first` and the new size, in memory and
@@ -506,10 +598,7 @@ impl FileStore {
                 }
             })
             .collect();
-        self.ring
-            .write_at(&o.data, a, buf)
-            .await
-            .map_err(io_err("write object file"))?;
+        self.write_blocks(&o, a, buf).await?;
         self.commit_meta(&o, a / BLOCK, &new_crcs, end, false).await
     }
 
@@ -527,10 +616,7 @@ impl FileStore {
         let o = self.get_or_create(chain, key).await?;
         let _g = o.blocks.lock(off, b).await;
         self.ensure_allocated(&o, off, b).await?;
-        self.ring
-            .write_shared(&o.data, off, data)
-            .await
-            .map_err(io_err("write object file"))?;
+        self.write_blocks_shared(&o, off, data).await?;
         self.commit_meta(&o, off / BLOCK, crcs, b, false).await
     }
 
@@ -557,10 +643,8 @@ impl FileStore {
             .chunks(BLOCK as usize)
             .map(cirrus_types::checksum::crc32c)
             .collect();
-        self.ring
-            .write_at(&o.data, off, AlignedBuf::from_slice(data))
-            .await
-            .map_err(io_err("write object file"))?;
+        self.write_blocks(&o, off, AlignedBuf::from_slice(data))
+            .await?;
         self.commit_meta(&o, off / BLOCK, &new_crcs, logical_end.min(b), false)
             .await
     }
@@ -651,16 +735,11 @@ impl FileStore {
             }
             blk.as_mut_slice()[(size - a) as usize..].fill(0);
             tail_crc.push(cirrus_types::checksum::crc32c(blk.as_slice()));
-            self.ring
-                .write_at(&o.data, a, blk)
-                .await
-                .map_err(io_err("write object file"))?;
+            self.write_blocks(&o, a, blk).await?;
         }
         {
             let mut m = o.meta.lock().await;
-            o.data
-                .set_len(align_up(size))
-                .map_err(io_err("truncate object file"))?;
+            o.data.cut(align_up(size))?;
             m.allocated = align_up(size);
         }
         self.commit_meta(&o, align_down(size) / BLOCK, &tail_crc, size, true)
@@ -672,8 +751,14 @@ impl FileStore {
         let Some(o) = self.get(key) else {
             return Ok(());
         };
-        let (a, b) = tokio::join!(self.ring.sync(&o.data, true), self.ring.sync(&o.side, true));
-        a.map_err(io_err("fdatasync object file"))?;
+        let files = o.data.all();
+        let (a, b) = tokio::join!(
+            futures::future::join_all(files.iter().map(|f| self.ring.sync(f, true))),
+            self.ring.sync(&o.side, true)
+        );
+        for r in a {
+            r.map_err(io_err("fdatasync object file"))?;
+        }
         b.map_err(io_err("fdatasync checksum sidecar"))?;
         Ok(())
     }
@@ -690,15 +775,12 @@ impl FileStore {
         // Wait for in-flight IO on the object before the files go.
         let _g = o.blocks.lock(0, u64::MAX).await;
         let dir = obj_dir(&self.root, o.chain);
-        let base = base_name(key);
-        for ext in ["crc", "dat"] {
-            match std::fs::remove_file(dir.join(format!("{base}.{ext}"))) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::from_io("delete object", e)),
-            }
+        match std::fs::remove_file(dir.join(format!("{}.crc", base_name(key)))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::from_io("delete object", e)),
         }
-        Ok(())
+        o.data.remove_all()
     }
 }
 
@@ -830,6 +912,13 @@ fn rewrite_sidecar(path: &Path, h: &Header, m: &CrcMap) -> std::io::Result<()> {
         File::open(d)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Segment `seg` of an object's data, created when missing.
+fn seg_file(o: &Obj, seg: u64) -> std::io::Result<Arc<File>> {
+    o.data
+        .get(seg, true)?
+        .ok_or_else(|| std::io::Error::other("segment not created"))
 }
 
 fn check_chain(o: Arc<Obj>, chain: ChainId) -> StoreResult<Arc<Obj>> {
@@ -993,6 +1082,99 @@ mod tests {
         std::fs::metadata(p).unwrap().blocks() * 512
     }
 
+    /// Disk bytes of every segment file of `k` in chain 1.
+    fn data_disk_bytes(dir: &Path, k: ObjectKey) -> u64 {
+        segment_files(dir, k).iter().map(|p| disk_bytes(p)).sum()
+    }
+
+    fn segment_files(dir: &Path, k: ObjectKey) -> Vec<PathBuf> {
+        let base = base_name(k);
+        let mut v: Vec<PathBuf> = std::fs::read_dir(obj_dir(dir, ChainId(1)))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_str().unwrap();
+                n == format!("{base}.dat") || parse_segment_name(n).is_some_and(|(b, _)| b == base)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn bytes_across_a_segment_boundary_are_one_range_and_segments_go_with_truncate_and_delete(
+    ) {
+        use crate::store::segments::SEGMENT;
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(4);
+        let at = 3 * SEGMENT - 5000;
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8 + 1).collect();
+        {
+            let store = FileStore::open(dir.path()).unwrap();
+            store.write(ChainId(1), k, 0, b"head").await.unwrap();
+            store.write(ChainId(1), k, at, &data).await.unwrap();
+            // Whole aligned blocks across the next boundary go through the shared path.
+            let mut whole = AlignedBuf::zeroed(4 * BLOCK as usize);
+            whole.as_mut_slice().fill(7);
+            let whole = Bytes::from_owner(whole);
+            let crcs: Vec<u32> = whole
+                .chunks(BLOCK as usize)
+                .map(cirrus_types::checksum::crc32c)
+                .collect();
+            store
+                .write_owned(ChainId(1), k, 4 * SEGMENT - 2 * BLOCK, whole, &crcs)
+                .await
+                .unwrap();
+            store.sync(k).await.unwrap();
+            let r = store.read(k, at, data.len()).await.unwrap();
+            assert_eq!(&r.data[..], &data[..]);
+        }
+        // Segments 0, 2, 3 and 4 exist; 1 was never reached.
+        let names: Vec<String> = segment_files(dir.path(), k)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+            .collect();
+        let base = base_name(k);
+        assert_eq!(
+            names,
+            vec![
+                format!("{base}.dat"),
+                format!("{base}.dat.2"),
+                format!("{base}.dat.3"),
+                format!("{base}.dat.4")
+            ]
+        );
+        assert!(data_disk_bytes(dir.path(), k) <= 4 << 20);
+        // Reloaded, the same bytes across both boundaries, zeros in the holes.
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(store.size(k), Some(4 * SEGMENT + 2 * BLOCK));
+        let r = store.read(k, at, data.len()).await.unwrap();
+        assert_eq!(&r.data[..], &data[..]);
+        let r = store
+            .read(k, 4 * SEGMENT - 3 * BLOCK, 5 * BLOCK as usize)
+            .await
+            .unwrap();
+        assert!(r.data[..BLOCK as usize].iter().all(|b| *b == 0));
+        assert!(r.data[BLOCK as usize..].iter().all(|b| *b == 7));
+        let hole = store.read(k, SEGMENT + 4096, 8192).await.unwrap();
+        assert!(hole.data.iter().all(|b| *b == 0) && hole.data.len() == 8192);
+        // A truncate into segment 3 removes 4 and keeps the bytes below.
+        store
+            .truncate(ChainId(1), k, 3 * SEGMENT + 10)
+            .await
+            .unwrap();
+        assert_eq!(segment_files(dir.path(), k).len(), 3);
+        let r = store.read(k, 3 * SEGMENT - 2, 16).await.unwrap();
+        assert_eq!(&r.data[..], &data[4998..5010]);
+        // Growing again: zeros where the cut bytes and the removed segment were.
+        store.truncate(ChainId(1), k, 5 * SEGMENT).await.unwrap();
+        let r = store.read(k, 4 * SEGMENT - 8, 16).await.unwrap();
+        assert!(r.data.len() == 16 && r.data.iter().all(|b| *b == 0));
+        assert_eq!(&store.read(k, 0, 4).await.unwrap().data[..], b"head");
+        store.delete(k).await.unwrap();
+        assert!(segment_files(dir.path(), k).is_empty());
+    }
+
     fn side_path(dir: &Path, k: ObjectKey) -> PathBuf {
         obj_dir(dir, ChainId(1)).join(format!("{}.crc", base_name(k)))
     }
@@ -1026,13 +1208,9 @@ mod tests {
             assert_eq!(store.size(k), Some(max));
             store.sync(k).await.unwrap();
         }
-        let dat = disk_bytes(
-            &dir.path()
-                .join("objects/1")
-                .join(format!("{}.dat", base_name(k))),
-        );
+        let dat = data_disk_bytes(dir.path(), k);
         let side = disk_bytes(&side_path(dir.path(), k));
-        assert!(dat <= 1 << 20, "data file holds {dat} bytes of disk");
+        assert!(dat <= 1 << 20, "data files hold {dat} bytes of disk");
         assert!(side <= 1 << 20, "sidecar holds {side} bytes of disk");
         let store = FileStore::open(dir.path()).unwrap();
         assert_eq!(store.size(k), Some(max));

@@ -13,6 +13,7 @@ pub mod crcmap;
 pub mod file;
 pub mod format;
 pub mod mem;
+pub mod segments;
 
 use bytes::Bytes;
 use cirrus_types::{ChainId, FsError, ObjectKey};

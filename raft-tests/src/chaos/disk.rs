@@ -49,8 +49,9 @@ impl LoopDisk {
         drop(f);
         let imgs = img.display().to_string();
         // 4 KiB blocks whatever the image size: mke2fs picks 1 KiB for small images, and
-        // ext4 with 1 KiB blocks stops files at 4 TiB, below the largest object a data
-        // server must hold (`cirrus_types::MAX_FILE_SIZE`; the data workload writes there).
+        // ext4 with 1 KiB blocks stops files at 4 TiB, below the crc sidecar of the largest
+        // object a data server must hold (`cirrus_types::MAX_FILE_SIZE`; the data workload
+        // writes there).
         run(&["mkfs.ext4", "-q", "-F", "-m", "0", "-b", "4096", &imgs])?;
         let mnt = root.join(name);
         std::fs::create_dir_all(&mnt).context("create mount point")?;

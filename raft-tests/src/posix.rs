@@ -6,6 +6,14 @@
 //! values) must be equal. A call on the mount that takes longer than the deadline is a
 //! failure too. The seed is printed; the same seed replays the same sequence.
 //!
+//! Extreme sizes (`extremes`): now and then an offset or size is one of [`EXTREMES`]:
+//! 2^40, around the data servers' 4 TiB segment boundary, 8 TiB, and at or past the
+//! largest file (`cirrus_types::MAX_FILE_SIZE`). The local side is told that limit and
+//! answers EFBIG for a range past it without calling the kernel (its own filesystem stops
+//! elsewhere), which is what the mount must answer; sizes between 16 TiB and the limit are
+//! not drawn, as the local ext4 cannot hold them (tests/fuse_limits.rs covers them). Files
+//! that grow past [`WHOLE_READ_MAX`] are compared by windows, not read whole.
+//!
 //! Used by `cirrus-exercise` (the binary) and by the FUSE tests of the root package.
 
 use rand::rngs::SmallRng;
@@ -34,6 +42,8 @@ pub struct ExerciseConfig {
     pub xattrs: bool,
     /// Print every operation.
     pub verbose: bool,
+    /// Now and then draw an offset or size from [`EXTREMES`].
+    pub extremes: bool,
     /// Spawn short-lived child processes (`true`) from a second thread all through the
     /// run. Each child closes this process's close-on-exec descriptors at exec, and each
     /// such close of a file on the mount is a FUSE FLUSH (a flush and size commit) racing
@@ -52,6 +62,7 @@ impl ExerciseConfig {
             max_offset: 3 << 20,
             max_io: 300 << 10,
             xattrs: true,
+            extremes: true,
             verbose: false,
             spawn_children: false,
         }
@@ -71,6 +82,8 @@ pub struct ExerciseReport {
     pub slowest_op: String,
     /// Children spawned beside the calls (`spawn_children`).
     pub children: u64,
+    /// Ops whose offset or size was one of [`EXTREMES`].
+    pub extreme_ops: usize,
 }
 
 /// The `spawn_children` thread: spawns `true` until dropped, then reports how many ran.
@@ -286,6 +299,23 @@ enum Op {
     },
 }
 
+/// Far offsets and sizes drawn when `extremes` is on: every one of them is either below
+/// what ext4 holds locally (16 TiB) with room for a write, or past the largest file, where
+/// both sides must answer EFBIG. (The largest file itself is a size the mount takes and ext4 refuses.)
+pub const EXTREMES: [u64; 6] = [
+    1 << 40,
+    (1 << 42) - 4096 - 17,
+    1 << 42,
+    (1 << 43) - 1,
+    cirrus_types::MAX_FILE_SIZE + 1,
+    i64::MAX as u64 - 5,
+];
+
+/// Files longer than this are compared by windows (its head, its tail and around every
+/// extreme offset below its size), not read whole: a sparse 8 TiB file is not read.
+pub const WHOLE_READ_MAX: u64 = 64 << 20;
+const WINDOW: u64 = 64 << 10;
+
 const SLOTS: usize = 6;
 const DIRS: [&str; 3] = ["", "d1", "d1/d2"];
 const FILES: [&str; 5] = ["a", "b", "c", "long-file-name.dat", "e"];
@@ -323,6 +353,9 @@ fn gen_op(rng: &mut SmallRng, cfg: &ExerciseConfig, open: &[usize]) -> Op {
         rng.gen_range(0..SLOTS)
     };
     let off = |rng: &mut SmallRng| -> u64 {
+        if cfg.extremes && rng.gen_ratio(1, 25) {
+            return EXTREMES[rng.gen_range(0..EXTREMES.len())];
+        }
         // Bias toward stripe and page boundaries, where bugs live.
         match rng.gen_range(0..4) {
             0 => rng.gen_range(0..cfg.max_offset),
@@ -420,6 +453,15 @@ fn gen_op(rng: &mut SmallRng, cfg: &ExerciseConfig, open: &[usize]) -> Op {
     }
 }
 
+/// Whether `op` reaches one of [`EXTREMES`].
+fn is_extreme(op: &Op) -> bool {
+    match op {
+        Op::Write { off, .. } | Op::Read { off, .. } => EXTREMES.contains(off),
+        Op::Ftruncate { size, .. } | Op::Truncate { size, .. } => EXTREMES.contains(size),
+        _ => false,
+    }
+}
+
 fn fill_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut r = SmallRng::seed_from_u64(seed);
     let mut v = vec![0u8; len];
@@ -431,14 +473,24 @@ fn fill_bytes(seed: u64, len: usize) -> Vec<u8> {
 struct Side {
     root: PathBuf,
     slots: Vec<Option<File>>,
+    /// The local side's stand-in for the mount's largest file: a write or size past it
+    /// is EFBIG here without a call.
+    limit: Option<u64>,
 }
 
 impl Side {
-    fn new(root: &Path) -> Self {
+    fn new(root: &Path, limit: Option<u64>) -> Self {
         Side {
             root: root.to_path_buf(),
             slots: (0..SLOTS).map(|_| None).collect(),
+            limit,
         }
+    }
+
+    /// EFBIG if `[off, off + len)` ends past this side's limit.
+    fn past_limit(&self, off: u64, len: u64) -> Option<Out> {
+        let lim = self.limit?;
+        (off.checked_add(len).is_none_or(|end| end > lim)).then_some(Out::Errno(libc::EFBIG))
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -495,7 +547,10 @@ impl Side {
                 len,
                 fill,
             } => match self.fd(*slot) {
-                Ok(f) => res(f.write_at(&fill_bytes(*fill, *len), *off), Out::Count),
+                Ok(f) => match self.past_limit(*off, *len as u64) {
+                    Some(e) => e,
+                    None => res(f.write_at(&fill_bytes(*fill, *len), *off), Out::Count),
+                },
                 Err(e) => e,
             },
             Op::Read { slot, off, len } => match self.fd(*slot) {
@@ -520,11 +575,23 @@ impl Side {
                 Err(e) => e,
             },
             Op::Ftruncate { slot, size } => match self.fd(*slot) {
-                Ok(f) => res(f.set_len(*size), |_| Out::Ok),
+                Ok(f) => match self.past_limit(*size, 0) {
+                    Some(e) => e,
+                    None => res(f.set_len(*size), |_| Out::Ok),
+                },
                 Err(e) => e,
             },
             Op::Truncate { path, size } => {
                 let c = cpath(&self.p(path));
+                if let Some(e) = self.past_limit(*size, 0) {
+                    // The path must resolve as it would on the mount: errors of the
+                    // lookup (ENOENT, EISDIR...) come first there too.
+                    return match std::fs::metadata(self.p(path)) {
+                        Err(err) => errno_of(&err),
+                        Ok(m) if m.is_dir() => Out::Errno(libc::EISDIR),
+                        Ok(_) => e,
+                    };
+                }
                 // SAFETY: c is a valid C string.
                 if unsafe { libc::truncate(c.as_ptr(), *size as libc::off_t) } == 0 {
                     Out::Ok
@@ -547,7 +614,7 @@ impl Side {
             Op::Mkdir { path } => res(std::fs::create_dir(self.p(path)), |_| Out::Ok),
             Op::Rmdir { path } => res(std::fs::remove_dir(self.p(path)), |_| Out::Ok),
             Op::Readdir { path } => res(list_dir(&self.p(path)), Out::Names),
-            Op::ReadWhole { path } => res(std::fs::read(self.p(path)), Out::Bytes),
+            Op::ReadWhole { path } => res(read_sampled(&self.p(path)), Out::Bytes),
             Op::SetXattr { path, key, val } => {
                 let (c, k) = (
                     cpath(&self.p(path)),
@@ -621,6 +688,40 @@ impl Side {
     }
 }
 
+/// The bytes of a file as the comparisons read them: all of it up to [`WHOLE_READ_MAX`],
+/// past that its head, its tail and a window around every extreme offset below its size.
+fn read_sampled(p: &Path) -> std::io::Result<Vec<u8>> {
+    let f = File::open(p)?;
+    let size = f.metadata()?.len();
+    if size <= WHOLE_READ_MAX {
+        let mut v = Vec::with_capacity(size as usize);
+        std::io::Read::read_to_end(&mut &f, &mut v)?;
+        return Ok(v);
+    }
+    let mut at: Vec<u64> = vec![0, size - WINDOW];
+    at.extend(
+        EXTREMES
+            .iter()
+            .filter(|x| **x < size)
+            .map(|x| x.saturating_sub(WINDOW / 2).min(size - WINDOW)),
+    );
+    at.sort();
+    at.dedup();
+    let mut out = Vec::new();
+    for a in at {
+        let mut buf = vec![0u8; WINDOW as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match f.read_at(&mut buf[got..], a + got as u64)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        out.extend_from_slice(&buf[..got]);
+    }
+    Ok(out)
+}
+
 fn stat_out(m: std::fs::Metadata) -> Out {
     let kind = m.mode() & libc::S_IFMT;
     Out::Stat {
@@ -674,8 +775,8 @@ pub fn run(
     progress: Option<Arc<Progress>>,
 ) -> Result<ExerciseReport, ExerciseFailure> {
     let mut rng = SmallRng::seed_from_u64(cfg.seed);
-    let mut m = Side::new(mount);
-    let mut l = Side::new(local);
+    let mut m = Side::new(mount, None);
+    let mut l = Side::new(local, Some(cirrus_types::MAX_FILE_SIZE));
     let mut rep = ExerciseReport::default();
     let mut spawner = cfg.spawn_children.then(Spawner::start);
     let begun = Instant::now();
@@ -750,6 +851,7 @@ pub fn run(
             _ => {}
         }
         rep.ops += 1;
+        rep.extreme_ops += usize::from(is_extreme(&op));
         if !matches!(got, Out::Errno(_)) {
             rep.ok_ops += 1;
         }
@@ -805,8 +907,8 @@ pub fn compare_trees(a: &Path, b: &Path) -> Result<usize, String> {
         if ma.is_dir() {
             n += compare_trees(&pa, &pb)?;
         } else if ma.is_file() {
-            let da = std::fs::read(&pa).map_err(|e| format!("read {}: {e}", pa.display()))?;
-            let db = std::fs::read(&pb).map_err(|e| format!("read {}: {e}", pb.display()))?;
+            let da = read_sampled(&pa).map_err(|e| format!("read {}: {e}", pa.display()))?;
+            let db = read_sampled(&pb).map_err(|e| format!("read {}: {e}", pb.display()))?;
             if da != db {
                 let first = da.iter().zip(&db).position(|(x, y)| x != y);
                 return Err(format!(
@@ -881,6 +983,57 @@ mod tests {
                 format!("{:?}", gen_op(&mut r2, &cfg, &[1, 3]))
             );
         }
+    }
+
+    #[test]
+    fn extreme_offsets_are_drawn_and_a_range_past_the_largest_file_is_efbig_locally() {
+        let cfg = ExerciseConfig::new(3);
+        let mut r = SmallRng::seed_from_u64(3);
+        let far: Vec<String> = (0..3000)
+            .map(|_| gen_op(&mut r, &cfg, &[0, 1]))
+            .filter(is_extreme)
+            .map(|op| format!("{op:?}"))
+            .collect();
+        assert!(far.len() >= 10, "only {} extreme ops: {far:?}", far.len());
+        let d = tempfile::tempdir().unwrap();
+        let mut l = Side::new(d.path(), Some(cirrus_types::MAX_FILE_SIZE));
+        let create = Op::Create {
+            slot: 0,
+            path: "a".into(),
+        };
+        assert_eq!(l.apply(&create), Out::Ok);
+        let write_at = |off| Op::Write {
+            slot: 0,
+            off,
+            len: 2,
+            fill: 1,
+        };
+        let efbig = Out::Errno(libc::EFBIG);
+        assert_eq!(l.apply(&write_at(cirrus_types::MAX_FILE_SIZE - 1)), efbig);
+        assert_eq!(l.apply(&write_at(u64::MAX - 1)), efbig);
+        let past = cirrus_types::MAX_FILE_SIZE + 1;
+        assert_eq!(
+            l.apply(&Op::Ftruncate {
+                slot: 0,
+                size: past
+            }),
+            efbig
+        );
+        let trunc = |path: &str| Op::Truncate {
+            path: path.into(),
+            size: past,
+        };
+        assert_eq!(l.apply(&trunc("a")), efbig);
+        assert_eq!(l.apply(&trunc("none")), Out::Errno(libc::ENOENT));
+        assert_eq!(l.apply(&write_at(1 << 40)), Out::Count(2));
+        // A file past the whole-read size is compared by windows, not read whole.
+        let sampled = read_sampled(&d.path().join("a")).unwrap();
+        assert!(
+            sampled.len() as u64 <= 8 * WINDOW,
+            "{} bytes",
+            sampled.len()
+        );
+        assert!(sampled.windows(2).any(|w| w[0] != 0 || w[1] != 0));
     }
 
     #[test]

@@ -29,6 +29,7 @@
 //! in the middle of a frame for [`FRAME_STALL`].
 
 use crate::metrics::Registry;
+use crate::net::{self, ConnLimit, Limited};
 use crate::{pb, status};
 use bytes::{BufMut, Bytes, BytesMut};
 use cirrus_types::{FsError, FsResult};
@@ -549,46 +550,44 @@ async fn sniff(s: &TcpStream) -> Option<bool> {
         .flatten()
 }
 
-/// Accepted connections that are not bulk, for tonic's `serve_with_incoming`.
-pub type GrpcIncoming = tokio_stream::wrappers::ReceiverStream<std::io::Result<TcpStream>>;
+/// Accepted connections that are not bulk, for tonic's `serve_with_incoming`. Each holds
+/// its permit of the port's connection ceiling.
+pub type GrpcIncoming = tokio_stream::wrappers::ReceiverStream<std::io::Result<Limited>>;
 
 /// Shares one listening port between the bulk protocol and gRPC: every accepted
 /// connection (TCP_NODELAY set) is told apart by its first bytes; bulk ones are served
-/// here with `svc`, the others come out of the returned stream. The task ends when the
-/// stream is dropped.
+/// here with `svc`, the others come out of the returned stream. Connections of both
+/// kinds, and those not yet told apart, count against one ceiling, `limit`
+/// ([`net::MAX_CONNECTIONS`] for a data server); past it a new connection is closed at
+/// once. The task ends when the stream is dropped.
 pub fn split_port<S: BulkService>(
     listener: tokio::net::TcpListener,
+    limit: ConnLimit,
     svc: Arc<S>,
     registry: Option<Arc<Registry>>,
 ) -> (GrpcIncoming, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
+    let mut incoming = net::incoming(listener, limit);
     let task = tokio::spawn(async move {
         loop {
-            let s = match listener.accept().await {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept on the data port: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            let c = tokio::select! {
+                c = incoming.accept() => c,
+                _ = tx.closed() => return,
             };
-            if tx.is_closed() {
-                return;
-            }
-            let _ = s.set_nodelay(true);
             let (tx, svc, reg) = (tx.clone(), svc.clone(), registry.clone());
             tokio::spawn(async move {
-                match sniff(&s).await {
+                match sniff(c.stream()).await {
                     Some(true) => {
-                        let mut s = s;
+                        // The permit is held until the connection is served to its end.
+                        let (mut s, permit) = c.into_parts();
                         let mut preface = [0u8; PREFACE.len()];
                         if s.read_exact(&mut preface).await.is_ok() {
                             serve(s, svc, reg).await;
                         }
+                        drop(permit);
                     }
                     Some(false) => {
-                        let _ = tx.send(Ok(s)).await;
+                        let _ = tx.send(Ok(c)).await;
                     }
                     None => {}
                 }
@@ -766,6 +765,7 @@ pub async fn serve<S: BulkService>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::tests::HANG;
 
     #[test]
     fn heads_round_trip_and_bad_ones_are_refused_with_their_call_id() {
@@ -858,7 +858,7 @@ mod tests {
     async fn echo_server() -> String {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let (mut grpc, _task) = split_port(l, Arc::new(Echo), None);
+        let (mut grpc, _task) = split_port(l, ConnLimit::new("test", 64), Arc::new(Echo), None);
         // Non-bulk connections come out here; answer them with a marker and close.
         tokio::spawn(async move {
             use tokio_stream::StreamExt;
@@ -1063,6 +1063,92 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got, b"not bulk");
+    }
+
+    /// The connection ceiling of a shared port, with a [`BulkClient`] per connection.
+    async fn read_on(c: &BulkClient, offset: u64) -> FsResult<Bytes> {
+        let req = pb::ReadRequest {
+            offset,
+            len: 2,
+            ..Default::default()
+        };
+        let r = tokio::time::timeout(HANG, c.read(req, HANG))
+            .await
+            .expect("a bulk call neither answered nor failed in time")?;
+        Ok(r.data)
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_port_ceiling_are_closed_while_open_ones_keep_serving() {
+        let reg = Registry::new();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (mut grpc, _task) = split_port(
+            l,
+            ConnLimit::new("test", 4).counted(&reg),
+            Arc::new(Echo),
+            None,
+        );
+        let refused = || {
+            reg.counter(
+                "cirrus_connections_refused_total",
+                "",
+                &[("listener", "test")],
+            )
+            .get()
+        };
+        // Three bulk connections (each answered, so admitted) and one that is not bulk,
+        // handed on to the gRPC side: both kinds count against the one ceiling.
+        let mut open: Vec<BulkClient> = Vec::new();
+        for i in 0..3u64 {
+            let c = BulkClient::new(&addr);
+            assert_eq!(
+                read_on(&c, i).await.unwrap(),
+                vec![i as u8; 2],
+                "client {i}"
+            );
+            open.push(c);
+        }
+        let mut h2 = TcpStream::connect(&addr).await.unwrap();
+        h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        use tokio_stream::StreamExt;
+        let handed_on = tokio::time::timeout(HANG, grpc.next())
+            .await
+            .expect("the non-bulk connection was not handed on")
+            .expect("the gRPC stream ended")
+            .unwrap();
+        assert_eq!(refused(), 0);
+
+        let mut hello = PREFACE.to_vec();
+        let probe = pb::ReadRequest {
+            len: 2,
+            ..Default::default()
+        };
+        hello.extend_from_slice(&Frame::new(Kind::Read, 1, &probe, Bytes::new()).head);
+        crate::net::tests::assert_closed_at_once(&addr, &hello).await;
+        let past = BulkClient::new(&addr);
+        let e = read_on(&past, 5)
+            .await
+            .expect_err("a fifth connection was served");
+        assert!(matches!(e, FsError::Unavailable(_)), "{e:?}");
+        assert_eq!(refused(), 2);
+
+        for (i, c) in open.iter().enumerate() {
+            let n = 6 + i as u64;
+            assert_eq!(read_on(c, n).await.unwrap(), vec![n as u8; 2], "client {i}");
+        }
+
+        // Closing one (here the gRPC one) gives its slot back once the server sees it.
+        drop(handed_on);
+        drop(h2);
+        let deadline = Instant::now() + HANG;
+        while let Err(e) = read_on(&past, 9).await {
+            assert!(
+                Instant::now() < deadline,
+                "no connection admitted after one closed: {e:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[test]

@@ -47,9 +47,22 @@ pub fn channel(addr: &str) -> Result<Channel, cirrus_types::FsError> {
     Ok(ep.connect_lazy())
 }
 
-/// A server builder with the same HTTP/2 settings.
+/// Requests one gRPC connection has in flight at once, both as the HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` the server advertises (a tonic client past it waits
+/// for a stream to finish; a stream opened past it anyway is refused with
+/// `REFUSED_STREAM`) and as tonic's per-connection concurrency limit (so no request waits
+/// inside the server unbounded). Without it a client could open 2^31 streams on one
+/// connection and the server would hold every one. 256 is above what one client process
+/// asks of one server at once (the kernel gives a FUSE mount at most 64 background
+/// requests; bulk reads and writes do not use gRPC) and, with every message at most
+/// [`MAX_MESSAGE_BYTES`], bounds what one connection can make the server hold.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// A server builder with the same HTTP/2 settings and the per-connection stream ceiling.
 pub fn server() -> Server {
     Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
@@ -70,7 +83,8 @@ pub fn server() -> Server {
 /// descriptors (a data server raises its soft `RLIMIT_NOFILE` to the hard limit, 2^19 or
 /// more on current distributions, and needs the rest for object files) or grow its
 /// memory by opening connections. What a connection may have in flight is bounded
-/// separately (the gRPC stream ceiling, the bulk protocol's per-connection budget).
+/// separately ([`MAX_STREAMS_PER_CONNECTION`], the bulk
+/// protocol's per-connection budget).
 pub const MAX_CONNECTIONS: usize = 4096;
 
 /// How long an accept loop waits after `accept` fails (`EMFILE`, `ENFILE`, `ENOBUFS`)
@@ -448,6 +462,115 @@ pub(crate) mod tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        serving.abort();
+    }
+
+    #[tokio::test]
+    async fn grpc_servers_advertise_the_stream_ceiling_per_connection() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let serving = tokio::spawn(
+            server()
+                .add_service(pb::raft_server::RaftServer::new(Echo))
+                .serve_with_incoming(incoming(l, ConnLimit::new("test", 4))),
+        );
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(H2_HELLO).await.unwrap();
+        // The server's first frame is its SETTINGS: 6-byte entries of id and value.
+        let mut head = [0u8; 9];
+        tokio::time::timeout(HANG, s.read_exact(&mut head))
+            .await
+            .expect("no SETTINGS from the server")
+            .unwrap();
+        assert_eq!(head[3], 4, "first frame is not SETTINGS: {head:?}");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        let max_streams = body.chunks_exact(6).find_map(|e| {
+            (u16::from_be_bytes([e[0], e[1]]) == 3)
+                .then(|| u32::from_be_bytes([e[2], e[3], e[4], e[5]]))
+        });
+        assert_eq!(max_streams, Some(MAX_STREAMS_PER_CONNECTION));
+        serving.abort();
+    }
+
+    /// Votes that hold until the test lets them go, and how many ran at once.
+    struct Gated {
+        gate: tokio::sync::Semaphore,
+        running: AtomicU64,
+        most: AtomicU64,
+    }
+
+    #[tonic::async_trait]
+    impl pb::raft_server::Raft for Arc<Gated> {
+        async fn append_entries(
+            &self,
+            r: tonic::Request<pb::RaftBytes>,
+        ) -> Result<tonic::Response<pb::RaftBytes>, tonic::Status> {
+            Ok(tonic::Response::new(r.into_inner()))
+        }
+
+        async fn vote(
+            &self,
+            r: tonic::Request<pb::RaftBytes>,
+        ) -> Result<tonic::Response<pb::RaftBytes>, tonic::Status> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            if let Ok(p) = self.gate.acquire().await {
+                p.forget();
+            }
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(tonic::Response::new(r.into_inner()))
+        }
+
+        async fn install_snapshot(
+            &self,
+            r: tonic::Request<pb::RaftBytes>,
+        ) -> Result<tonic::Response<pb::RaftBytes>, tonic::Status> {
+            Ok(tonic::Response::new(r.into_inner()))
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_past_the_stream_ceiling_wait_for_a_stream_and_all_succeed() {
+        let svc = Arc::new(Gated {
+            gate: tokio::sync::Semaphore::new(0),
+            running: AtomicU64::new(0),
+            most: AtomicU64::new(0),
+        });
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let serving = tokio::spawn(
+            server()
+                .add_service(pb::raft_server::RaftServer::new(svc.clone()))
+                .serve_with_incoming(incoming(l, ConnLimit::new("test", 4))),
+        );
+        let ceiling = MAX_STREAMS_PER_CONNECTION as u64;
+        let ch = channel(&addr).unwrap();
+        let calls: Vec<_> = (0..ceiling + 44)
+            .map(|n| {
+                let ch = ch.clone();
+                tokio::spawn(async move { call(&ch, n).await })
+            })
+            .collect();
+        let deadline = Instant::now() + HANG;
+        while svc.running.load(Ordering::SeqCst) < ceiling {
+            assert!(
+                Instant::now() < deadline,
+                "only {} calls reached the service",
+                svc.running.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        svc.gate.add_permits(calls.len());
+        for (n, c) in calls.into_iter().enumerate() {
+            assert_eq!(c.await.unwrap().unwrap(), n as u64);
+        }
+        let most = svc.most.load(Ordering::SeqCst);
+        assert!(
+            most <= ceiling,
+            "{most} calls ran at once on one connection"
+        );
         serving.abort();
     }
 }

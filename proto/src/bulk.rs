@@ -53,9 +53,15 @@ pub const HEAD_LEN: usize = 20;
 pub const MAX_HEADER: u32 = 96 << 10;
 /// Largest payload, as for gRPC messages.
 pub const MAX_PAYLOAD: u32 = crate::net::MAX_MESSAGE_BYTES as u32;
-/// Payload bytes a server holds per connection for requests being handled; a client
-/// that sends faster waits (TCP backpressure) instead of growing the server's memory.
+/// Bytes a server holds per connection for requests being handled and their replies
+/// until sent: a write is charged its header and payload, a read its header and the
+/// length it asks for (its reply), each at least [`MIN_CHARGE`]. A client that sends
+/// faster waits (TCP backpressure: the server stops reading the connection) instead of
+/// growing the server's memory.
 const SERVER_BUDGET: u32 = 256 << 20;
+/// The least a request is charged, which also bounds the requests in flight on one
+/// connection: `SERVER_BUDGET / MIN_CHARGE` = 4096, each with its task and reply frame.
+const MIN_CHARGE: u32 = 64 << 10;
 /// Longest a server waits for the rest of a frame it has started to receive, or for a
 /// reply to drain into the socket.
 pub const FRAME_STALL: Duration = Duration::from_secs(60);
@@ -146,6 +152,9 @@ impl Head {
 struct Frame {
     head: Vec<u8>,
     payload: Bytes,
+    /// A server's reply holds its request's share of the connection's budget until the
+    /// frame is in the socket, so replies queued for a slow reader count too.
+    budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Frame {
@@ -163,7 +172,11 @@ impl Frame {
         );
         // Encoding into a Vec with room for the whole message cannot fail.
         let _ = header.encode(&mut head);
-        Frame { head, payload }
+        Frame {
+            head,
+            payload,
+            budget: None,
+        }
     }
 }
 
@@ -597,6 +610,13 @@ pub fn split_port<S: BulkService>(
     (tokio_stream::wrappers::ReceiverStream::new(rx), task)
 }
 
+/// A request as its task gets it: a write's header (decoded by the task) and payload; a
+/// read's request, decoded at once because its length is what it is charged.
+enum Req<P> {
+    Write(Bytes, P),
+    Read(Result<pb::ReadRequest, prost::DecodeError>),
+}
+
 fn observe(reg: &Option<Arc<Registry>>, op: &str, start: Instant, r: &FsResult<()>) {
     let Some(reg) = reg else { return };
     let code = match r {
@@ -691,25 +711,15 @@ pub async fn serve<S: BulkService>(
                 .await;
             break;
         }
-        let permits = head.payload_len.max(64 << 10);
-        let Ok(permit) = budget.clone().acquire_many_owned(permits).await else {
-            break;
-        };
-        // The rest of the frame must follow promptly.
-        let body = async {
+        // The header follows the head promptly; it is at most MAX_HEADER bytes, one at a
+        // time per connection, so it is read before the request is charged.
+        let header = async {
             let mut header = BytesMut::with_capacity(head.header_len as usize);
             read_into(&mut rd, &mut header, head.header_len as usize).await?;
-            let payload = if head.kind == Kind::Write {
-                let mut p = svc.payload(head.payload_len as usize);
-                read_into(&mut rd, &mut p, head.payload_len as usize).await?;
-                Some(p)
-            } else {
-                None
-            };
-            Ok::<_, std::io::Error>((header.freeze(), payload))
+            Ok::<_, std::io::Error>(header.freeze())
         };
-        let (header, payload) = match tokio::time::timeout(FRAME_STALL, body).await {
-            Ok(Ok(x)) => x,
+        let header = match tokio::time::timeout(FRAME_STALL, header).await {
+            Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, "bulk connection: {e}");
                 break;
@@ -719,11 +729,49 @@ pub async fn serve<S: BulkService>(
                 break;
             }
         };
+        // A read is charged for the reply it asks for (the data server refuses one over
+        // its MAX_READ, which is at most MAX_PAYLOAD); one that does not decode is
+        // answered with an error, charged the minimum.
+        let read = (head.kind == Kind::Read).then(|| pb::ReadRequest::decode(header.clone()));
+        let body_len = match &read {
+            None => head.payload_len,
+            Some(Ok(r)) => r.len.min(MAX_PAYLOAD),
+            Some(Err(_)) => 0,
+        };
+        let permits = head
+            .header_len
+            .saturating_add(body_len)
+            .clamp(MIN_CHARGE, SERVER_BUDGET);
+        let Ok(permit) = budget.clone().acquire_many_owned(permits).await else {
+            break;
+        };
+        let req = match read {
+            Some(r) => Req::Read(r),
+            None => {
+                // The payload must follow promptly too.
+                let body = async {
+                    let mut p = svc.payload(head.payload_len as usize);
+                    read_into(&mut rd, &mut p, head.payload_len as usize).await?;
+                    Ok::<_, std::io::Error>(p)
+                };
+                match tokio::time::timeout(FRAME_STALL, body).await {
+                    Ok(Ok(p)) => Req::Write(header, p),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "bulk connection: {e}");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "closing bulk connection: a frame stalled for {FRAME_STALL:?}");
+                        break;
+                    }
+                }
+            }
+        };
         let (svc, tx, reg) = (svc.clone(), tx.clone(), registry.clone());
         tokio::spawn(async move {
             let start = Instant::now();
-            let (op, reply) = match (head.kind, payload) {
-                (Kind::Write, Some(p)) => (
+            let (op, reply) = match req {
+                Req::Write(header, p) => (
                     "Write",
                     match pb::WriteRequest::decode(header) {
                         Ok(req) => svc
@@ -733,9 +781,9 @@ pub async fn serve<S: BulkService>(
                         Err(e) => Err(FsError::Invalid(format!("undecodable write request: {e}"))),
                     },
                 ),
-                _ => (
+                Req::Read(req) => (
                     "Read",
-                    match pb::ReadRequest::decode(header) {
+                    match req {
                         Ok(req) => svc.read(req).await.map(|mut r| {
                             let data = std::mem::take(&mut r.data);
                             Frame::new(Kind::Ok, head.call, &r, data)
@@ -750,11 +798,11 @@ pub async fn serve<S: BulkService>(
                 start,
                 &reply.as_ref().map(|_| ()).map_err(Clone::clone),
             );
-            let frame = reply.unwrap_or_else(|e| {
+            let mut frame = reply.unwrap_or_else(|e| {
                 Frame::new(Kind::Error, head.call, &status::to_wire(&e), Bytes::new())
             });
+            frame.budget = Some(permit);
             let _ = tx.send(frame).await;
-            drop(permit);
         });
     }
     drop(tx);
@@ -1149,6 +1197,89 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Reads that hold until the test lets them go, and how many ran at once.
+    struct Gated {
+        gate: Semaphore,
+        started: AtomicU64,
+        running: AtomicU64,
+        most: AtomicU64,
+    }
+
+    impl BulkService for Gated {
+        type Payload = BytesMut;
+
+        fn payload(&self, len: usize) -> BytesMut {
+            BytesMut::with_capacity(len)
+        }
+
+        fn write(self: Arc<Self>, _: pb::WriteRequest, _: BytesMut) -> Handled<pb::WriteReply> {
+            Box::pin(async { Err(FsError::Invalid("reads only".into())) })
+        }
+
+        fn read(self: Arc<Self>, _: pb::ReadRequest) -> Handled<pb::ReadReply> {
+            Box::pin(async move {
+                self.started.fetch_add(1, Ordering::SeqCst);
+                let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(now, Ordering::SeqCst);
+                if let Ok(p) = self.gate.acquire().await {
+                    p.forget();
+                }
+                self.running.fetch_sub(1, Ordering::SeqCst);
+                // Less than asked for: the charge is for what a read may answer.
+                Ok(pb::ReadReply {
+                    data: Bytes::from_static(b"x"),
+                    crcs: vec![],
+                    object_size: 1,
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_are_charged_the_reply_they_ask_for_against_the_connection_budget() {
+        let svc = Arc::new(Gated {
+            gate: Semaphore::new(0),
+            started: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            most: AtomicU64::new(0),
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (_grpc, _task) = split_port(l, ConnLimit::new("test", 4), svc.clone(), None);
+        let c = Arc::new(BulkClient::new(&addr));
+        // Six reads of the largest reply on one connection: the budget holds three.
+        let fit = (SERVER_BUDGET / MAX_PAYLOAD) as u64;
+        assert_eq!(fit, 3);
+        let reads: Vec<_> = (0..6)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let req = pb::ReadRequest {
+                        offset: i,
+                        len: MAX_PAYLOAD,
+                        ..Default::default()
+                    };
+                    c.read(req, HANG).await
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + HANG;
+        while svc.started.load(Ordering::SeqCst) < fit {
+            assert!(Instant::now() < deadline, "the first reads never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        svc.gate.add_permits(6);
+        for r in reads {
+            assert_eq!(&r.await.unwrap().unwrap().data[..], b"x");
+        }
+        assert_eq!(svc.started.load(Ordering::SeqCst), 6);
+        let most = svc.most.load(Ordering::SeqCst);
+        assert!(
+            most <= fit,
+            "{most} reads of {MAX_PAYLOAD} bytes ran at once on one connection"
+        );
     }
 
     #[test]

@@ -302,7 +302,10 @@ impl Lossy {
         let server = tokio::spawn(async move {
             let _ = net::server()
                 .add_service(svc)
-                .serve_with_incoming(net::incoming(listener))
+                .serve_with_incoming(net::incoming(
+                    listener,
+                    net::ConnLimit::new("lossy proxy", net::MAX_CONNECTIONS),
+                ))
                 .await;
         });
         let mut addrs = vec![addr];

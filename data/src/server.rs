@@ -301,6 +301,7 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
     // One port, two protocols: bulk Write/Read frames and gRPC for everything else.
     let (grpc_incoming, acceptor) = cirrus_proto::bulk::split_port(
         listener,
+        net::ConnLimit::new("data", net::MAX_CONNECTIONS).counted(&registry),
         Arc::new(DataService::new(node.clone())),
         Some(registry.clone()),
     );

@@ -174,7 +174,11 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("bind {addr} (is another process using the port?)"))?;
-    let incoming = cirrus_proto::net::incoming(listener);
+    let incoming = cirrus_proto::net::incoming(
+        listener,
+        cirrus_proto::net::ConnLimit::new("meta", cirrus_proto::net::MAX_CONNECTIONS)
+            .counted(&registry),
+    );
     let meta_svc =
         cirrus_proto::pb::meta_server::MetaServer::new(service::MetaService { node: node.clone() })
             .max_decoding_message_size(cirrus_proto::net::MAX_MESSAGE_BYTES)

@@ -29,6 +29,7 @@
 //! in the middle of a frame for [`FRAME_STALL`].
 
 use crate::metrics::Registry;
+use crate::net::{self, ConnLimit, Limited};
 use crate::{pb, status};
 use bytes::{BufMut, Bytes, BytesMut};
 use cirrus_types::{FsError, FsResult};
@@ -52,9 +53,15 @@ pub const HEAD_LEN: usize = 20;
 pub const MAX_HEADER: u32 = 96 << 10;
 /// Largest payload, as for gRPC messages.
 pub const MAX_PAYLOAD: u32 = crate::net::MAX_MESSAGE_BYTES as u32;
-/// Payload bytes a server holds per connection for requests being handled; a client
-/// that sends faster waits (TCP backpressure) instead of growing the server's memory.
+/// Bytes a server holds per connection for requests being handled and their replies
+/// until sent: a write is charged its header and payload, a read its header and the
+/// length it asks for (its reply), each at least [`MIN_CHARGE`]. A client that sends
+/// faster waits (TCP backpressure: the server stops reading the connection) instead of
+/// growing the server's memory.
 const SERVER_BUDGET: u32 = 256 << 20;
+/// The least a request is charged, which also bounds the requests in flight on one
+/// connection: `SERVER_BUDGET / MIN_CHARGE` = 4096, each with its task and reply frame.
+const MIN_CHARGE: u32 = 64 << 10;
 /// Longest a server waits for the rest of a frame it has started to receive, or for a
 /// reply to drain into the socket.
 pub const FRAME_STALL: Duration = Duration::from_secs(60);
@@ -145,6 +152,9 @@ impl Head {
 struct Frame {
     head: Vec<u8>,
     payload: Bytes,
+    /// A server's reply holds its request's share of the connection's budget until the
+    /// frame is in the socket, so replies queued for a slow reader count too.
+    budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Frame {
@@ -162,7 +172,11 @@ impl Frame {
         );
         // Encoding into a Vec with room for the whole message cannot fail.
         let _ = header.encode(&mut head);
-        Frame { head, payload }
+        Frame {
+            head,
+            payload,
+            budget: None,
+        }
     }
 }
 
@@ -549,46 +563,44 @@ async fn sniff(s: &TcpStream) -> Option<bool> {
         .flatten()
 }
 
-/// Accepted connections that are not bulk, for tonic's `serve_with_incoming`.
-pub type GrpcIncoming = tokio_stream::wrappers::ReceiverStream<std::io::Result<TcpStream>>;
+/// Accepted connections that are not bulk, for tonic's `serve_with_incoming`. Each holds
+/// its permit of the port's connection ceiling.
+pub type GrpcIncoming = tokio_stream::wrappers::ReceiverStream<std::io::Result<Limited>>;
 
 /// Shares one listening port between the bulk protocol and gRPC: every accepted
 /// connection (TCP_NODELAY set) is told apart by its first bytes; bulk ones are served
-/// here with `svc`, the others come out of the returned stream. The task ends when the
-/// stream is dropped.
+/// here with `svc`, the others come out of the returned stream. Connections of both
+/// kinds, and those not yet told apart, count against one ceiling, `limit`
+/// ([`net::MAX_CONNECTIONS`] for a data server); past it a new connection is closed at
+/// once. The task ends when the stream is dropped.
 pub fn split_port<S: BulkService>(
     listener: tokio::net::TcpListener,
+    limit: ConnLimit,
     svc: Arc<S>,
     registry: Option<Arc<Registry>>,
 ) -> (GrpcIncoming, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
+    let mut incoming = net::incoming(listener, limit);
     let task = tokio::spawn(async move {
         loop {
-            let s = match listener.accept().await {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept on the data port: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            let c = tokio::select! {
+                c = incoming.accept() => c,
+                _ = tx.closed() => return,
             };
-            if tx.is_closed() {
-                return;
-            }
-            let _ = s.set_nodelay(true);
             let (tx, svc, reg) = (tx.clone(), svc.clone(), registry.clone());
             tokio::spawn(async move {
-                match sniff(&s).await {
+                match sniff(c.stream()).await {
                     Some(true) => {
-                        let mut s = s;
+                        // The permit is held until the connection is served to its end.
+                        let (mut s, permit) = c.into_parts();
                         let mut preface = [0u8; PREFACE.len()];
                         if s.read_exact(&mut preface).await.is_ok() {
                             serve(s, svc, reg).await;
                         }
+                        drop(permit);
                     }
                     Some(false) => {
-                        let _ = tx.send(Ok(s)).await;
+                        let _ = tx.send(Ok(c)).await;
                     }
                     None => {}
                 }
@@ -596,6 +608,13 @@ pub fn split_port<S: BulkService>(
         }
     });
     (tokio_stream::wrappers::ReceiverStream::new(rx), task)
+}
+
+/// A request as its task gets it: a write's header (decoded by the task) and payload; a
+/// read's request, decoded at once because its length is what it is charged.
+enum Req<P> {
+    Write(Bytes, P),
+    Read(Result<pb::ReadRequest, prost::DecodeError>),
 }
 
 fn observe(reg: &Option<Arc<Registry>>, op: &str, start: Instant, r: &FsResult<()>) {
@@ -692,25 +711,15 @@ pub async fn serve<S: BulkService>(
                 .await;
             break;
         }
-        let permits = head.payload_len.max(64 << 10);
-        let Ok(permit) = budget.clone().acquire_many_owned(permits).await else {
-            break;
-        };
-        // The rest of the frame must follow promptly.
-        let body = async {
+        // The header follows the head promptly; it is at most MAX_HEADER bytes, one at a
+        // time per connection, so it is read before the request is charged.
+        let header = async {
             let mut header = BytesMut::with_capacity(head.header_len as usize);
             read_into(&mut rd, &mut header, head.header_len as usize).await?;
-            let payload = if head.kind == Kind::Write {
-                let mut p = svc.payload(head.payload_len as usize);
-                read_into(&mut rd, &mut p, head.payload_len as usize).await?;
-                Some(p)
-            } else {
-                None
-            };
-            Ok::<_, std::io::Error>((header.freeze(), payload))
+            Ok::<_, std::io::Error>(header.freeze())
         };
-        let (header, payload) = match tokio::time::timeout(FRAME_STALL, body).await {
-            Ok(Ok(x)) => x,
+        let header = match tokio::time::timeout(FRAME_STALL, header).await {
+            Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, "bulk connection: {e}");
                 break;
@@ -720,11 +729,49 @@ pub async fn serve<S: BulkService>(
                 break;
             }
         };
+        // A read is charged for the reply it asks for (the data server refuses one over
+        // its MAX_READ, which is at most MAX_PAYLOAD); one that does not decode is
+        // answered with an error, charged the minimum.
+        let read = (head.kind == Kind::Read).then(|| pb::ReadRequest::decode(header.clone()));
+        let body_len = match &read {
+            None => head.payload_len,
+            Some(Ok(r)) => r.len.min(MAX_PAYLOAD),
+            Some(Err(_)) => 0,
+        };
+        let permits = head
+            .header_len
+            .saturating_add(body_len)
+            .clamp(MIN_CHARGE, SERVER_BUDGET);
+        let Ok(permit) = budget.clone().acquire_many_owned(permits).await else {
+            break;
+        };
+        let req = match read {
+            Some(r) => Req::Read(r),
+            None => {
+                // The payload must follow promptly too.
+                let body = async {
+                    let mut p = svc.payload(head.payload_len as usize);
+                    read_into(&mut rd, &mut p, head.payload_len as usize).await?;
+                    Ok::<_, std::io::Error>(p)
+                };
+                match tokio::time::timeout(FRAME_STALL, body).await {
+                    Ok(Ok(p)) => Req::Write(header, p),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "bulk connection: {e}");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "closing bulk connection: a frame stalled for {FRAME_STALL:?}");
+                        break;
+                    }
+                }
+            }
+        };
         let (svc, tx, reg) = (svc.clone(), tx.clone(), registry.clone());
         tokio::spawn(async move {
             let start = Instant::now();
-            let (op, reply) = match (head.kind, payload) {
-                (Kind::Write, Some(p)) => (
+            let (op, reply) = match req {
+                Req::Write(header, p) => (
                     "Write",
                     match pb::WriteRequest::decode(header) {
                         Ok(req) => svc
@@ -734,9 +781,9 @@ pub async fn serve<S: BulkService>(
                         Err(e) => Err(FsError::Invalid(format!("undecodable write request: {e}"))),
                     },
                 ),
-                _ => (
+                Req::Read(req) => (
                     "Read",
-                    match pb::ReadRequest::decode(header) {
+                    match req {
                         Ok(req) => svc.read(req).await.map(|mut r| {
                             let data = std::mem::take(&mut r.data);
                             Frame::new(Kind::Ok, head.call, &r, data)
@@ -751,11 +798,11 @@ pub async fn serve<S: BulkService>(
                 start,
                 &reply.as_ref().map(|_| ()).map_err(Clone::clone),
             );
-            let frame = reply.unwrap_or_else(|e| {
+            let mut frame = reply.unwrap_or_else(|e| {
                 Frame::new(Kind::Error, head.call, &status::to_wire(&e), Bytes::new())
             });
+            frame.budget = Some(permit);
             let _ = tx.send(frame).await;
-            drop(permit);
         });
     }
     drop(tx);
@@ -766,6 +813,7 @@ pub async fn serve<S: BulkService>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::tests::HANG;
 
     #[test]
     fn heads_round_trip_and_bad_ones_are_refused_with_their_call_id() {
@@ -858,7 +906,7 @@ mod tests {
     async fn echo_server() -> String {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let (mut grpc, _task) = split_port(l, Arc::new(Echo), None);
+        let (mut grpc, _task) = split_port(l, ConnLimit::new("test", 64), Arc::new(Echo), None);
         // Non-bulk connections come out here; answer them with a marker and close.
         tokio::spawn(async move {
             use tokio_stream::StreamExt;
@@ -1063,6 +1111,175 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got, b"not bulk");
+    }
+
+    /// The connection ceiling of a shared port, with a [`BulkClient`] per connection.
+    async fn read_on(c: &BulkClient, offset: u64) -> FsResult<Bytes> {
+        let req = pb::ReadRequest {
+            offset,
+            len: 2,
+            ..Default::default()
+        };
+        let r = tokio::time::timeout(HANG, c.read(req, HANG))
+            .await
+            .expect("a bulk call neither answered nor failed in time")?;
+        Ok(r.data)
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_port_ceiling_are_closed_while_open_ones_keep_serving() {
+        let reg = Registry::new();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (mut grpc, _task) = split_port(
+            l,
+            ConnLimit::new("test", 4).counted(&reg),
+            Arc::new(Echo),
+            None,
+        );
+        let refused = || {
+            reg.counter(
+                "cirrus_connections_refused_total",
+                "",
+                &[("listener", "test")],
+            )
+            .get()
+        };
+        // Three bulk connections (each answered, so admitted) and one that is not bulk,
+        // handed on to the gRPC side: both kinds count against the one ceiling.
+        let mut open: Vec<BulkClient> = Vec::new();
+        for i in 0..3u64 {
+            let c = BulkClient::new(&addr);
+            assert_eq!(
+                read_on(&c, i).await.unwrap(),
+                vec![i as u8; 2],
+                "client {i}"
+            );
+            open.push(c);
+        }
+        let mut h2 = TcpStream::connect(&addr).await.unwrap();
+        h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        use tokio_stream::StreamExt;
+        let handed_on = tokio::time::timeout(HANG, grpc.next())
+            .await
+            .expect("the non-bulk connection was not handed on")
+            .expect("the gRPC stream ended")
+            .unwrap();
+        assert_eq!(refused(), 0);
+
+        let mut hello = PREFACE.to_vec();
+        let probe = pb::ReadRequest {
+            len: 2,
+            ..Default::default()
+        };
+        hello.extend_from_slice(&Frame::new(Kind::Read, 1, &probe, Bytes::new()).head);
+        crate::net::tests::assert_closed_at_once(&addr, &hello).await;
+        let past = BulkClient::new(&addr);
+        let e = read_on(&past, 5)
+            .await
+            .expect_err("a fifth connection was served");
+        assert!(matches!(e, FsError::Unavailable(_)), "{e:?}");
+        assert_eq!(refused(), 2);
+
+        for (i, c) in open.iter().enumerate() {
+            let n = 6 + i as u64;
+            assert_eq!(read_on(c, n).await.unwrap(), vec![n as u8; 2], "client {i}");
+        }
+
+        // Closing one (here the gRPC one) gives its slot back once the server sees it.
+        drop(handed_on);
+        drop(h2);
+        let deadline = Instant::now() + HANG;
+        while let Err(e) = read_on(&past, 9).await {
+            assert!(
+                Instant::now() < deadline,
+                "no connection admitted after one closed: {e:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Reads that hold until the test lets them go, and how many ran at once.
+    struct Gated {
+        gate: Semaphore,
+        started: AtomicU64,
+        running: AtomicU64,
+        most: AtomicU64,
+    }
+
+    impl BulkService for Gated {
+        type Payload = BytesMut;
+
+        fn payload(&self, len: usize) -> BytesMut {
+            BytesMut::with_capacity(len)
+        }
+
+        fn write(self: Arc<Self>, _: pb::WriteRequest, _: BytesMut) -> Handled<pb::WriteReply> {
+            Box::pin(async { Err(FsError::Invalid("reads only".into())) })
+        }
+
+        fn read(self: Arc<Self>, _: pb::ReadRequest) -> Handled<pb::ReadReply> {
+            Box::pin(async move {
+                self.started.fetch_add(1, Ordering::SeqCst);
+                let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(now, Ordering::SeqCst);
+                if let Ok(p) = self.gate.acquire().await {
+                    p.forget();
+                }
+                self.running.fetch_sub(1, Ordering::SeqCst);
+                // Less than asked for: the charge is for what a read may answer.
+                Ok(pb::ReadReply {
+                    data: Bytes::from_static(b"x"),
+                    crcs: vec![],
+                    object_size: 1,
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_are_charged_the_reply_they_ask_for_against_the_connection_budget() {
+        let svc = Arc::new(Gated {
+            gate: Semaphore::new(0),
+            started: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            most: AtomicU64::new(0),
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (_grpc, _task) = split_port(l, ConnLimit::new("test", 4), svc.clone(), None);
+        let c = Arc::new(BulkClient::new(&addr));
+        // Six reads of the largest reply on one connection: the budget holds three.
+        let fit = (SERVER_BUDGET / MAX_PAYLOAD) as u64;
+        assert_eq!(fit, 3);
+        let reads: Vec<_> = (0..6)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let req = pb::ReadRequest {
+                        offset: i,
+                        len: MAX_PAYLOAD,
+                        ..Default::default()
+                    };
+                    c.read(req, HANG).await
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + HANG;
+        while svc.started.load(Ordering::SeqCst) < fit {
+            assert!(Instant::now() < deadline, "the first reads never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        svc.gate.add_permits(6);
+        for r in reads {
+            assert_eq!(&r.await.unwrap().unwrap().data[..], b"x");
+        }
+        assert_eq!(svc.started.load(Ordering::SeqCst), 6);
+        let most = svc.most.load(Ordering::SeqCst);
+        assert!(
+            most <= fit,
+            "{most} reads of {MAX_PAYLOAD} bytes ran at once on one connection"
+        );
     }
 
     #[test]

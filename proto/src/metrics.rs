@@ -254,18 +254,32 @@ fn process_memory(out: &mut String) {
     }
 }
 
+/// Scrapes served at once by one daemon's metrics endpoint. A scraper or two and a
+/// person with curl need a handful; each connection lives at most 10 s (5 s to send its
+/// request, 5 s to take the reply) and holds one rendering of the registry.
+const MAX_METRICS_CONNECTIONS: usize = 64;
+
 /// Binds `addr` and serves `/metrics` and `/healthz` until the task is aborted. Binding
 /// errors are returned at once, so a daemon can say which address it could not take.
 pub async fn serve(
     addr: &str,
     registry: Arc<Registry>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    serve_within(addr, registry, MAX_METRICS_CONNECTIONS).await
+}
+
+/// [`serve`] with a ceiling of `max` connections at once.
+async fn serve_within(
+    addr: &str,
+    registry: Arc<Registry>,
+    max: usize,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
+    let limit = crate::net::ConnLimit::new("metrics", max).counted(&registry);
+    let mut incoming = crate::net::incoming(listener, limit);
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
-            };
+            let mut sock = incoming.accept().await;
             let reg = registry.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
@@ -524,5 +538,45 @@ mod tests {
             text.contains("cirrus_latency_seconds_count{op=\"Lookup\"} 2"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn scrapes_past_the_connection_ceiling_are_closed_and_counted() {
+        use crate::net::tests::{assert_closed_at_once, HANG};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let h = serve_within(&addr, Registry::new(), 2).await.unwrap();
+        // Two silent connections fill the ceiling (the server gives each 5 s to speak;
+        // connections are accepted in the order they were made).
+        let silent = [
+            tokio::net::TcpStream::connect(&addr).await.unwrap(),
+            tokio::net::TcpStream::connect(&addr).await.unwrap(),
+        ];
+        assert_closed_at_once(&addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        drop(silent);
+        let deadline = std::time::Instant::now() + HANG;
+        let text = loop {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await;
+            let mut out = String::new();
+            let _ = tokio::time::timeout(HANG, s.read_to_string(&mut out)).await;
+            if out.starts_with("HTTP/1.1 200") {
+                break out;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no scrape served after the silent connections closed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // At least the one above (the retries may have been refused too).
+        let refused: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("cirrus_connections_refused_total{listener=\"metrics\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no refusal count in:\n{text}"));
+        assert!(refused >= 1, "{text}");
+        h.abort();
     }
 }

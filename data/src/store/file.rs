@@ -751,7 +751,7 @@ impl FileStore {
         let Some(o) = self.get(key) else {
             return Ok(());
         };
-        let files = o.data.all();
+        let files = o.data.sync_files().map_err(io_err("open object file"))?;
         let (a, b) = tokio::join!(
             futures::future::join_all(files.iter().map(|f| self.ring.sync(f, true))),
             self.ring.sync(&o.side, true)
@@ -1128,6 +1128,18 @@ mod tests {
             store.sync(k).await.unwrap();
             let r = store.read(k, at, data.len()).await.unwrap();
             assert_eq!(&r.data[..], &data[..]);
+            // Only segment 0 stays open: offsets a caller names do not pin descriptors.
+            let far_open = std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|t| {
+                    t.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(parse_segment_name)
+                        .is_some_and(|(b, _)| b == base_name(k))
+                })
+                .count();
+            assert_eq!(far_open, 0, "segment files past the first left open");
         }
         // Segments 0, 2, 3 and 4 exist; 1 was never reached.
         let names: Vec<String> = segment_files(dir.path(), k)

@@ -59,21 +59,35 @@ pub fn parse_segment_name(name: &str) -> Option<(&str, u64)> {
     (k >= 1).then_some((base, k))
 }
 
-/// The open segment files of one object.
+/// The segment files of one object. Only segment 0 stays open: a segment past it is
+/// opened for each use (rare: it takes an object past 4 TiB), so an object holds one
+/// data descriptor however many segments a caller's offsets created.
 pub struct Segments {
     dir: PathBuf,
     base: String,
     direct: bool,
-    files: Mutex<BTreeMap<u64, Arc<File>>>,
+    first: Arc<File>,
+    /// Segments past the first that exist, and whether one was written since the last
+    /// `sync_files`.
+    far: Mutex<BTreeMap<u64, bool>>,
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
     move |e| StoreError::from_io(what, e)
 }
 
+fn open_file(path: &Path, direct: bool, create: bool) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true).create(create);
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path)
+}
+
 impl Segments {
-    /// Opens segment 0 (creating it when `create`) and the further segments `extra`
-    /// found on disk.
+    /// Opens segment 0 (creating it when `create`) and records the further segments
+    /// `extra` found on disk.
     pub fn open(
         dir: &Path,
         base: &str,
@@ -81,24 +95,19 @@ impl Segments {
         create: bool,
         extra: &[u64],
     ) -> StoreResult<Segments> {
-        let s = Segments {
+        let first = open_file(&dir.join(format!("{base}.dat")), direct, create)
+            .map_err(io_err("open object file"))?;
+        Ok(Segments {
             dir: dir.to_path_buf(),
             base: base.to_string(),
             direct,
-            files: Mutex::new(BTreeMap::new()),
-        };
-        let mut files = BTreeMap::new();
-        let open = |k, create| s.open_file(k, create).map_err(io_err("open object file"));
-        files.insert(0, Arc::new(open(0, create)?));
-        for &k in extra {
-            files.insert(k, Arc::new(open(k, false)?));
-        }
-        *s.lock() = files;
-        Ok(s)
+            first: Arc::new(first),
+            far: Mutex::new(extra.iter().map(|k| (*k, false)).collect()),
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<File>>> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, bool>> {
+        self.far.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn path(&self, seg: u64) -> PathBuf {
@@ -109,55 +118,74 @@ impl Segments {
         }
     }
 
-    fn open_file(&self, seg: u64, create: bool) -> std::io::Result<File> {
-        let mut o = OpenOptions::new();
-        o.read(true).write(true).create(create);
-        if self.direct {
-            o.custom_flags(libc::O_DIRECT);
-        }
-        o.open(self.path(seg))
-    }
-
     /// Segment `seg`'s file: None if it was never created and `create` is false (its
-    /// bytes are zeros).
+    /// bytes are zeros). `create` is for writes and allocations: it marks the segment
+    /// for the next `sync_files`.
     pub fn get(&self, seg: u64, create: bool) -> std::io::Result<Option<Arc<File>>> {
-        if let Some(f) = self.lock().get(&seg) {
-            return Ok(Some(f.clone()));
+        if seg == 0 {
+            return Ok(Some(self.first.clone()));
         }
-        if !create {
+        let known = self.lock().contains_key(&seg);
+        if !known && !create {
             return Ok(None);
         }
-        let f = Arc::new(self.open_file(seg, true)?);
-        Ok(Some(self.lock().entry(seg).or_insert(f).clone()))
+        let f = open_file(&self.path(seg), self.direct, create)?;
+        if create {
+            self.lock().insert(seg, true);
+        }
+        Ok(Some(Arc::new(f)))
     }
 
-    /// Every segment file that exists.
-    pub fn all(&self) -> Vec<Arc<File>> {
-        self.lock().values().cloned().collect()
+    /// The files an fdatasync must cover: segment 0 and every segment written since
+    /// the last call (fdatasync through a fresh descriptor flushes the file's data).
+    pub fn sync_files(&self) -> std::io::Result<Vec<Arc<File>>> {
+        let dirty: Vec<u64> = {
+            let mut far = self.lock();
+            far.iter_mut()
+                .filter(|(_, d)| **d)
+                .map(|(k, d)| {
+                    *d = false;
+                    *k
+                })
+                .collect()
+        };
+        let mut v = vec![self.first.clone()];
+        for k in dirty {
+            v.push(Arc::new(open_file(&self.path(k), self.direct, false)?));
+        }
+        Ok(v)
     }
 
     /// The object offset where the highest segment file ends: the allocated length.
     pub fn allocated(&self) -> StoreResult<u64> {
-        let last = self.lock().iter().next_back().map(|(k, f)| (*k, f.clone()));
-        let Some((k, f)) = last else { return Ok(0) };
-        let len = f.metadata().map_err(io_err("stat object file"))?.len();
-        Ok(k * SEGMENT + len)
+        let last = self.lock().keys().next_back().copied();
+        let (k, len) = match last {
+            None => (0, self.first.metadata()),
+            Some(k) => (k, std::fs::metadata(self.path(k))),
+        };
+        Ok(k * SEGMENT + len.map_err(io_err("stat object file"))?.len())
     }
 
     /// Cuts the data files to end at `keep` (truncate down): the segment holding the new
     /// end is set to that length and every segment past it is removed.
     pub fn cut(&self, keep: u64) -> StoreResult<()> {
         let holder = keep.saturating_sub(1) / SEGMENT;
-        let mut files = self.lock();
-        let past: Vec<u64> = files.range(holder + 1..).map(|(k, _)| *k).collect();
+        let mut far = self.lock();
+        let past: Vec<u64> = far.range(holder + 1..).map(|(k, _)| *k).collect();
         for k in past {
-            files.remove(&k);
+            far.remove(&k);
             remove(&self.path(k))?;
         }
         // A new end inside a segment never written leaves the ones below as they are.
-        if let Some(f) = files.get(&holder) {
-            f.set_len(keep - holder * SEGMENT)
+        let len = keep - holder * SEGMENT;
+        if holder == 0 {
+            self.first
+                .set_len(len)
                 .map_err(io_err("truncate object file"))?;
+        } else if far.contains_key(&holder) {
+            let f = open_file(&self.path(holder), self.direct, false)
+                .map_err(io_err("open object file"))?;
+            f.set_len(len).map_err(io_err("truncate object file"))?;
         }
         Ok(())
     }
@@ -168,7 +196,7 @@ impl Segments {
         for k in keys {
             remove(&self.path(k))?;
         }
-        Ok(())
+        remove(&self.path(0))
     }
 }
 

@@ -469,12 +469,16 @@ fn drive(mut ring: IoUring, rx: mpsc::Receiver<Req>, wake: Arc<OwnedFd>, depth: 
             } else {
                 Ok(res as usize)
             };
-            let buf = match req.op {
+            let Req { file, op, reply } = req;
+            // The kernel is done with the descriptor: let go of it before the caller
+            // wakes, so a caller that closes its file sees it closed when the call returns.
+            drop(file);
+            let buf = match op {
                 Op::Read { buf, .. } => Some(Buffer::Read(buf)),
                 Op::Write { buf, .. } => Some(Buffer::Write(buf)),
                 _ => None,
             };
-            let _ = req.reply.send((result, buf));
+            let _ = reply.send((result, buf));
         }
     }
 }

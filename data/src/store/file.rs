@@ -1132,6 +1132,7 @@ mod tests {
             let far_open = std::fs::read_dir("/proc/self/fd")
                 .unwrap()
                 .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|t| t.starts_with(dir.path().canonicalize().unwrap()))
                 .filter(|t| {
                     t.file_name()
                         .and_then(|n| n.to_str())

@@ -33,6 +33,7 @@ fn tag(e: &FsError) -> (&'static str, Code) {
         WrongCluster { .. } => ("wrong_cluster", Code::PermissionDenied),
         Unavailable(_) => ("unavailable", Code::Unavailable),
         Timeout(_) => ("timeout", Code::DeadlineExceeded),
+        TooManyOpen(_) => ("too_many_open", Code::ResourceExhausted),
     }
 }
 
@@ -128,6 +129,7 @@ fn from_tag(
             got: msg.to_string(),
         },
         "unavailable" => FsError::Unavailable(detail("unavailable: ")),
+        "too_many_open" => FsError::TooManyOpen(detail("too many open files: ")),
         "timeout" => FsError::Timeout(detail("deadline exceeded: ")),
         _ => return None,
     })
@@ -198,6 +200,7 @@ mod tests {
                 current: ChainVersion(7),
             },
             FsError::Unavailable("down".into()),
+            FsError::TooManyOpen("client 3 holds 1048576".into()),
             FsError::Timeout("slow".into()),
         ];
         for e in all {

@@ -52,6 +52,10 @@ pub enum FsError {
     Unavailable(String),
     #[error("deadline exceeded: {0}")]
     Timeout(String),
+    /// A per-client ceiling on open files was reached (ENFILE). Last, so that the
+    /// serialized indices of the variants before it stay what they were.
+    #[error("too many open files: {0}")]
+    TooManyOpen(String),
 }
 
 impl FsError {
@@ -78,6 +82,7 @@ impl FsError {
             }
             WrongCluster { .. } => libc::EIO,
             Timeout(_) => libc::ETIMEDOUT,
+            TooManyOpen(_) => libc::ENFILE,
         }
     }
 

@@ -667,9 +667,9 @@ impl MetaState {
     fn check_handle_room(&self, client: ClientId) -> FsResult<()> {
         let held = self.client_handles.get(&client).map_or(0, BTreeSet::len);
         if held >= MAX_HANDLES_PER_CLIENT {
-            return Err(FsError::Invalid(format!(
-                "too many open files: client {client} holds {held} open handles, the most \
-                 one client may hold (close some first)"
+            return Err(FsError::TooManyOpen(format!(
+                "client {client} holds {held} open handles, the most one client may hold \
+                 (close some first)"
             )));
         }
         Ok(())

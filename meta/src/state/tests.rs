@@ -741,7 +741,10 @@ fn a_client_at_its_handle_ceiling_is_refused_and_others_are_not() {
         },
     ] {
         match s.apply(&cmd) {
-            Err(FsError::Invalid(m)) => assert!(m.contains("too many open files"), "{m}"),
+            Err(e @ FsError::TooManyOpen(_)) => {
+                assert_eq!(e.errno(), libc::ENFILE);
+                assert!(e.to_string().contains("too many open files"), "{e}");
+            }
             other => panic!("{cmd:?} at the handle ceiling replied {other:?}"),
         }
         assert_eq!(s.digest(), before, "a refused {cmd:?} changed the state");

@@ -487,10 +487,13 @@ impl Side {
         }
     }
 
-    /// EFBIG if `[off, off + len)` ends past this side's limit.
+    /// EFBIG if `[off, off + len)` ends past this side's limit. A range that ends past
+    /// `i64::MAX` is left to the syscall: the kernel refuses it with EINVAL before any
+    /// filesystem sees it (`rw_verify_area`), on the mount as here.
     fn past_limit(&self, off: u64, len: u64) -> Option<Out> {
         let lim = self.limit?;
-        (off.checked_add(len).is_none_or(|end| end > lim)).then_some(Out::Errno(libc::EFBIG))
+        let end = off.checked_add(len).filter(|e| *e <= i64::MAX as u64)?;
+        (end > lim).then_some(Out::Errno(libc::EFBIG))
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -547,7 +550,8 @@ impl Side {
                 len,
                 fill,
             } => match self.fd(*slot) {
-                Ok(f) => match self.past_limit(*off, *len as u64) {
+                // An empty write is answered 0 by the kernel wherever it lands.
+                Ok(f) => match self.past_limit(*off, *len as u64).filter(|_| *len > 0) {
                     Some(e) => e,
                     None => res(f.write_at(&fill_bytes(*fill, *len), *off), Out::Count),
                 },
@@ -1010,7 +1014,17 @@ mod tests {
         };
         let efbig = Out::Errno(libc::EFBIG);
         assert_eq!(l.apply(&write_at(cirrus_types::MAX_FILE_SIZE - 1)), efbig);
-        assert_eq!(l.apply(&write_at(u64::MAX - 1)), efbig);
+        // Past i64::MAX the kernel answers EINVAL before any filesystem (the mount too).
+        let einval = Out::Errno(libc::EINVAL);
+        assert_eq!(l.apply(&write_at(u64::MAX - 1)), einval);
+        let across = Op::Write {
+            slot: 0,
+            off: i64::MAX as u64 - 5,
+            len: 171_128,
+            fill: 1,
+        };
+        assert_eq!(l.apply(&across), einval);
+        assert_eq!(l.apply(&write_at(i64::MAX as u64 - 5)), efbig);
         let past = cirrus_types::MAX_FILE_SIZE + 1;
         assert_eq!(
             l.apply(&Op::Ftruncate {

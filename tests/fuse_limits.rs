@@ -139,3 +139,148 @@ fn sizes_past_the_largest_file_are_efbig_and_sizes_up_to_it_stay_sparse() {
     }
     drop(m);
 }
+
+/// Handles held open at once through one mount (issue 19: "a client with 100,000 open
+/// handles").
+const HANDLES: usize = 100_000;
+/// Processes that share them: a process may not raise its own open-file limit past
+/// the hard limit without CAP_SYS_RESOURCE, so each holds a share under it.
+const HOLDERS: usize = 8;
+/// Resident memory a meta node may gain per open handle: the handle's entry in the
+/// state machine and the raft entries that opened it, not a buffer per handle.
+const META_BYTES_PER_HANDLE: u64 = 2048;
+
+/// A holder: opens `$1` handles on `$2/f0..f99` round robin, reads one byte through
+/// every 997th, says `ready`, and holds them until its stdin closes.
+const HOLDER: &str = r#"
+set -eu
+n=$1; dir=$2; fds=()
+for ((i = 0; i < n; i++)); do exec {fd}<"$dir/f$((i % 100))"; fds+=("$fd"); done
+for ((i = 0; i < n; i += 997)); do
+  read -r -n1 -u "${fds[i]}" b || true
+  [ "$b" = x ] || { echo "handle $i read '$b'" >&2; exit 1; }
+done
+echo ready
+read -r _ || true
+"#;
+
+#[test]
+fn a_client_with_100000_open_handles_costs_every_server_bounded_memory() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    require_fuse();
+    let per_holder = HANDLES / HOLDERS;
+    let limit = {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct we pass; no other preconditions.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+        l.rlim_max
+    };
+    assert!(
+        limit >= per_holder as u64 + 64,
+        "this test needs an open-file hard limit of at least {} per process (have {limit})",
+        per_holder + 64
+    );
+    let rt = runtime();
+    let c = cluster(&rt, 3, 2);
+    let m = Mount::new(&c.meta_addrs());
+    for i in 0..100 {
+        std::fs::write(m.path.join(format!("f{i}")), b"x").unwrap();
+    }
+    let meta_pids: Vec<i32> = (0..3).map(|i| c.meta_pid(i).expect("meta pid")).collect();
+    let data_pids: Vec<i32> = (0..3).map(|i| c.data_pid(i).expect("data pid")).collect();
+    let meta_before: Vec<u64> = meta_pids.iter().map(|p| rss(*p)).collect();
+    let data_before: Vec<u64> = data_pids.iter().map(|p| rss(*p)).collect();
+    // The writes' releases go to meta in batches behind the closes: start from none.
+    rt.block_on(c.wait_until(
+        "the writes' handles released at meta",
+        Duration::from_secs(60),
+        || async { c.open_handles().await.map(|h| h == 0).unwrap_or(false) },
+    ))
+    .expect("no handles before the opens");
+    let base = 0;
+
+    let started = std::time::Instant::now();
+    let dir = m.path.clone();
+    let holders = within(
+        "100,000 opens through the mount",
+        Duration::from_secs(900),
+        move || {
+            let mut holders: Vec<_> = (0..HOLDERS)
+                .map(|_| {
+                    Command::new("bash")
+                        .args(["-c", HOLDER, "holder"])
+                        .arg(per_holder.to_string())
+                        .arg(&dir)
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .spawn()
+                        .expect("spawn bash holder")
+                })
+                .collect();
+            for h in &mut holders {
+                let mut line = String::new();
+                BufReader::new(h.stdout.as_mut().expect("holder stdout"))
+                    .read_line(&mut line)
+                    .expect("read holder");
+                assert_eq!(line.trim(), "ready", "a holder failed: {:?}", h.try_wait());
+            }
+            holders
+        },
+    );
+    let took = started.elapsed();
+    let held = rt.block_on(c.open_handles()).expect("open handles");
+    assert!(
+        held >= base + HANDLES as u64,
+        "meta holds {held} handles with {HANDLES} open (before: {base})"
+    );
+    let meta_now: Vec<u64> = meta_pids.iter().map(|p| rss(*p)).collect();
+    let data_now: Vec<u64> = data_pids.iter().map(|p| rss(*p)).collect();
+    let mount_rss = rss(m.pid().expect("mount pid") as i32);
+    eprintln!(
+        "{HANDLES} opens in {took:?}; meta RSS MiB before {:?} after {:?}; data RSS MiB \
+         before {:?} after {:?}; mount RSS {} MiB",
+        meta_before.iter().map(|b| b >> 20).collect::<Vec<_>>(),
+        meta_now.iter().map(|b| b >> 20).collect::<Vec<_>>(),
+        data_before.iter().map(|b| b >> 20).collect::<Vec<_>>(),
+        data_now.iter().map(|b| b >> 20).collect::<Vec<_>>(),
+        mount_rss >> 20
+    );
+    for (i, (b, n)) in meta_before.iter().zip(&meta_now).enumerate() {
+        assert!(
+            n.saturating_sub(*b) <= META_BYTES_PER_HANDLE * HANDLES as u64,
+            "meta-{} grew from {} to {} MiB for {HANDLES} handles",
+            i + 1,
+            b >> 20,
+            n >> 20
+        );
+    }
+    for (i, (b, n)) in data_before.iter().zip(&data_now).enumerate() {
+        assert!(
+            *n <= b + RSS_SLACK,
+            "data-{} grew from {} to {} MiB while a client held {HANDLES} handles",
+            i + 1,
+            b >> 20,
+            n >> 20
+        );
+    }
+
+    // Closing them all (each holder exits when its stdin closes) releases them at meta,
+    // in batches behind the closes.
+    for mut h in holders {
+        drop(h.stdin.take());
+        let st = h.wait().expect("wait holder");
+        assert!(st.success(), "holder exited {st}");
+    }
+    rt.block_on(c.wait_until(
+        "the closed handles released at meta",
+        Duration::from_secs(300),
+        || async { c.open_handles().await.map(|h| h <= base).unwrap_or(false) },
+    ))
+    .expect("handles released");
+    drop(m);
+}

@@ -720,6 +720,23 @@ impl TestCluster {
         .context("get chains")
     }
 
+    /// Open handles the meta group holds (all clients), from the leader.
+    pub async fn open_handles(&self) -> Result<u64> {
+        let conn = self
+            .conn_with(CallPolicy {
+                per_try: PROBE_TIMEOUT,
+                total: Duration::from_secs(5),
+            })
+            .await?;
+        let r = conn
+            .call("status", |mut c| async move {
+                c.status(pb::ClusterInfoRequest {}).await
+            })
+            .await
+            .context("status")?;
+        Ok(r.open_handles)
+    }
+
     /// SIGKILL meta node `i` (and reap it).
     pub fn kill_meta(&mut self, i: usize) {
         self.meta[i].kill();

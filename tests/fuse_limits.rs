@@ -4,10 +4,15 @@
 //! (4 PiB) gets EFBIG and changes nothing; that truncate, bytes written at 2^40, 2^50 and
 //! at the last bytes, and a truncate to the largest size succeed and read back with zeros
 //! in the holes; and no data server's resident memory grows by more than a few MiB
-//! through all of it.
+//! through all of it. Also through the mount: 100,000 handles held open at once, and
+//! xattrs at their size and count ceilings, with memory bounded and clear errors past
+//! each limit.
 
 mod fuse_common;
 
+use cirrus_meta::state::{
+    XATTRS_MAX_PER_INODE, XATTR_BYTES_MAX_PER_INODE, XATTR_NAME_MAX, XATTR_VALUE_MAX,
+};
 use cirrus_types::MAX_FILE_SIZE;
 use fuse_common::{cluster, require_fuse, runtime, within, Mount};
 use std::os::unix::fs::FileExt;
@@ -283,4 +288,241 @@ fn a_client_with_100000_open_handles_costs_every_server_bounded_memory() {
     ))
     .expect("handles released");
     drop(m);
+}
+
+fn setxattr(path: &std::path::Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let n = std::ffi::CString::new(name).expect("name");
+    // SAFETY: both strings are NUL-terminated and live across the call; the value
+    // pointer and length describe one readable slice.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn getxattr(path: &std::path::Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let n = std::ffi::CString::new(name).expect("name");
+    let mut buf = vec![0u8; XATTR_VALUE_MAX];
+    // SAFETY: both strings are NUL-terminated; the buffer is writable for its length.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+fn errno(r: std::io::Result<impl std::fmt::Debug>, want: i32, what: &str) {
+    match r {
+        Err(e) if e.raw_os_error() == Some(want) => {}
+        other => panic!("{what}: expected errno {want}, got {other:?}"),
+    }
+}
+
+#[test]
+fn xattrs_at_the_size_limits_round_trip_and_past_them_are_refused_with_nothing_changed() {
+    require_fuse();
+    let rt = runtime();
+    let c = cluster(&rt, 1, 1);
+    let meta_pids: Vec<i32> = (0..3).map(|i| c.meta_pid(i).expect("meta pid")).collect();
+    let before: Vec<u64> = meta_pids.iter().map(|p| rss(*p)).collect();
+    let m = Mount::new(&c.meta_addrs());
+    let p = m.path.clone();
+    within(
+        "xattrs at their limits",
+        Duration::from_secs(300),
+        move || {
+            let a = p.join("a");
+            std::fs::write(&a, b"a").unwrap();
+            // One value of the largest size (64 KiB) and the longest name round-trip.
+            let full: Vec<u8> = (0..XATTR_VALUE_MAX).map(|i| (i * 7 % 251) as u8).collect();
+            let long = format!("user.{}", "n".repeat(XATTR_NAME_MAX - 5));
+            setxattr(&a, &long, &full).expect("a 64 KiB value under a 255-byte name");
+            assert_eq!(getxattr(&a, &long).unwrap(), full);
+            // Past them: the kernel refuses before the call reaches us (E2BIG, ERANGE).
+            errno(
+                setxattr(&a, "user.big", &vec![1; XATTR_VALUE_MAX + 1]),
+                libc::E2BIG,
+                "65537-byte value",
+            );
+            errno(
+                setxattr(
+                    &a,
+                    &format!("user.{}", "n".repeat(XATTR_NAME_MAX - 4)),
+                    b"v",
+                ),
+                libc::ERANGE,
+                "256-byte name",
+            );
+            errno(getxattr(&a, "user.big"), libc::ENODATA, "the refused value");
+
+            // Bytes per inode: 64 KiB values until the 1 MiB ceiling, then ENOSPC, and the
+            // refused one was not stored.
+            let b = p.join("b");
+            std::fs::write(&b, b"b").unwrap();
+            let mut held = 0;
+            let mut i = 0;
+            loop {
+                let name = format!("user.v{i}");
+                if held + name.len() + XATTR_VALUE_MAX > XATTR_BYTES_MAX_PER_INODE {
+                    errno(
+                        setxattr(&b, &name, &full),
+                        libc::ENOSPC,
+                        "past 1 MiB of xattrs",
+                    );
+                    errno(
+                        getxattr(&b, &name),
+                        libc::ENODATA,
+                        "the value refused for space",
+                    );
+                    break;
+                }
+                setxattr(&b, &name, &full)
+                    .unwrap_or_else(|e| panic!("value {i} ({held} B held): {e}"));
+                held += name.len() + XATTR_VALUE_MAX;
+                i += 1;
+            }
+            for j in 0..i {
+                assert_eq!(
+                    getxattr(&b, &format!("user.v{j}")).unwrap(),
+                    full,
+                    "value {j}"
+                );
+            }
+
+            // Count per inode: 1024 small ones, then ENOSPC.
+            let d = p.join("d");
+            std::fs::write(&d, b"d").unwrap();
+            for j in 0..XATTRS_MAX_PER_INODE {
+                setxattr(&d, &format!("user.s{j}"), b"1")
+                    .unwrap_or_else(|e| panic!("xattr {j}: {e}"));
+            }
+            errno(
+                setxattr(&d, "user.one-more", b"1"),
+                libc::ENOSPC,
+                "the 1025th xattr",
+            );
+            // Replacing one that exists is not a new one.
+            setxattr(&d, "user.s0", b"2").expect("replace at the count ceiling");
+            assert_eq!(getxattr(&d, "user.s0").unwrap(), b"2");
+        },
+    );
+    let after: Vec<u64> = meta_pids.iter().map(|p| rss(*p)).collect();
+    eprintln!(
+        "meta RSS MiB before {:?} after {:?}",
+        before.iter().map(|b| b >> 20).collect::<Vec<_>>(),
+        after.iter().map(|b| b >> 20).collect::<Vec<_>>()
+    );
+    // About 1.1 MiB of xattrs, in the state and in the raft log's entries.
+    for (i, (b, n)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            *n <= b + 4 * RSS_SLACK,
+            "meta-{} grew from {} to {} MiB holding about 1 MiB of xattrs",
+            i + 1,
+            b >> 20,
+            n >> 20
+        );
+    }
+    drop(m);
+}
+
+/// A byte pattern that differs per file and per offset.
+fn pattern(file: usize, off: usize, len: usize) -> Vec<u8> {
+    (off..off + len)
+        .map(|i| (i.wrapping_mul(31) ^ file.wrapping_mul(131)) as u8)
+        .collect()
+}
+
+#[test]
+fn a_client_writing_many_files_at_once_holds_at_most_its_write_back_budget() {
+    use cirrus_client::client::{Client, ClientConfig};
+    use cirrus_types::InodeId;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const BUDGET: usize = 8 << 20;
+    const FILES: usize = 40;
+    const EACH: usize = 1 << 20;
+    const CHUNK: usize = 128 << 10;
+    const WRITERS: usize = 8;
+    let rt = runtime();
+    let c = cluster(&rt, 1, 1);
+    rt.block_on(async {
+        // Neither the per-file ceiling nor a flush behind the writer ever starts here
+        // (each file gets 1 MiB): only the client-wide budget holds the 40 MiB written
+        // back.
+        let cfg = ClientConfig {
+            max_dirty_total: BUDGET,
+            max_dirty: 32 << 20,
+            flush_behind: 64 << 20,
+            ..ClientConfig::default()
+        };
+        let cl = Client::connect(&c.meta_addrs(), cfg).await.expect("connect");
+        let mut files = Vec::new();
+        for i in 0..FILES {
+            let (fh, attr) = cl
+                .create(InodeId::ROOT, format!("w{i}").as_bytes(), 0o644, 0, 0, true)
+                .await
+                .expect("create");
+            files.push((fh, attr.ino));
+        }
+        let peak = Arc::new(AtomicUsize::new(0));
+        // Writers take files round robin, a chunk at a time across all of their files,
+        // so every file holds dirty bytes at once.
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (cl, peak) = (cl.clone(), peak.clone());
+                let mine: Vec<_> = files.iter().copied().enumerate().skip(w).step_by(WRITERS).collect();
+                tokio::spawn(async move {
+                    for off in (0..EACH).step_by(CHUNK) {
+                        for (i, (fh, _)) in &mine {
+                            cl.write(*fh, off as u64, &pattern(*i, off, CHUNK))
+                                .await
+                                .unwrap_or_else(|e| panic!("write file {i} at {off}: {e}"));
+                            peak.fetch_max(cl.dirty_bytes(), Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("writer");
+        }
+        let peak = peak.load(Ordering::Relaxed);
+        eprintln!(
+            "{} MiB written to {FILES} files by {WRITERS} writers; peak dirty {} KiB (budget {} KiB)",
+            (FILES * EACH) >> 20,
+            peak >> 10,
+            BUDGET >> 10
+        );
+        // Checked, not reserved: each concurrent writer may add one chunk past it.
+        assert!(
+            peak <= BUDGET + WRITERS * CHUNK,
+            "the client held {peak} dirty bytes with a budget of {BUDGET}"
+        );
+        for (fh, _) in &files {
+            cl.release(*fh).await.expect("close");
+        }
+        assert_eq!(cl.dirty_bytes(), 0, "dirty bytes counted after every close");
+        // Every byte reached the data servers and reads back through a fresh open.
+        for (i, (_, ino)) in files.iter().enumerate() {
+            let (fh, attr) = cl.open(*ino).await.expect("reopen");
+            assert_eq!(attr.size, EACH as u64, "file {i} size");
+            let got = cl.read(fh, 0, EACH as u32).await.expect("read");
+            assert!(got[..] == pattern(i, 0, EACH)[..], "file {i} bytes differ");
+            cl.release(fh).await.expect("close");
+        }
+    });
 }

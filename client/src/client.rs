@@ -25,7 +25,7 @@ use cirrus_types::{ClientId, FileKind, FsError, FsResult, HandleId, InodeId, Lay
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +40,9 @@ pub struct ClientConfig {
     pub data_per_try: Duration,
     /// Dirty bytes per open inode (buffered plus being sent) before a write waits.
     pub max_dirty: usize,
+    /// Dirty bytes across all of this client's inodes before a write waits: the
+    /// client's write-back memory, however many files it writes at once.
+    pub max_dirty_total: usize,
     /// Dirty bytes per open inode that start a flush behind the writer.
     pub flush_behind: usize,
     /// Bytes fetched ahead of a sequential reader, per open inode (0: no read-ahead).
@@ -62,6 +65,7 @@ impl Default for ClientConfig {
             meta_per_try: Duration::from_secs(5),
             data_per_try: Duration::from_secs(10),
             max_dirty: 32 << 20,
+            max_dirty_total: 256 << 20,
             flush_behind: 4 << 20,
             read_ahead: 8 << 20,
             max_chunk: 4 << 20,
@@ -103,6 +107,9 @@ struct InodeState {
     /// Blocks fetched ahead of a sequential reader (under the same lock as `buf`, so a
     /// write and the decision to fetch a block are ordered).
     ra: ReadAhead,
+    /// This inode's share of the client-wide dirty count (`buf` plus `inflight` when
+    /// last counted; see `OpenInode::recount`).
+    counted: usize,
 }
 
 /// One read-ahead block's fetch, shared by every read that needs it.
@@ -156,6 +163,42 @@ struct OpenInode {
     io_lock: tokio::sync::Mutex<()>,
     /// Signalled after every flush behind the writer (room may have been freed).
     flushed: tokio::sync::Notify,
+    /// The client's dirty bytes across all inodes (`Client::dirty`).
+    dirty: Arc<Dirty>,
+}
+
+/// The client-wide write-back count: every open inode's `buf` plus `inflight`.
+#[derive(Default)]
+struct Dirty {
+    bytes: AtomicUsize,
+    /// Signalled after every flush of any inode (room may have been freed).
+    drained: tokio::sync::Notify,
+}
+
+impl OpenInode {
+    /// Brings this inode's share of the client-wide dirty count up to date. Called with
+    /// the state lock held after every change of `buf` or `inflight`.
+    fn recount(&self, st: &mut InodeState) {
+        let now = st.buf.len() + st.inflight.len();
+        if now >= st.counted {
+            self.dirty
+                .bytes
+                .fetch_add(now - st.counted, Ordering::Relaxed);
+        } else {
+            self.dirty
+                .bytes
+                .fetch_sub(st.counted - now, Ordering::Relaxed);
+        }
+        st.counted = now;
+    }
+}
+
+impl Drop for OpenInode {
+    /// An inode forgotten by the client takes its share of the dirty count with it.
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.dirty.bytes.fetch_sub(st.counted, Ordering::Relaxed);
+    }
 }
 
 /// One piece of a read, inside one block.
@@ -201,6 +244,8 @@ pub struct Client {
     client_id: ClientId,
     inodes: Mutex<HashMap<InodeId, Arc<OpenInode>>>,
     handles: Mutex<HashMap<u64, Handle>>,
+    /// Dirty bytes across all inodes, against `max_dirty_total`.
+    dirty: Arc<Dirty>,
     next_fh: AtomicU64,
     /// Bumped by every local change of an open inode's size (write, truncate, commit,
     /// open, failed flush). A meta reply may replace the local size only if no change
@@ -261,6 +306,7 @@ impl Client {
             client_id,
             inodes: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
+            dirty: Arc::new(Dirty::default()),
             next_fh: AtomicU64::new(1),
             local_gen: AtomicU64::new(0),
             ns_gen: AtomicU64::new(0),
@@ -493,6 +539,7 @@ impl Client {
                         state: Mutex::new(InodeState::default()),
                         io_lock: tokio::sync::Mutex::new(()),
                         flushed: tokio::sync::Notify::new(),
+                        dirty: self.dirty.clone(),
                     })
                 })
                 .clone();
@@ -608,7 +655,14 @@ impl Client {
             if held > 0 && held + data.len() > self.cfg.max_dirty {
                 return Ok(Buffered::Full);
             }
+            // The client-wide budget. Checked, not reserved: writers of other inodes
+            // checking at the same moment may each add one write past it.
+            let all = self.dirty.bytes.load(Ordering::Relaxed);
+            if all > 0 && all + data.len() > self.cfg.max_dirty_total {
+                return Ok(Buffered::Full);
+            }
             st.buf.insert(off, data);
+            inode.recount(&mut st);
             st.ra.drop_range(off, end);
             st.size = st.size.max(end);
             st.mtime_ns = now_ns();
@@ -628,34 +682,77 @@ impl Client {
         Ok(Buffered::Done(data.len()))
     }
 
-    /// write(2): buffers the bytes, waiting for room while `max_dirty` bytes are held.
-    /// A writer short of room with no flush behind it flushes in the foreground, so a
-    /// failing chain surfaces here as that flush's error.
+    /// write(2): buffers the bytes, waiting for room while `max_dirty` bytes of this
+    /// inode or `max_dirty_total` of the client are held. A writer short of room with
+    /// no flush behind it flushes its own inode in the foreground, so a failing chain
+    /// surfaces here as that flush's error; one that holds nothing while other files
+    /// fill the client's budget flushes the fullest of them.
     pub async fn write(self: &Arc<Self>, fh: u64, off: u64, data: &[u8]) -> FsResult<usize> {
         let deadline = self.deadline();
+        let timeout = || {
+            FsError::Timeout("write: no room in the write-back buffer before the deadline".into())
+        };
         loop {
             let (inode, _) = self.handle(fh)?;
             // Registered before the check, so a flush finishing in between still wakes it.
             let notified = inode.flushed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let drained = self.dirty.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
             if let Buffered::Done(n) = self.try_write(fh, off, data)? {
                 return Ok(n);
             }
-            let behind = lock(&inode.state).behind;
+            let (behind, held) = {
+                let st = lock(&inode.state);
+                (st.behind, st.buf.len() + st.inflight.len())
+            };
             if behind {
                 if tokio::time::timeout_at(deadline.into(), notified)
                     .await
                     .is_err()
                 {
-                    return Err(FsError::Timeout(
-                        "write: no room in the write-back buffer before the deadline".into(),
-                    ));
+                    return Err(timeout());
                 }
-            } else {
+            } else if held > 0 {
                 self.flush_inode(&inode, deadline).await?;
+            } else {
+                // Other inodes hold the client's budget. Their bytes are not this
+                // writer's to fail on: a flush that fails leaves them buffered and the
+                // writer waits for any flush until its deadline.
+                let flushed = match self.fullest() {
+                    Some(other) => self.flush_inode(&other, deadline).await.map_err(|e| {
+                        tracing::warn!(ino = %other.ino, err = %e, "flush for room in the client's write-back budget failed");
+                    }),
+                    None => Err(()),
+                };
+                if flushed.is_err()
+                    && tokio::time::timeout_at(deadline.into(), drained)
+                        .await
+                        .is_err()
+                {
+                    return Err(timeout());
+                }
             }
         }
+    }
+
+    /// The open inode holding the most buffered bytes not yet being sent, if any holds
+    /// some.
+    fn fullest(&self) -> Option<Arc<OpenInode>> {
+        let inodes = lock(&self.inodes);
+        inodes
+            .values()
+            .map(|i| (lock(&i.state).buf.len(), i))
+            .filter(|(n, _)| *n > 0)
+            .max_by_key(|(n, _)| *n)
+            .map(|(_, i)| i.clone())
+    }
+
+    /// Dirty bytes this client holds across all its files (buffered or being sent).
+    pub fn dirty_bytes(&self) -> usize {
+        self.dirty.bytes.load(Ordering::Relaxed)
     }
 
     /// Sends settled dirty bytes (all but a block still being filled) batch after batch
@@ -719,6 +816,7 @@ impl Client {
             }
             b.freeze();
             st.inflight = b.clone();
+            inode.recount(&mut st);
             b
         };
         let chunks = plan_flush(&batch, &inode.layout, self.cfg.max_chunk);
@@ -740,16 +838,22 @@ impl Client {
         let mut st = lock(&inode.state);
         let inflight = std::mem::take(&mut st.inflight);
         st.touched.extend(objects);
-        if let Some(e) = err {
-            // Keep the bytes: a later flush retries them (writes since then stay on top).
-            let newer = std::mem::take(&mut st.buf);
-            st.buf = inflight;
-            st.buf.absorb_newer(newer);
-            let size = st.size;
-            st.buf.truncate(size);
-            return Err(e);
-        }
-        Ok(())
+        let r = match err {
+            Some(e) => {
+                // Keep the bytes: a later flush retries them (writes since then stay on top).
+                let newer = std::mem::take(&mut st.buf);
+                st.buf = inflight;
+                st.buf.absorb_newer(newer);
+                let size = st.size;
+                st.buf.truncate(size);
+                Err(e)
+            }
+            None => Ok(()),
+        };
+        inode.recount(&mut st);
+        drop(st);
+        self.dirty.drained.notify_waiters();
+        r
     }
 
     /// Records size and mtime at meta when local writes are not yet committed. Called
@@ -1161,6 +1265,7 @@ impl Client {
         if let Some(i) = &open {
             let mut st = lock(&i.state);
             st.buf.truncate(size);
+            i.recount(&mut st);
             st.ra.clear();
             st.size = size;
             st.mtime_ns = a.mtime_ns;

@@ -645,10 +645,11 @@ pub async fn serve<S: BulkService>(
     svc: Arc<S>,
     registry: Option<Arc<Registry>>,
 ) {
-    let peer = stream
+    let peer: Arc<str> = stream
         .peer_addr()
         .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+        .unwrap_or_else(|_| "?".into())
+        .into();
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Frame>(256);
@@ -767,30 +768,44 @@ pub async fn serve<S: BulkService>(
                 }
             }
         };
-        let (svc, tx, reg) = (svc.clone(), tx.clone(), registry.clone());
+        let (svc, tx, reg, peer) = (svc.clone(), tx.clone(), registry.clone(), peer.clone());
         tokio::spawn(async move {
             let start = Instant::now();
-            let (op, reply) = match req {
-                Req::Write(header, p) => (
-                    "Write",
-                    match pb::WriteRequest::decode(header) {
+            let op = match req {
+                Req::Write(..) => "Write",
+                Req::Read(_) => "Read",
+            };
+            let call = head.call;
+            let handled = tokio::spawn(async move {
+                match req {
+                    Req::Write(header, p) => match pb::WriteRequest::decode(header) {
                         Ok(req) => svc
                             .write(req, p)
                             .await
-                            .map(|r| Frame::new(Kind::Ok, head.call, &r, Bytes::new())),
+                            .map(|r| Frame::new(Kind::Ok, call, &r, Bytes::new())),
                         Err(e) => Err(FsError::Invalid(format!("undecodable write request: {e}"))),
                     },
-                ),
-                Req::Read(req) => (
-                    "Read",
-                    match req {
+                    Req::Read(req) => match req {
                         Ok(req) => svc.read(req).await.map(|mut r| {
                             let data = std::mem::take(&mut r.data);
-                            Frame::new(Kind::Ok, head.call, &r, data)
+                            Frame::new(Kind::Ok, call, &r, data)
                         }),
                         Err(e) => Err(FsError::Invalid(format!("undecodable read request: {e}"))),
                     },
-                ),
+                }
+            });
+            // A handler that panics ends its own task only, never the server. Its caller
+            // is answered at once with an error that is not retryable: a silent drop
+            // would be retried against this or the next member of the chain until the
+            // caller's deadline, the same request failing each in turn.
+            let reply = match handled.await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(%peer, op, call, err = %e, "a bulk request's handler failed; answered EIO, not retried");
+                    Err(FsError::Io(format!(
+                        "the data server failed handling this {op} request (a bug, in its log); not retried"
+                    )))
+                }
             };
             observe(
                 &reg,
@@ -873,6 +888,7 @@ mod tests {
         ) -> Handled<pb::WriteReply> {
             Box::pin(async move {
                 match req.offset {
+                    13 => panic!("test: a handler that panics (expected)"),
                     7 => Err(FsError::StaleChain {
                         current: cirrus_types::ChainVersion(12),
                     }),
@@ -1009,6 +1025,40 @@ mod tests {
                     ..Default::default()
                 },
                 Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(&r.data[..], &[10, 10, 10]);
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_is_answered_eio_at_once_and_the_connection_keeps_serving() {
+        let addr = echo_server().await;
+        let c = BulkClient::new(&addr);
+        // Answered, not timed out: the deadline is only a guard against a hang.
+        let e = c
+            .write(
+                pb::WriteRequest {
+                    offset: 13,
+                    ..Default::default()
+                },
+                HANG,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, FsError::Io(m) if m.contains("not retried")),
+            "{e:?}"
+        );
+        assert!(!e.is_retryable(), "{e:?}");
+        let r = c
+            .read(
+                pb::ReadRequest {
+                    offset: 10,
+                    len: 3,
+                    ..Default::default()
+                },
+                HANG,
             )
             .await
             .unwrap();

@@ -304,6 +304,7 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
         net::ConnLimit::new("data", net::MAX_CONNECTIONS).counted(&registry),
         Arc::new(DataService::new(node.clone())),
         Some(registry.clone()),
+        cirrus_proto::bulk::ProcessBudget::default(),
     );
     let r = net::server()
         .add_service(metrics::Metered::new(

@@ -62,6 +62,44 @@ const SERVER_BUDGET: u32 = 256 << 20;
 /// The least a request is charged, which also bounds the requests in flight on one
 /// connection: `SERVER_BUDGET / MIN_CHARGE` = 4096, each with its task and reply frame.
 const MIN_CHARGE: u32 = 64 << 10;
+/// Bytes all bulk connections of one server hold at once (requests being handled and
+/// their replies until sent), charged as the connection budget is: the server's memory
+/// for requests, however many connections are open.
+pub const PROCESS_BUDGET: u32 = 2 << 30;
+/// Longest a request waits for room in the process budget before it is refused with a
+/// retryable `Unavailable` (the client backs off and retries). It does not wait for
+/// good: a head holding its room while it forwards to a member that waits for room
+/// held by forwards the other way would deadlock.
+pub const PROCESS_WAIT: Duration = Duration::from_secs(1);
+
+/// The server-wide byte budget of the bulk protocol ([`PROCESS_BUDGET`] by default),
+/// shared by every connection of a [`split_port`].
+#[derive(Clone)]
+pub struct ProcessBudget {
+    sem: Arc<Semaphore>,
+    bytes: u32,
+}
+
+impl ProcessBudget {
+    pub fn new(bytes: u32) -> ProcessBudget {
+        ProcessBudget {
+            sem: Arc::new(Semaphore::new(bytes as usize)),
+            bytes,
+        }
+    }
+
+    /// Bytes charged now.
+    pub fn in_use(&self) -> u64 {
+        u64::from(self.bytes) - self.sem.available_permits() as u64
+    }
+}
+
+impl Default for ProcessBudget {
+    fn default() -> ProcessBudget {
+        ProcessBudget::new(PROCESS_BUDGET)
+    }
+}
+
 /// Longest a server waits for the rest of a frame it has started to receive, or for a
 /// reply to drain into the socket.
 pub const FRAME_STALL: Duration = Duration::from_secs(60);
@@ -152,9 +190,11 @@ impl Head {
 struct Frame {
     head: Vec<u8>,
     payload: Bytes,
-    /// A server's reply holds its request's share of the connection's budget until the
-    /// frame is in the socket, so replies queued for a slow reader count too.
+    /// A server's reply holds its request's share of the connection's budget and of
+    /// the process budget until the frame is in the socket, so replies queued for a
+    /// slow reader count too.
     budget: Option<tokio::sync::OwnedSemaphorePermit>,
+    process: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Frame {
@@ -176,6 +216,7 @@ impl Frame {
             head,
             payload,
             budget: None,
+            process: None,
         }
     }
 }
@@ -578,6 +619,7 @@ pub fn split_port<S: BulkService>(
     limit: ConnLimit,
     svc: Arc<S>,
     registry: Option<Arc<Registry>>,
+    process: ProcessBudget,
 ) -> (GrpcIncoming, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
     let mut incoming = net::incoming(listener, limit);
@@ -587,7 +629,8 @@ pub fn split_port<S: BulkService>(
                 c = incoming.accept() => c,
                 _ = tx.closed() => return,
             };
-            let (tx, svc, reg) = (tx.clone(), svc.clone(), registry.clone());
+            let (tx, svc, reg, process) =
+                (tx.clone(), svc.clone(), registry.clone(), process.clone());
             tokio::spawn(async move {
                 match sniff(c.stream()).await {
                     Some(true) => {
@@ -595,7 +638,7 @@ pub fn split_port<S: BulkService>(
                         let (mut s, permit) = c.into_parts();
                         let mut preface = [0u8; PREFACE.len()];
                         if s.read_exact(&mut preface).await.is_ok() {
-                            serve(s, svc, reg).await;
+                            serve(s, svc, reg, process).await;
                         }
                         drop(permit);
                     }
@@ -637,6 +680,17 @@ fn observe(reg: &Option<Arc<Registry>>, op: &str, start: Instant, r: &FsResult<(
     .inc();
 }
 
+/// Reads `n` bytes off `rd` and drops them, 64 KiB at a time.
+async fn discard<R: AsyncRead + Unpin>(rd: &mut R, mut n: usize) -> std::io::Result<()> {
+    let mut scratch = vec![0u8; n.min(64 << 10)];
+    while n > 0 {
+        let want = n.min(scratch.len());
+        rd.read_exact(&mut scratch[..want]).await?;
+        n -= want;
+    }
+    Ok(())
+}
+
 /// Serves one connection whose [`PREFACE`] was already read, until the peer closes it
 /// or breaks the framing. Calls run concurrently; replies go out as they finish. Counts
 /// calls in `cirrus_requests_total{op="Write"|"Read"}` like the gRPC ones.
@@ -644,6 +698,7 @@ pub async fn serve<S: BulkService>(
     stream: TcpStream,
     svc: Arc<S>,
     registry: Option<Arc<Registry>>,
+    process: ProcessBudget,
 ) {
     let peer: Arc<str> = stream
         .peer_addr()
@@ -746,6 +801,40 @@ pub async fn serve<S: BulkService>(
         let Ok(permit) = budget.clone().acquire_many_owned(permits).await else {
             break;
         };
+        let room = tokio::time::timeout(
+            PROCESS_WAIT,
+            process.sem.clone().acquire_many_owned(permits),
+        )
+        .await;
+        let Ok(Ok(process_permit)) = room else {
+            // Refused whole: a write's payload is read past (not kept) so the
+            // connection's framing holds, and the caller retries after a pause.
+            if read.is_none() {
+                let skip =
+                    tokio::time::timeout(FRAME_STALL, discard(&mut rd, head.payload_len as usize))
+                        .await;
+                if !matches!(skip, Ok(Ok(()))) {
+                    break;
+                }
+            }
+            if let Some(reg) = &registry {
+                reg.counter(
+                    "cirrus_bulk_refused_total",
+                    "bulk requests refused because the server's request memory was in use",
+                    &[],
+                )
+                .inc();
+            }
+            tracing::debug!(%peer, bytes = permits, "bulk request refused: the process budget is in use");
+            let e = FsError::Unavailable(format!(
+                "data server busy: requests in flight hold all {} MiB it admits at once",
+                process.bytes >> 20
+            ));
+            let mut f = Frame::new(Kind::Error, head.call, &status::to_wire(&e), Bytes::new());
+            f.budget = Some(permit);
+            let _ = tx.send(f).await;
+            continue;
+        };
         let req = match read {
             Some(r) => Req::Read(r),
             None => {
@@ -817,6 +906,7 @@ pub async fn serve<S: BulkService>(
                 Frame::new(Kind::Error, head.call, &status::to_wire(&e), Bytes::new())
             });
             frame.budget = Some(permit);
+            frame.process = Some(process_permit);
             let _ = tx.send(frame).await;
         });
     }
@@ -922,7 +1012,13 @@ mod tests {
     async fn echo_server() -> String {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let (mut grpc, _task) = split_port(l, ConnLimit::new("test", 64), Arc::new(Echo), None);
+        let (mut grpc, _task) = split_port(
+            l,
+            ConnLimit::new("test", 64),
+            Arc::new(Echo),
+            None,
+            ProcessBudget::default(),
+        );
         // Non-bulk connections come out here; answer them with a marker and close.
         tokio::spawn(async move {
             use tokio_stream::StreamExt;
@@ -1186,6 +1282,7 @@ mod tests {
             ConnLimit::new("test", 4).counted(&reg),
             Arc::new(Echo),
             None,
+            ProcessBudget::default(),
         );
         let refused = || {
             reg.counter(
@@ -1297,7 +1394,13 @@ mod tests {
         });
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let (_grpc, _task) = split_port(l, ConnLimit::new("test", 4), svc.clone(), None);
+        let (_grpc, _task) = split_port(
+            l,
+            ConnLimit::new("test", 4),
+            svc.clone(),
+            None,
+            ProcessBudget::default(),
+        );
         let c = Arc::new(BulkClient::new(&addr));
         // Six reads of the largest reply on one connection: the budget holds three.
         let fit = (SERVER_BUDGET / MAX_PAYLOAD) as u64;
@@ -1330,6 +1433,81 @@ mod tests {
             most <= fit,
             "{most} reads of {MAX_PAYLOAD} bytes ran at once on one connection"
         );
+    }
+
+    #[tokio::test]
+    async fn past_the_process_budget_a_request_is_refused_unavailable_and_later_ones_are_served() {
+        let svc = Arc::new(Gated {
+            gate: Semaphore::new(0),
+            started: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            most: AtomicU64::new(0),
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let reg = Registry::new();
+        // Room for two of the largest reads (each charged its header too) across all
+        // connections.
+        let budget = ProcessBudget::new(2 * (MAX_PAYLOAD + MIN_CHARGE));
+        let (_grpc, _task) = split_port(
+            l,
+            ConnLimit::new("test", 8),
+            svc.clone(),
+            Some(reg.clone()),
+            budget.clone(),
+        );
+        let big = |i| pb::ReadRequest {
+            offset: i,
+            len: MAX_PAYLOAD,
+            ..Default::default()
+        };
+        // Two connections each hold one largest read (each fits its own connection's
+        // budget); they fill the process budget.
+        let held: Vec<_> = (0..2)
+            .map(|i| {
+                let c = BulkClient::new(&addr);
+                tokio::spawn(async move { c.read(big(i), HANG).await })
+            })
+            .collect();
+        let deadline = Instant::now() + HANG;
+        while svc.started.load(Ordering::SeqCst) < 2 {
+            assert!(Instant::now() < deadline, "the first reads never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(budget.in_use() > 2 * u64::from(MAX_PAYLOAD));
+        // A third connection's request finds no room: refused, and its handler never ran.
+        let third = BulkClient::new(&addr);
+        let e = third.read(big(3), HANG).await.unwrap_err();
+        assert!(
+            matches!(&e, FsError::Unavailable(m) if m.contains("busy")),
+            "{e:?}"
+        );
+        assert!(e.is_retryable(), "{e:?}");
+        assert_eq!(svc.started.load(Ordering::SeqCst), 2);
+        let refused = reg.counter("cirrus_bulk_refused_total", "", &[]).get();
+        assert_eq!(refused, 1);
+        // A write refused the same way has its payload read past: the connection still
+        // serves the next frame.
+        let w = third
+            .write(
+                pb::WriteRequest {
+                    offset: 1,
+                    data: Bytes::from(vec![7u8; MAX_PAYLOAD as usize]),
+                    ..Default::default()
+                },
+                HANG,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(w, FsError::Unavailable(_)), "{w:?}");
+        // Once the held reads end, the budget is free again and the same connection is
+        // served.
+        svc.gate.add_permits(3);
+        for r in held {
+            assert_eq!(&r.await.unwrap().unwrap().data[..], b"x");
+        }
+        assert_eq!(&third.read(big(4), HANG).await.unwrap().data[..], b"x");
+        assert_eq!(budget.in_use(), 0);
     }
 
     #[test]

@@ -83,6 +83,22 @@ async fn release_raw(conn: &MetaConn, handles: &[u64]) -> FsResult<()> {
     .map(|_| ())
 }
 
+async fn setxattr_raw(conn: &MetaConn, ino: u64, value: Vec<u8>) -> FsResult<()> {
+    let cid = conn.cluster_id();
+    conn.call("setxattr", move |mut c| {
+        let req = pb::SetXattrRequest {
+            cluster_id: cid.clone(),
+            ino,
+            name: b"user.huge".to_vec(),
+            value: value.clone(),
+            flags: 0,
+        };
+        async move { c.set_xattr(req).await }
+    })
+    .await
+    .map(|_| ())
+}
+
 fn is_invalid<T: std::fmt::Debug>(r: FsResult<T>, what: &str) {
     assert!(matches!(r, Err(FsError::Invalid(_))), "{what}: {r:?}");
 }
@@ -155,6 +171,14 @@ async fn each_bad_input_is_refused_with_its_error_and_changes_nothing() -> Resul
     is_invalid(
         release_raw(&conn, &oversized).await,
         "oversized release batch",
+    );
+    // A request past the meta API's size limit is refused by the decoder, before any
+    // handler holds it.
+    let huge = setxattr_raw(&conn, file.ino, vec![0; cirrus_meta::META_REQUEST_MAX + 1]).await;
+    assert!(
+        matches!(&huge, Err(FsError::Io(m)) if m.contains("message length too large")),
+        "a request of more than {} bytes: {huge:?}",
+        cirrus_meta::META_REQUEST_MAX
     );
     let other = ClusterId(0x1234).to_string();
     assert!(matches!(

@@ -17,6 +17,12 @@ pub mod service;
 pub mod sm_store;
 pub mod state;
 
+/// Largest request a client or data server may send to the meta API (raft messages
+/// between meta nodes keep the general 80 MiB). The largest legitimate ones are a
+/// 64 KiB xattr value and a release batch of 4096 handles (about 40 KiB), so with this
+/// a gRPC connection's 256 streams hold at most 256 MiB of requests at meta, not 20 GiB.
+pub const META_REQUEST_MAX: usize = 1 << 20;
+
 use anyhow::Context;
 use std::sync::Arc;
 
@@ -181,7 +187,7 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
     );
     let meta_svc =
         cirrus_proto::pb::meta_server::MetaServer::new(service::MetaService { node: node.clone() })
-            .max_decoding_message_size(cirrus_proto::net::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(META_REQUEST_MAX)
             .max_encoding_message_size(cirrus_proto::net::MAX_MESSAGE_BYTES);
     let raft_svc = cirrus_proto::pb::raft_server::RaftServer::new(network::RaftService {
         raft: raft.clone(),

@@ -252,3 +252,6 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod store_tests;
+
+#[cfg(test)]
+mod golden_tests;

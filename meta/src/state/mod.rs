@@ -87,7 +87,9 @@ pub struct SetAttr {
 }
 
 /// One raft entry. Every mutating command carries `now_ns`, the leader's clock (ns since
-/// the Unix epoch) at propose time; apply never reads a clock.
+/// the Unix epoch) at propose time; apply never reads a clock. The encoding is pinned by
+/// golden files (`meta/src/golden_tests.rs`, docs/design/0008): a new variant goes last,
+/// no variant or field is reordered, retyped or removed.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// First entry of a new group: sets the cluster id and R, creates the root directory.

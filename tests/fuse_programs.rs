@@ -156,3 +156,100 @@ fn read_full(f: &std::fs::File, buf: &mut [u8], off: u64) -> usize {
     }
     got
 }
+
+#[test]
+fn mkfifo_mknod_and_unix_sockets_work_on_the_mount_and_their_data_stays_local() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    let rt = runtime();
+    let c = cluster(&rt, 1, 1);
+    let m = Mount::new(&c.meta_addrs());
+    let d = m.path.join("special");
+    std::fs::create_dir(&d).unwrap();
+    sh(
+        &d,
+        "mkfifo -m 640 pipe && mknod null c 1 3 && mknod loop b 7 0",
+        LONG,
+    );
+    let st = |p: &Path| {
+        std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+    };
+    let pipe = st(&d.join("pipe"));
+    assert!(pipe.file_type().is_fifo(), "{pipe:?}");
+    assert_eq!(pipe.mode() & 0o7777, 0o640);
+    let null = st(&d.join("null"));
+    assert!(null.file_type().is_char_device(), "{null:?}");
+    assert_eq!(null.rdev(), libc::makedev(1, 3));
+    let lp = st(&d.join("loop"));
+    assert!(lp.file_type().is_block_device(), "{lp:?}");
+    assert_eq!(lp.rdev(), libc::makedev(7, 0));
+
+    // A FIFO's bytes go from writer to reader through the kernel of this machine.
+    let p = d.join("pipe");
+    let got = within("a FIFO on the mount", LONG, move || {
+        let w = {
+            let p = p.clone();
+            std::thread::spawn(move || std::fs::write(&p, b"through the pipe").unwrap())
+        };
+        let got = std::fs::read(&p).unwrap();
+        w.join().unwrap();
+        got
+    });
+    assert_eq!(got, b"through the pipe");
+    assert_eq!(
+        st(&d.join("pipe")).size(),
+        0,
+        "a FIFO's data is never stored"
+    );
+
+    // A unix socket bound on the mount.
+    let sock = d.join("sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    assert!(st(&sock).file_type().is_socket());
+    let echoed = within("a unix socket on the mount", LONG, move || {
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut b = [0u8; 5];
+            s.read_exact(&mut b).unwrap();
+            s.write_all(&b).unwrap();
+        });
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.write_all(b"hello").unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).unwrap();
+        server.join().unwrap();
+        b
+    });
+    assert_eq!(&echoed, b"hello");
+
+    // Another mount sees the same kinds and device numbers; ls shows them.
+    let m2 = Mount::new(&c.meta_addrs());
+    let d2 = m2.path.join("special");
+    assert!(st(&d2.join("pipe")).file_type().is_fifo());
+    assert!(st(&d2.join("sock")).file_type().is_socket());
+    assert_eq!(st(&d2.join("null")).rdev(), libc::makedev(1, 3));
+    let ls = sh(
+        &d2,
+        "ls -l | tail -n +2 | cut -c1 | sort | tr -d '\\n'",
+        LONG,
+    );
+    assert_eq!(ls.trim(), "bcps", "ls -l type letters: {ls:?}");
+
+    // cp -a and tar copy them as what they are; mv, ln and rm work as for any file.
+    sh(
+        &m.path,
+        "cp -a special copy && tar -cf t.tar special && mkdir x && tar -xf t.tar -C x",
+        LONG,
+    );
+    for top in ["copy", "x/special"] {
+        let t = m.path.join(top);
+        assert!(st(&t.join("pipe")).file_type().is_fifo(), "{top}");
+        assert_eq!(st(&t.join("null")).rdev(), libc::makedev(1, 3), "{top}");
+        assert!(st(&t.join("loop")).file_type().is_block_device(), "{top}");
+    }
+    sh(&d, "mv pipe pipe2 && ln pipe2 pipe3 && test $(stat -c %h pipe3) = 2 && rm pipe2 pipe3 null loop sock", LONG);
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+    drop(m2);
+}

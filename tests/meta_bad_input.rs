@@ -83,6 +83,23 @@ async fn release_raw(conn: &MetaConn, handles: &[u64]) -> FsResult<()> {
     .map(|_| ())
 }
 
+async fn mknod_raw(conn: &MetaConn, parent: u64, name: &[u8], kind: u32) -> FsResult<()> {
+    let (cid, name) = (conn.cluster_id(), name.to_vec());
+    conn.call("mknod", move |mut c| {
+        let req = pb::MknodRequest {
+            cluster_id: cid.clone(),
+            parent,
+            name: name.clone(),
+            kind,
+            mode: 0o644,
+            ..Default::default()
+        };
+        async move { c.mknod(req).await }
+    })
+    .await
+    .map(|_| ())
+}
+
 async fn setxattr_raw(conn: &MetaConn, ino: u64, value: Vec<u8>) -> FsResult<()> {
     let cid = conn.cluster_id();
     conn.call("setxattr", move |mut c| {
@@ -172,6 +189,13 @@ async fn each_bad_input_is_refused_with_its_error_and_changes_nothing() -> Resul
         release_raw(&conn, &oversized).await,
         "oversized release batch",
     );
+    // mknod makes only FIFOs, sockets and device nodes.
+    for kind in [0, 1, 2, 3, 8, u32::MAX] {
+        is_invalid(
+            mknod_raw(&conn, ROOT, b"node", kind).await,
+            "mknod of a non-special kind",
+        );
+    }
     // A request past the meta API's size limit is refused by the decoder, before any
     // handler holds it.
     let huge = setxattr_raw(&conn, file.ino, vec![0; cirrus_meta::META_REQUEST_MAX + 1]).await;

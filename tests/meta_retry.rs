@@ -251,6 +251,7 @@ forward_all! {
     setattr(SetattrRequest) -> AttrReply;
     create(CreateRequest) -> CreateReply;
     mkdir(MkdirRequest) -> AttrReply;
+    mknod(MknodRequest) -> AttrReply;
     symlink(SymlinkRequest) -> AttrReply;
     readlink(ReadlinkRequest) -> ReadlinkReply;
     link(LinkRequest) -> AttrReply;

@@ -1236,6 +1236,7 @@ impl Client {
                         return Err(FsError::Invalid("truncate of a symlink".into()))
                     }
                     FileKind::File => {}
+                    k => return Err(FsError::Invalid(format!("truncate of a {k:?}"))),
                 }
                 self.meta.get_layout(ino).await?
             }

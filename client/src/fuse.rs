@@ -86,6 +86,10 @@ fn kind(k: FileKind) -> FileType {
         FileKind::File => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice { .. } => FileType::CharDevice,
+        FileKind::BlockDevice { .. } => FileType::BlockDevice,
     }
 }
 
@@ -103,7 +107,7 @@ pub fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.kind.rdev(),
         blksize: 1 << 20,
         flags: 0,
     }
@@ -295,16 +299,34 @@ impl Filesystem for CirrusFs {
         n: &OsStr,
         mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            reply.error(Errno::EOPNOTSUPP);
-            return;
-        }
+        // A FIFO's or socket's data stays in the kernel that opens it (the kernel never
+        // sends their opens here), and a device node's open goes to the local driver.
+        let special = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => None,
+            libc::S_IFIFO => Some(FileKind::Fifo),
+            libc::S_IFSOCK => Some(FileKind::Socket),
+            libc::S_IFCHR => Some(FileKind::CharDevice { rdev }),
+            libc::S_IFBLK => Some(FileKind::BlockDevice { rdev }),
+            _ => {
+                reply.error(Errno::EINVAL);
+                return;
+            }
+        };
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
         self.run(
-            move |c| async move { c.mknod(InodeId(parent.0), &n, mode, uid, gid).await },
+            move |c| async move {
+                match special {
+                    None => c.mknod(InodeId(parent.0), &n, mode, uid, gid).await,
+                    Some(kind) => {
+                        c.meta()
+                            .mknod(InodeId(parent.0), &n, kind, mode & 0o7777, uid, gid)
+                            .await
+                    }
+                }
+            },
             move |r| entry(reply, r),
         );
     }

@@ -55,7 +55,7 @@ impl TryFrom<Option<&pb::Attr>> for Attr {
     type Error = FsError;
     fn try_from(p: Option<&pb::Attr>) -> FsResult<Self> {
         let p = p.ok_or_else(|| FsError::Io("meta reply without attributes".into()))?;
-        let kind = FileKind::from_code(p.kind)
+        let kind = FileKind::from_code(p.kind, p.rdev)
             .ok_or_else(|| FsError::Io(format!("meta reply with unknown file kind {}", p.kind)))?;
         if p.ino == 0 {
             return Err(FsError::Io("meta reply with inode 0".into()));
@@ -400,6 +400,36 @@ impl MetaClient {
         Attr::try_from(r.attr.as_ref())
     }
 
+    /// A FIFO, unix socket or device node (`kind.is_special()`).
+    pub async fn mknod(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let gen = self.dir_gen();
+        let r = rpc!(
+            self,
+            "mknod",
+            mknod,
+            pb::MknodRequest {
+                cluster_id: String::new(),
+                parent: parent.0,
+                name: name.to_vec(),
+                kind: kind.code(),
+                mode,
+                rdev: kind.rdev(),
+                uid,
+                gid,
+            }
+        )?;
+        self.note_dir(r.parent.as_ref(), gen);
+        Attr::try_from(r.attr.as_ref())
+    }
+
     pub async fn readlink(&self, ino: InodeId) -> FsResult<Vec<u8>> {
         let r = rpc!(
             self,
@@ -512,7 +542,7 @@ impl MetaClient {
         )?;
         let mut out = Vec::with_capacity(r.entries.len());
         for e in &r.entries {
-            let kind = FileKind::from_code(e.kind)
+            let kind = FileKind::from_code(e.kind, e.attr.as_ref().map_or(0, |a| a.rdev))
                 .ok_or_else(|| FsError::Io(format!("readdir: unknown kind {}", e.kind)))?;
             let attr = match &e.attr {
                 Some(a) if plus => Some(Attr::try_from(Some(a))?),

@@ -23,7 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use cirrus_types::{
-    ChainId, ChainVersion, ClientId, ClusterId, HandleId, InodeId, LayoutSpec, RequestId, ServerId,
+    ChainId, ChainVersion, ClientId, ClusterId, FileKind, HandleId, InodeId, LayoutSpec, RequestId,
+    ServerId,
 };
 
 const T0: i64 = 1_700_000_000_000_000_000;
@@ -213,6 +214,31 @@ fn every_command_v1() -> Vec<Command> {
     ]
 }
 
+/// Version 2: version 1 and `Mknod` (with the special `FileKind`s it brought).
+fn every_command_v2() -> Vec<Command> {
+    let mut v = every_command_v1();
+    for (i, kind) in [
+        FileKind::Fifo,
+        FileKind::Socket,
+        FileKind::CharDevice { rdev: 0x0103 },
+        FileKind::BlockDevice { rdev: 0x0801 },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        v.push(Command::Mknod {
+            parent: InodeId(3),
+            name: format!("n{i}").into_bytes(),
+            kind,
+            mode: 0o640,
+            uid: 5,
+            gid: 6,
+            now_ns: T0 + 21 + i as i64,
+        });
+    }
+    v
+}
+
 fn log_id(index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(3, 1), index)
 }
@@ -361,6 +387,18 @@ fn commands_written_by_version_1_decode_to_the_same_values_and_encode_the_same()
     assert!(
         now == old,
         "today's encoding of the version-1 commands differs from the committed one"
+    );
+}
+
+#[test]
+fn commands_written_by_version_2_decode_to_the_same_values_and_encode_the_same() {
+    let now = bincode::serialize(&every_command_v2()).expect("encode");
+    let old = pinned("commands-v2.bin", &now);
+    let decoded: Vec<Command> = bincode::deserialize(&old).expect("golden commands decode");
+    assert_eq!(decoded, every_command_v2());
+    assert!(
+        now == old,
+        "today's encoding of the version-2 commands differs from the committed one"
     );
 }
 

@@ -49,6 +49,7 @@ pub fn pb_attr(a: &Attr) -> pb::Attr {
         mtime_ns: a.mtime_ns,
         ctime_ns: a.ctime_ns,
         crtime_ns: a.crtime_ns,
+        rdev: a.kind.rdev(),
     }
 }
 
@@ -307,6 +308,40 @@ impl pb::meta_server::Meta for MetaService {
                 let cmd = Command::Mkdir {
                     parent,
                     name: r.name,
+                    mode: r.mode,
+                    uid: r.uid,
+                    gid: r.gid,
+                    now_ns: now_ns(),
+                };
+                let mut a = attr_reply(n.write(once(tag?, cmd)).await?)?;
+                a.parent = n.applied_attr(parent);
+                Ok(a)
+            }
+            .await,
+        )
+    }
+
+    async fn mknod(&self, req: Request<pb::MknodRequest>) -> Rpc<pb::AttrReply> {
+        let tag = request_tag(req.metadata());
+        let r = req.into_inner();
+        let n = &self.node;
+        done(
+            async {
+                n.check(&r.cluster_id, false)?;
+                validate_name(&r.name)?;
+                let parent = ino(r.parent, "mknod parent")?;
+                let kind = cirrus_types::FileKind::from_code(r.kind, r.rdev)
+                    .filter(|k| k.is_special())
+                    .ok_or_else(|| {
+                        FsError::Invalid(format!(
+                            "mknod kind {} is not a FIFO (4), socket (5) or device node (6, 7)",
+                            r.kind
+                        ))
+                    })?;
+                let cmd = Command::Mknod {
+                    parent,
+                    name: r.name,
+                    kind,
                     mode: r.mode,
                     uid: r.uid,
                     gid: r.gid,

@@ -140,29 +140,66 @@ impl std::str::FromStr for ClusterId {
     }
 }
 
-/// Kind of an inode.
+/// Kind of an inode. Serialized in the raft log and snapshots (bincode: by variant
+/// index), so new kinds go last. A device node's number travels with its kind, as the
+/// kernel encodes it (`new_encode_dev`, what FUSE hands over): it is part of what the
+/// inode is, fixed at mknod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FileKind {
     File,
     Dir,
     Symlink,
+    /// A named pipe: its data never leaves the kernel that opens it.
+    Fifo,
+    /// A unix socket's name: its data never leaves the kernel that binds it.
+    Socket,
+    CharDevice {
+        rdev: u32,
+    },
+    BlockDevice {
+        rdev: u32,
+    },
 }
 
 impl FileKind {
-    /// Wire code: 1 file, 2 dir, 3 symlink.
+    /// Wire code: 1 file, 2 dir, 3 symlink, 4 fifo, 5 socket, 6 char device, 7 block
+    /// device (the device number travels beside it, `rdev`).
     pub fn code(self) -> u32 {
         match self {
             FileKind::File => 1,
             FileKind::Dir => 2,
             FileKind::Symlink => 3,
+            FileKind::Fifo => 4,
+            FileKind::Socket => 5,
+            FileKind::CharDevice { .. } => 6,
+            FileKind::BlockDevice { .. } => 7,
         }
     }
-    pub fn from_code(c: u32) -> Option<Self> {
+
+    /// The kind of wire code `c` with device number `rdev` (ignored but for devices).
+    pub fn from_code(c: u32, rdev: u32) -> Option<Self> {
         match c {
             1 => Some(FileKind::File),
             2 => Some(FileKind::Dir),
             3 => Some(FileKind::Symlink),
+            4 => Some(FileKind::Fifo),
+            5 => Some(FileKind::Socket),
+            6 => Some(FileKind::CharDevice { rdev }),
+            7 => Some(FileKind::BlockDevice { rdev }),
             _ => None,
         }
+    }
+
+    /// The device number of a device node, else 0.
+    pub fn rdev(self) -> u32 {
+        match self {
+            FileKind::CharDevice { rdev } | FileKind::BlockDevice { rdev } => rdev,
+            _ => 0,
+        }
+    }
+
+    /// A FIFO, socket or device node: an inode with no data of its own here.
+    pub fn is_special(self) -> bool {
+        !matches!(self, FileKind::File | FileKind::Dir | FileKind::Symlink)
     }
 }

@@ -241,6 +241,16 @@ pub enum Command {
     /// `Release` of several handles in one entry (a client batches the releases of the
     /// files it closed). Idempotent like `Release`; at most `cirrus_types::MAX_RELEASE_BATCH` handles.
     ReleaseMany { handles: Vec<HandleId>, now_ns: i64 },
+    /// A FIFO, unix socket or device node (`kind.is_special()`, else `Invalid`).
+    Mknod {
+        parent: InodeId,
+        name: Vec<u8>,
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        now_ns: i64,
+    },
 }
 
 impl Command {
@@ -266,7 +276,8 @@ impl Command {
             | CommitWrite { now_ns, .. }
             | RegisterServer { now_ns, .. }
             | ServerDown { now_ns, .. }
-            | ServerUp { now_ns, .. } => Some(*now_ns),
+            | ServerUp { now_ns, .. }
+            | Mknod { now_ns, .. } => Some(*now_ns),
             AckGarbage { .. }
             | UpdateCapacity { .. }
             | ServerCaughtUp { .. }
@@ -355,6 +366,10 @@ pub enum Body {
     Symlink {
         target: Vec<u8>,
     },
+    /// A FIFO, socket or device node (`kind.is_special()`). Last: older snapshots decode.
+    Special {
+        kind: FileKind,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -379,6 +394,7 @@ impl Inode {
             Body::File { .. } => FileKind::File,
             Body::Dir { .. } => FileKind::Dir,
             Body::Symlink { .. } => FileKind::Symlink,
+            Body::Special { kind } => kind,
         }
     }
 
@@ -519,6 +535,15 @@ impl MetaState {
         let now = cmd.now_ns().map(|t| t.max(self.last_now_ns)).unwrap_or(0);
         use Command::*;
         let result = match cmd {
+            Mknod {
+                parent,
+                name,
+                kind,
+                mode,
+                uid,
+                gid,
+                ..
+            } => self.mknod(*parent, name, *kind, *mode, *uid, *gid, now),
             Init {
                 cluster_id,
                 replicas,
@@ -786,6 +811,7 @@ impl MetaState {
             Body::File { layout, .. } => Ok(layout.clone()),
             Body::Dir { .. } => Err(FsError::IsDir),
             Body::Symlink { .. } => Err(FsError::Invalid("a symlink has no layout".into())),
+            Body::Special { kind } => Err(FsError::Invalid(format!("a {kind:?} has no layout"))),
         }
     }
 

@@ -60,7 +60,11 @@ impl MetaState {
             }
             return match e.kind {
                 FileKind::Dir => Err(FsError::IsDir),
-                FileKind::Symlink => Err(FsError::Exists),
+                FileKind::Symlink
+                | FileKind::Fifo
+                | FileKind::Socket
+                | FileKind::CharDevice { .. }
+                | FileKind::BlockDevice { .. } => Err(FsError::Exists),
                 FileKind::File => {
                     let ino = e.ino;
                     let layout = self.layout(ino)?;
@@ -167,6 +171,37 @@ impl MetaState {
         inode.size = target.len() as u64;
         self.inodes.insert(ino, inode);
         self.insert_dentry(parent, name, ino, FileKind::Symlink, now);
+        self.getattr(ino).map(Reply::Attr)
+    }
+
+    /// A FIFO, unix socket or device node: an inode with a kind (and a device number)
+    /// and no data here; the kernel that opens it keeps its data.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn mknod(
+        &mut self,
+        parent: InodeId,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        now: i64,
+    ) -> Response {
+        validate_name(name)?;
+        if !kind.is_special() {
+            return Err(FsError::Invalid(format!(
+                "mknod makes a FIFO, socket or device node, not a {kind:?}"
+            )));
+        }
+        if self.dir_entries(parent)?.contains_key(name) {
+            return Err(FsError::Exists);
+        }
+        let ino = self.alloc_ino();
+        self.inodes.insert(
+            ino,
+            new_inode(ino, mode & 0o7777, uid, gid, now, Body::Special { kind }),
+        );
+        self.insert_dentry(parent, name, ino, kind, now);
         self.getattr(ino).map(Reply::Attr)
     }
 
@@ -358,6 +393,7 @@ impl MetaState {
                 FileKind::Symlink => {
                     return Err(FsError::Invalid("cannot resize a symlink".into()))
                 }
+                k => return Err(FsError::Invalid(format!("cannot resize a {k:?}"))),
             }
             // Refused at the service door too. An entry accepted under an older, larger limit
             // is refused here on replay, but every node runs the same binary after an

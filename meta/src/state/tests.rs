@@ -1170,3 +1170,126 @@ fn a_directory_of_a_million_entries_lists_in_bounded_pages_each_name_once() {
     assert!(seen.iter().all(|x| *x), "a name was never listed");
     assert!(pages >= N / PAGE, "{pages} pages");
 }
+
+fn mknod_cmd(parent: InodeId, name: &str, kind: FileKind) -> Command {
+    Command::Mknod {
+        parent,
+        name: name.into(),
+        kind,
+        mode: 0o640,
+        uid: 5,
+        gid: 6,
+        now_ns: T0 + 3,
+    }
+}
+
+#[test]
+fn fifos_sockets_and_device_nodes_are_inodes_with_their_kind_and_no_data() {
+    let mut s = cluster(2);
+    let d = mkdir(&mut s, InodeId::ROOT, "d");
+    let kinds = [
+        ("p", FileKind::Fifo),
+        ("s", FileKind::Socket),
+        ("c", FileKind::CharDevice { rdev: 0x0103 }),
+        ("b", FileKind::BlockDevice { rdev: 0x0700 }),
+    ];
+    for (name, kind) in kinds {
+        let a = match s.apply(&mknod_cmd(d, name, kind)) {
+            Ok(Reply::Attr(a)) => a,
+            other => panic!("mknod {name} replied {other:?}"),
+        };
+        assert_eq!(
+            (a.kind, a.mode, a.uid, a.gid, a.size, a.nlink),
+            (kind, 0o640, 5, 6, 0, 1)
+        );
+        assert_eq!(s.lookup(d, name.as_bytes()).unwrap(), a);
+    }
+    let (listed, _) = s.readdir(d, 0, 0).unwrap();
+    let got: Vec<(Vec<u8>, FileKind)> = listed.iter().map(|e| (e.name.clone(), e.kind)).collect();
+    assert_eq!(
+        got,
+        kinds
+            .iter()
+            .map(|(n, k)| (n.as_bytes().to_vec(), *k))
+            .collect::<Vec<_>>()
+    );
+
+    // Not a file: no layout, no open, no resize; the name is taken.
+    let p = s.lookup(d, b"p").unwrap().ino;
+    invalid(
+        &mut s,
+        Command::Open {
+            ino: p,
+            client: ClientId(1),
+            truncate: false,
+            now_ns: T0 + 4,
+        },
+    );
+    invalid(
+        &mut s,
+        Command::Setattr {
+            ino: p,
+            set: SetAttr {
+                size: Some(1),
+                ..Default::default()
+            },
+            now_ns: T0 + 4,
+        },
+    );
+    refused(&mut s, mknod_cmd(d, "p", FileKind::Fifo), FsError::Exists);
+    refused(&mut s, create_cmd(d, b"p", None), FsError::Exists);
+    // mknod makes only special kinds, and checks names as every create does.
+    invalid(&mut s, mknod_cmd(d, "f", FileKind::File));
+    invalid(&mut s, mknod_cmd(d, "x", FileKind::Dir));
+    invalid(&mut s, mknod_cmd(d, "a/b", FileKind::Fifo));
+
+    // chmod, link, rename and unlink as for any non-directory; nothing becomes garbage.
+    s.apply(&Command::Setattr {
+        ino: p,
+        set: SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+        now_ns: T0 + 5,
+    })
+    .unwrap();
+    assert_eq!(s.getattr(p).unwrap().mode, 0o600);
+    s.apply(&Command::Link {
+        ino: p,
+        new_parent: InodeId::ROOT,
+        new_name: b"p2".to_vec(),
+        now_ns: T0 + 6,
+    })
+    .unwrap();
+    assert_eq!(s.getattr(p).unwrap().nlink, 2);
+    s.apply(&rename(d, "c", InodeId::ROOT, "c2", 0)).unwrap();
+    assert_eq!(
+        s.lookup(InodeId::ROOT, b"c2").unwrap().kind,
+        FileKind::CharDevice { rdev: 0x0103 }
+    );
+    let garbage = s.garbage_len();
+    for (parent, name) in [
+        (d, "p"),
+        (InodeId::ROOT, "p2"),
+        (d, "s"),
+        (InodeId::ROOT, "c2"),
+        (d, "b"),
+    ] {
+        s.apply(&Command::Unlink {
+            parent,
+            name: name.into(),
+            now_ns: T0 + 7,
+        })
+        .unwrap_or_else(|e| panic!("unlink {name}: {e}"));
+    }
+    assert_eq!(s.getattr(p), Err(FsError::NotFound));
+    assert_eq!(s.garbage_len(), garbage);
+    assert!(s.readdir(d, 0, 0).unwrap().0.is_empty());
+
+    // A snapshot keeps them.
+    s.apply(&mknod_cmd(d, "q", FileKind::BlockDevice { rdev: 0x0801 }))
+        .unwrap();
+    let restored: MetaState = bincode::deserialize(&bincode::serialize(&s).unwrap()).unwrap();
+    assert_eq!(restored, s);
+    assert_eq!(restored.lookup(d, b"q").unwrap().kind.rdev(), 0x0801);
+}

@@ -1304,7 +1304,10 @@ impl Client {
         let fhs: Vec<u64> = lock(&self.handles).keys().copied().collect();
         let mut first = Ok(());
         for fh in fhs {
-            if let Err(e) = self.flush(fh).await {
+            if let Err(e) = self.flush(fh).await.or_else(|e| match e {
+                FsError::StaleHandle => Ok(()),
+                e => Err(e),
+            }) {
                 tracing::error!(err = %e, "flush at unmount");
                 if first.is_ok() {
                     first = Err(e);
@@ -1319,7 +1322,12 @@ impl Client {
     pub async fn release_all(&self) {
         let fhs: Vec<u64> = lock(&self.handles).keys().copied().collect();
         for fh in fhs {
-            if let Err(e) = self.release(fh).await {
+            // A handle the kernel released meanwhile (its own RELEASE raced this sweep)
+            // is gone from the table: nothing is left to do for it.
+            if let Err(e) = self.release(fh).await.or_else(|e| match e {
+                FsError::StaleHandle => Ok(()),
+                e => Err(e),
+            }) {
                 tracing::error!(err = %e, "release at unmount");
             }
         }

@@ -999,7 +999,8 @@ impl Client {
             };
             pause = match self.meta.release_many(&batch).await {
                 Ok(()) => self.cfg.release_delay,
-                Err(e) if e.is_retryable() || matches!(e, FsError::Timeout(_) | FsError::Io(_)) => {
+                // Io too: a transport failure of the batch says nothing about the handles.
+                Err(e) if e.is_retryable() || matches!(e, FsError::Io(_)) => {
                     tracing::warn!(err = %e, handles = batch.len(), "release at meta, will retry");
                     lock(&self.releases).handles.extend(batch);
                     RELEASE_RETRY

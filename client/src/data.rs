@@ -12,10 +12,11 @@
 
 use crate::meta::{ChainTable, MetaClient};
 use bytes::Bytes;
+use cirrus_proto::backoff::Backoff;
 use cirrus_proto::bulk::BulkClient;
 use cirrus_proto::{net, pb};
 use cirrus_types::checksum::{piece_crcs, verify_pieces};
-use cirrus_types::{Chain, ChainId, FsError, FsResult, ObjectKey, ServerId};
+use cirrus_types::{Chain, ChainId, FsError, FsResult, ObjectKey, Retry, ServerId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -158,7 +159,7 @@ impl DataPath {
         F: FnMut(Chain, Vec<Option<String>>) -> Fut,
         Fut: std::future::Future<Output = FsResult<T>>,
     {
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Backoff::new(self.policy.max_backoff);
         let mut last = FsError::Unavailable(format!("chain {id} unknown"));
         loop {
             let now = Instant::now();
@@ -179,11 +180,9 @@ impl DataPath {
                             "{what}: chain {id} is not in the chain table"
                         )));
                     }
-                    tokio::time::sleep(
-                        backoff.min(deadline.saturating_duration_since(Instant::now())),
-                    )
-                    .await;
-                    backoff = (backoff * 2).min(self.policy.max_backoff);
+                    backoff
+                        .sleep(deadline.saturating_duration_since(Instant::now()))
+                        .await;
                 }
                 continue;
             };
@@ -195,12 +194,7 @@ impl DataPath {
                 {
                     Ok(Ok(v)) => return Ok(v),
                     Ok(Err(e)) => {
-                        if !matches!(
-                            e,
-                            FsError::StaleChain { .. }
-                                | FsError::Unavailable(_)
-                                | FsError::Timeout(_)
-                        ) {
+                        if e.retry() == Retry::No {
                             return Err(e);
                         }
                         last = e;
@@ -211,7 +205,7 @@ impl DataPath {
                 }
             }
             tracing::debug!(chain = %id, err = %last, "{what}: refreshing chains and retrying");
-            let stale = matches!(last, FsError::StaleChain { .. });
+            let stale = last.retry() == Retry::AfterRefresh;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if let Ok(Err(e)) = tokio::time::timeout(remaining, self.refresh(t.epoch)).await {
                 tracing::debug!(err = %e, "refresh chains");
@@ -219,10 +213,9 @@ impl DataPath {
             if !stale {
                 // A dead server stays in its chain until meta notices (server timeout):
                 // back off instead of spinning against it.
-                let jitter = Duration::from_millis(rand::random::<u64>() % 20);
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                tokio::time::sleep((backoff + jitter).min(remaining)).await;
-                backoff = (backoff * 2).min(self.policy.max_backoff);
+                backoff
+                    .sleep(deadline.saturating_duration_since(Instant::now()))
+                    .await;
             }
         }
     }

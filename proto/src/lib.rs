@@ -7,6 +7,7 @@
 //! Must not depend on: cirrus-meta, cirrus-data, cirrus-client. `pb::` types must not
 //! travel past a service module: convert at the receiver with the `TryFrom`s here.
 
+pub mod backoff;
 pub mod bulk;
 pub mod codec;
 pub mod convert;

@@ -58,6 +58,21 @@ pub enum FsError {
     TooManyOpen(String),
 }
 
+/// How a failed attempt may be retried ([`FsError::retry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// The answer is final: the request itself is refused (bad input, not found, a
+    /// failure on the request, a checksum that no member can fix).
+    No,
+    /// The node was not the right one or not reachable at that moment (not the leader,
+    /// down, busy, too slow): try another node, or the same one after a pause.
+    Elsewhere,
+    /// The caller's view of a chain is older than the chain: the data path refreshes its
+    /// chain table from meta and tries again. Not retried by the meta leader loop: from
+    /// meta it answers a data server's report for an old chain version, final for it.
+    AfterRefresh,
+}
+
 impl FsError {
     /// The errno a local filesystem would return for this error.
     pub fn errno(&self) -> i32 {
@@ -86,11 +101,20 @@ impl FsError {
         }
     }
 
-    /// True for errors a caller should retry (after following a hint or refreshing a cache).
+    /// Whether, and how, an attempt that failed this way may be tried again before the
+    /// call's deadline: the one classification every retry loop follows.
+    pub fn retry(&self) -> Retry {
+        match self {
+            FsError::NotLeader { .. } | FsError::Unavailable(_) | FsError::Timeout(_) => {
+                Retry::Elsewhere
+            }
+            FsError::StaleChain { .. } => Retry::AfterRefresh,
+            _ => Retry::No,
+        }
+    }
+
+    /// True for errors a caller should retry (`retry()` is not `Retry::No`).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            FsError::NotLeader { .. } | FsError::StaleChain { .. } | FsError::Unavailable(_)
-        )
+        self.retry() != Retry::No
     }
 }

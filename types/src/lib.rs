@@ -11,7 +11,7 @@ pub mod layout;
 pub mod limits;
 pub mod name;
 
-pub use error::{FsError, FsResult};
+pub use error::{FsError, FsResult, Retry};
 pub use ids::*;
 pub use layout::{Chain, Extent, Layout, LayoutSpec, ObjectKey, LAYOUT_FN_VERSION};
 pub use limits::MAX_FILE_SIZE;

@@ -11,11 +11,12 @@
 //! retry instead of applying again (EEXIST after a retried mkdir, ENOENT after a retried
 //! rmdir). See docs/design/0002-meta-state-machine.md, "Exactly-once mutations".
 
+use crate::backoff::Backoff;
 use crate::net;
 use crate::pb::meta_client::MetaClient;
 use crate::status::from_status;
 use cirrus_types::RequestId;
-use cirrus_types::{ClusterId, FsError, FsResult};
+use cirrus_types::{ClusterId, FsError, FsResult, Retry};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,9 +143,10 @@ struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Ok(mut g) = self.set.lock() {
-            g.remove(&self.seq);
-        }
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.seq);
     }
 }
 
@@ -195,10 +197,16 @@ impl MetaConn {
 
     /// Starts a logical call: a fresh seq, in flight until the guard drops.
     fn begin(&self) -> (RequestId, InFlight<'_>) {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut g) = self.in_flight.lock() {
+        // Taken and registered under one lock: a seq taken but not yet in the set would
+        // let a concurrent call's mark pass it, and meta would then refuse this call as
+        // a late duplicate. A poisoned set is still the truth (inserts and removes do not
+        // panic half way), so it is used anyway.
+        let seq = {
+            let mut g = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
             g.insert(seq);
-        }
+            seq
+        };
         let id = RequestId {
             client: self.client,
             seq,
@@ -217,8 +225,9 @@ impl MetaConn {
         let oldest = self
             .in_flight
             .lock()
-            .ok()
-            .and_then(|g| g.first().copied())
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .copied()
             .unwrap_or(id.seq);
         RequestTag {
             id,
@@ -316,7 +325,7 @@ impl MetaConn {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let start = Instant::now();
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(500));
         let mut last_err = FsError::Unavailable("no attempt made".into());
         let mut hops_without_sleep = 0;
         loop {
@@ -345,7 +354,7 @@ impl MetaConn {
                     last_err = err;
                     continue;
                 }
-                FsError::NotLeader { .. } | FsError::Unavailable(_) | FsError::Timeout(_) => {
+                e if e.retry() == Retry::Elsewhere => {
                     self.note(None);
                 }
                 _ => return Err(err),
@@ -353,9 +362,9 @@ impl MetaConn {
             tracing::debug!(%addr, %err, "{what}: retrying against the meta group");
             last_err = err;
             hops_without_sleep = 0;
-            let jitter = Duration::from_millis(rand::random::<u64>() % 20);
-            tokio::time::sleep(backoff + jitter).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff
+                .sleep(self.policy.total.saturating_sub(start.elapsed()))
+                .await;
         }
     }
 }
@@ -438,6 +447,55 @@ mod tests {
         drop(gb);
         let other = MetaConn::new(vec!["127.0.0.1:1".into()], CallPolicy::default()).unwrap();
         assert_ne!(other.client_id(), conn.client_id());
+    }
+
+    /// The mark a call sends must never pass a call that is still running: meta refuses
+    /// a request below its client's mark as a late duplicate (EINVAL through the mount).
+    /// A seq taken but not yet in the in-flight set let a concurrent call's mark pass it
+    /// (found by 100,000 opens through one mount, 16 at a time: two opens got EINVAL).
+    #[test]
+    fn a_mark_never_passes_a_call_still_running_under_concurrent_calls() {
+        use std::sync::atomic::AtomicBool;
+        let conn = std::sync::Arc::new(
+            MetaConn::new(vec!["127.0.0.1:1".into()], CallPolicy::default()).unwrap(),
+        );
+        const THREADS: usize = 8;
+        const CALLS: usize = 20_000;
+        // finished[seq]: the call of that seq has ended (set before its guard drops).
+        let finished: std::sync::Arc<Vec<AtomicBool>> = std::sync::Arc::new(
+            (0..=THREADS * CALLS + 1)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+        );
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (conn, finished) = (conn.clone(), finished.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..CALLS {
+                        let (id, guard) = conn.begin();
+                        let mark = conn.tag(id).done_below;
+                        assert!(mark <= id.seq);
+                        // Every seq below the mark is taken (seqs are handed out in
+                        // order) and must have finished.
+                        if let Some(s) = (1..mark)
+                            .rev()
+                            .take(64)
+                            .find(|s| !finished[*s as usize].load(Ordering::SeqCst))
+                        {
+                            panic!(
+                                "call {} sent mark {mark} while call {s} was running",
+                                id.seq
+                            );
+                        }
+                        finished[id.seq as usize].store(true, Ordering::SeqCst);
+                        drop(guard);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("a mark passed a running call");
+        }
     }
 
     #[tokio::test]

@@ -253,3 +253,98 @@ fn mkfifo_mknod_and_unix_sockets_work_on_the_mount_and_their_data_stays_local() 
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
     drop(m2);
 }
+
+#[test]
+fn seek_data_and_hole_copy_file_range_and_fallocate_modes_answer_truthfully() {
+    use std::os::fd::AsRawFd;
+
+    let rt = runtime();
+    let c = cluster(&rt, 1, 1);
+    let m = Mount::new(&c.meta_addrs());
+    let p = m.path.clone();
+    within("seek, copy_file_range and fallocate", LONG, move || {
+        let a = p.join("a");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&a, &data).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&a)
+            .unwrap();
+        let fd = f.as_raw_fd();
+        // SEEK_DATA/SEEK_HOLE: the whole-file answer (all data, the hole at the end).
+        // SAFETY: lseek on an open descriptor; no memory is passed.
+        let (d, h) = unsafe {
+            (
+                libc::lseek(fd, 100, libc::SEEK_DATA),
+                libc::lseek(fd, 100, libc::SEEK_HOLE),
+            )
+        };
+        assert_eq!(
+            (d, h),
+            (100, data.len() as i64),
+            "SEEK_DATA and SEEK_HOLE from 100"
+        );
+        // SAFETY: as above.
+        let past = unsafe { libc::lseek(fd, data.len() as i64 + 1, libc::SEEK_DATA) };
+        assert_eq!(past, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENXIO)
+        );
+
+        // copy_file_range between two files of the mount copies the bytes exactly.
+        let b = p.join("b");
+        let g = std::fs::File::create(&b).unwrap();
+        let (mut off_in, mut off_out): (i64, i64) = (1000, 5);
+        let mut left = data.len() - 1000;
+        while left > 0 {
+            // SAFETY: both descriptors are open; the offsets are valid i64 locals.
+            let n = unsafe {
+                libc::copy_file_range(fd, &mut off_in, g.as_raw_fd(), &mut off_out, left, 0)
+            };
+            assert!(
+                n > 0,
+                "copy_file_range: {n} {}",
+                std::io::Error::last_os_error()
+            );
+            left -= n as usize;
+        }
+        drop(g);
+        let got = std::fs::read(&b).unwrap();
+        assert_eq!(got.len(), 5 + data.len() - 1000);
+        assert!(got[..5].iter().all(|b| *b == 0));
+        assert!(got[5..] == data[1000..], "copied bytes differ");
+
+        // fallocate modes Cirrus does not do yet are EOPNOTSUPP and change nothing; mode 0
+        // extends the size.
+        for (mode, what) in [
+            (libc::FALLOC_FL_KEEP_SIZE, "KEEP_SIZE"),
+            (
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                "PUNCH_HOLE",
+            ),
+            (libc::FALLOC_FL_ZERO_RANGE, "ZERO_RANGE"),
+            (libc::FALLOC_FL_COLLAPSE_RANGE, "COLLAPSE_RANGE"),
+            (libc::FALLOC_FL_INSERT_RANGE, "INSERT_RANGE"),
+        ] {
+            // SAFETY: fallocate on an open descriptor; no memory is passed.
+            let r = unsafe { libc::fallocate(fd, mode, 4096, 4096) };
+            assert_eq!(r, -1, "{what}");
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EOPNOTSUPP),
+                "{what}"
+            );
+        }
+        assert!(
+            std::fs::read(&a).unwrap() == data,
+            "a refused fallocate changed the file"
+        );
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 4_000_000) }, 0);
+        assert_eq!(f.metadata().unwrap().len(), 4_000_000);
+        let now = std::fs::read(&a).unwrap();
+        assert!(now[..data.len()] == data[..] && now[data.len()..].iter().all(|b| *b == 0));
+    });
+}

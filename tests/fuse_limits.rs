@@ -526,3 +526,70 @@ fn a_client_writing_many_files_at_once_holds_at_most_its_write_back_budget() {
         }
     });
 }
+
+#[test]
+fn a_client_reading_many_files_at_once_holds_at_most_its_read_ahead_budget() {
+    use cirrus_client::client::{Client, ClientConfig};
+    use cirrus_types::InodeId;
+
+    const BUDGET: u64 = 4 << 20;
+    const FILES: usize = 8;
+    const EACH: usize = 8 << 20;
+    const CHUNK: usize = 256 << 10;
+    let rt = runtime();
+    let c = cluster(&rt, 1, 1);
+    rt.block_on(async {
+        let cfg = ClientConfig {
+            read_ahead: 8 << 20,
+            read_ahead_total: BUDGET,
+            ..ClientConfig::default()
+        };
+        let cl = Client::connect(&c.meta_addrs(), cfg)
+            .await
+            .expect("connect");
+        let mut inos = Vec::new();
+        for i in 0..FILES {
+            let (fh, attr) = cl
+                .create(InodeId::ROOT, format!("r{i}").as_bytes(), 0o644, 0, 0, true)
+                .await
+                .expect("create");
+            cl.write(fh, 0, &pattern(i, 0, EACH)).await.expect("write");
+            cl.release(fh).await.expect("close");
+            inos.push(attr.ino);
+        }
+        let mut fhs = Vec::new();
+        for ino in &inos {
+            fhs.push(cl.open(*ino).await.expect("open").0);
+        }
+        // Every file read sequentially, a chunk at a time across all of them: each one's
+        // window alone would fetch 8 MiB ahead.
+        let mut peak = 0;
+        for off in (0..EACH).step_by(CHUNK) {
+            for (i, fh) in fhs.iter().enumerate() {
+                let got = cl.read(*fh, off as u64, CHUNK as u32).await.expect("read");
+                assert!(got[..] == pattern(i, off, CHUNK)[..], "file {i} at {off}");
+                peak = peak.max(cl.read_ahead_bytes());
+            }
+        }
+        eprintln!(
+            "{FILES} files of {} MiB read at once; peak read-ahead {} KiB (budget {} KiB)",
+            EACH >> 20,
+            peak >> 10,
+            BUDGET >> 10
+        );
+        // Past the budget only the blocks of a read itself are fetched through it: at
+        // most one block per file beyond the budget.
+        assert!(
+            peak <= BUDGET + FILES as u64 * (1 << 20),
+            "the client held {peak} bytes of read-ahead with a budget of {BUDGET}"
+        );
+        for fh in fhs {
+            cl.release(fh).await.expect("close");
+        }
+        assert_eq!(
+            cl.read_ahead_bytes(),
+            0,
+            "read-ahead counted after every close"
+        );
+    });
+}

@@ -47,6 +47,10 @@ pub struct ClientConfig {
     pub flush_behind: usize,
     /// Bytes fetched ahead of a sequential reader, per open inode (0: no read-ahead).
     pub read_ahead: u64,
+    /// Bytes fetched ahead across all of this client's inodes: past it, readers get no
+    /// new blocks fetched ahead (their reads are served per request) until some are
+    /// consumed or dropped.
+    pub read_ahead_total: u64,
     /// Largest single data write RPC.
     pub max_chunk: usize,
     /// Data RPCs in flight per flush or read.
@@ -68,6 +72,7 @@ impl Default for ClientConfig {
             max_dirty_total: 256 << 20,
             flush_behind: 4 << 20,
             read_ahead: 8 << 20,
+            read_ahead_total: 256 << 20,
             max_chunk: 4 << 20,
             max_inflight: 16,
             lease_interval: Duration::from_secs(5),
@@ -110,6 +115,8 @@ struct InodeState {
     /// This inode's share of the client-wide dirty count (`buf` plus `inflight` when
     /// last counted; see `OpenInode::recount`).
     counted: usize,
+    /// This inode's share of the client-wide count of read-ahead blocks held.
+    ra_counted: usize,
 }
 
 /// One read-ahead block's fetch, shared by every read that needs it.
@@ -167,29 +174,38 @@ struct OpenInode {
     dirty: Arc<Dirty>,
 }
 
-/// The client-wide write-back count: every open inode's `buf` plus `inflight`.
+/// The client-wide write-back count (every open inode's `buf` plus `inflight`) and
+/// read-ahead count (blocks held in every open inode's `ra`).
 #[derive(Default)]
 struct Dirty {
     bytes: AtomicUsize,
+    ra_blocks: AtomicUsize,
     /// Signalled after every flush of any inode (room may have been freed).
     drained: tokio::sync::Notify,
 }
 
 impl OpenInode {
-    /// Brings this inode's share of the client-wide dirty count up to date. Called with
-    /// the state lock held after every change of `buf` or `inflight`.
+    /// Brings this inode's shares of the client-wide counts up to date. Called with the
+    /// state lock held after every change of `buf`, `inflight` or `ra.blocks`.
     fn recount(&self, st: &mut InodeState) {
-        let now = st.buf.len() + st.inflight.len();
-        if now >= st.counted {
-            self.dirty
-                .bytes
-                .fetch_add(now - st.counted, Ordering::Relaxed);
-        } else {
-            self.dirty
-                .bytes
-                .fetch_sub(st.counted - now, Ordering::Relaxed);
+        fn adjust(total: &AtomicUsize, was: &mut usize, now: usize) {
+            if now >= *was {
+                total.fetch_add(now - *was, Ordering::Relaxed);
+            } else {
+                total.fetch_sub(*was - now, Ordering::Relaxed);
+            }
+            *was = now;
         }
-        st.counted = now;
+        adjust(
+            &self.dirty.bytes,
+            &mut st.counted,
+            st.buf.len() + st.inflight.len(),
+        );
+        adjust(
+            &self.dirty.ra_blocks,
+            &mut st.ra_counted,
+            st.ra.blocks.len(),
+        );
     }
 }
 
@@ -198,6 +214,9 @@ impl Drop for OpenInode {
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         self.dirty.bytes.fetch_sub(st.counted, Ordering::Relaxed);
+        self.dirty
+            .ra_blocks
+            .fetch_sub(st.ra_counted, Ordering::Relaxed);
     }
 }
 
@@ -556,6 +575,7 @@ impl Client {
             // Close-to-open: bytes fetched ahead before this open may predate another
             // mount's close.
             st.ra.clear();
+            inode.recount(&mut st);
             st.attr = Some(CachedAttr {
                 attr: opened.attr.clone(),
                 at: Instant::now(),
@@ -662,8 +682,8 @@ impl Client {
                 return Ok(Buffered::Full);
             }
             st.buf.insert(off, data);
-            inode.recount(&mut st);
             st.ra.drop_range(off, end);
+            inode.recount(&mut st);
             st.size = st.size.max(end);
             st.mtime_ns = now_ns();
             st.write_gen += 1;
@@ -753,6 +773,12 @@ impl Client {
     /// Dirty bytes this client holds across all its files (buffered or being sent).
     pub fn dirty_bytes(&self) -> usize {
         self.dirty.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of read-ahead blocks this client holds across all its files (fetched or
+    /// being fetched).
+    pub fn read_ahead_bytes(&self) -> u64 {
+        self.dirty.ra_blocks.load(Ordering::Relaxed) as u64 * SEG_BLOCK
     }
 
     /// Sends settled dirty bytes (all but a block still being filled) batch after batch
@@ -1049,6 +1075,7 @@ impl Client {
                 return Ok(Bytes::new());
             }
             let pieces = self.plan_read(&inode, st, off, n, deadline);
+            inode.recount(st);
             (
                 n,
                 pieces,
@@ -1121,8 +1148,18 @@ impl Client {
         }
         if ra.window > 0 {
             let until = end.saturating_add(ra.window).min(st.size);
+            // Blocks past this read are fetched ahead only within the client-wide budget;
+            // the blocks of the read itself always are.
+            let held = inode.dirty.ra_blocks.load(Ordering::Relaxed) as u64;
+            let mut room = (self.cfg.read_ahead_total / SEG_BLOCK).saturating_sub(held);
             let mut b = first;
             while b < until {
+                if b >= end {
+                    if room == 0 {
+                        break;
+                    }
+                    room -= 1;
+                }
                 let len = SEG_BLOCK.min(st.size - b);
                 if !ra.blocks.contains_key(&b)
                     && !st.buf.overlaps(b, len)
@@ -1267,8 +1304,8 @@ impl Client {
         if let Some(i) = &open {
             let mut st = lock(&i.state);
             st.buf.truncate(size);
-            i.recount(&mut st);
             st.ra.clear();
+            i.recount(&mut st);
             st.size = size;
             st.mtime_ns = a.mtime_ns;
             st.attr = Some(CachedAttr {

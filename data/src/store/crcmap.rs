@@ -48,6 +48,49 @@ impl CrcMap {
         }
     }
 
+    /// Forgets blocks `[first, end)` (a punched hole): they read as holes again, and a page
+    /// left with no written block is freed. Costs the pages held, not the range's length.
+    pub fn punch(&mut self, first: u64, end: u64) {
+        if first >= end {
+            return;
+        }
+        let z = zero_block_crc();
+        let held: Vec<u64> = self
+            .pages
+            .range(first / PAGE_BLOCKS..=(end - 1) / PAGE_BLOCKS)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in held {
+            let base = p * PAGE_BLOCKS;
+            let (lo, hi) = (first.max(base) - base, end.min(base + PAGE_BLOCKS) - base);
+            if let Some(v) = self.pages.get_mut(&p) {
+                v[lo as usize..hi as usize].fill(z);
+                if v.iter().all(|c| *c == z) {
+                    self.pages.remove(&p);
+                }
+            }
+        }
+    }
+
+    /// The written blocks (crc not a zero block's) in `[first, end)`, in order; costs the
+    /// pages held in the range.
+    pub fn written_in(&self, first: u64, end: u64) -> Vec<u64> {
+        if first >= end {
+            return Vec::new();
+        }
+        let z = zero_block_crc();
+        self.pages
+            .range(first / PAGE_BLOCKS..=(end - 1) / PAGE_BLOCKS)
+            .flat_map(|(p, v)| {
+                v.iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c != z)
+                    .map(move |(i, _)| p * PAGE_BLOCKS + i as u64)
+            })
+            .filter(|b| (first..end).contains(b))
+            .collect()
+    }
+
     /// The crcs of blocks `[first, first + n)`; `n` is bounded by the caller's request.
     pub fn window(&self, first: u64, n: u64) -> Vec<u32> {
         (first..first.saturating_add(n))
@@ -172,6 +215,23 @@ mod tests {
     }
 
     #[test]
+    fn a_punch_of_the_largest_range_frees_its_pages_and_keeps_the_rest() {
+        let mut m = CrcMap::default();
+        let far = cirrus_types::MAX_FILE_SIZE / BLOCK - 1;
+        for b in [0, 3, PAGE_BLOCKS + 1, far] {
+            m.set(b, (b % 1000) as u32 + 100);
+        }
+        m.punch(1, far);
+        assert_eq!(m.get(0), 100);
+        assert_eq!(m.get(3), zero_block_crc());
+        assert_eq!(m.get(far), (far % 1000) as u32 + 100);
+        assert_eq!(m.pages(), 2, "the page of block 0 and the far page stay");
+        assert_eq!(m.written_in(0, far + 1), vec![0, far]);
+        m.punch(0, far + 1);
+        assert_eq!(m.pages(), 0);
+    }
+
+    #[test]
     fn ranges_are_coarsened_to_a_superset_of_at_most_max() {
         let v: Vec<(u64, u64)> = (0..1000u64).map(|i| (i * 10, i * 10 + 1 + i % 3)).collect();
         let c = coarsen(v.clone(), 7);
@@ -193,13 +253,25 @@ mod tests {
 
     proptest! {
         #[test]
-        fn matches_a_dense_model(ops in proptest::collection::vec((0u64..4 * PAGE_BLOCKS, any::<u32>(), any::<bool>()), 1..60)) {
+        fn matches_a_dense_model(ops in proptest::collection::vec((0u64..4 * PAGE_BLOCKS, any::<u32>(), 0u8..4), 1..60)) {
             let mut m = CrcMap::default();
             let mut dense: Vec<u32> = Vec::new();
-            for (b, c, is_trunc) in ops {
-                if is_trunc {
+            for (b, c, kind) in ops {
+                if kind == 0 {
                     m.truncate(b);
                     dense.truncate(b as usize);
+                } else if kind == 1 {
+                    // A punch of up to two pages from b.
+                    let end = b + u64::from(c) % (2 * PAGE_BLOCKS);
+                    m.punch(b, end);
+                    let hi = (end as usize).min(dense.len());
+                    if (b as usize) < hi {
+                        dense[b as usize..hi].fill(zero_block_crc());
+                    }
+                    let want: Vec<u64> = (b..end)
+                        .filter(|x| dense.get(*x as usize).is_some_and(|c| *c != zero_block_crc()))
+                        .collect();
+                    prop_assert_eq!(m.written_in(b, end), want);
                 } else {
                     m.set(b, c);
                     if dense.len() <= b as usize {

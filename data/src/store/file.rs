@@ -44,6 +44,8 @@ use std::sync::{Arc, Mutex};
 /// file cost 1 MiB of disk (a chaos soak filled its 256 MiB data disks with them).
 const MIN_PREALLOC: u64 = 64 << 10;
 const MAX_PREALLOC: u64 = 64 << 20;
+/// fallocate mode that frees a range and keeps the file's length.
+const PUNCH_MODE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 
 struct Meta {
     size: u64,
@@ -747,6 +749,121 @@ impl FileStore {
         Ok(())
     }
 
+    async fn do_punch(
+        &self,
+        chain: ChainId,
+        key: ObjectKey,
+        off: u64,
+        len: u64,
+    ) -> StoreResult<()> {
+        let end = check_range(off, len)?;
+        let Some(o) = self.get(key) else {
+            return Ok(());
+        };
+        let o = check_chain(o, chain)?;
+        let _g = o.blocks.lock(align_down(off), align_up(end)).await;
+        let size = o.meta.lock().await.size;
+        let end = end.min(size);
+        if off >= end {
+            return Ok(());
+        }
+        // Whole blocks become holes; the block holding the size counts as whole when the
+        // range reaches the size (its bytes past the size are zeros already).
+        let wa = align_up(off);
+        let wb = if end == size {
+            align_up(end)
+        } else {
+            align_down(end)
+        };
+        let mut edges: Vec<u64> = Vec::new();
+        if off < wa.min(end) || wa > wb {
+            edges.push(align_down(off));
+        }
+        if wb < end && wa <= wb && edges.first() != Some(&align_down(end)) {
+            edges.push(align_down(end));
+        }
+        // Data first, then crcs (as a write): a crash between leaves blocks failing their
+        // crc, which replication repairs.
+        let mut edge_crcs = Vec::new();
+        for e in edges {
+            let crcs = {
+                let m = o.meta.lock().await;
+                self.snapshot(&m, e / BLOCK, 1)
+            };
+            let mut blk = self.read_blocks(&o, e, e + BLOCK).await?;
+            let bad = bad_blocks_in(e / BLOCK, blk.as_slice(), &crcs);
+            if !bad.is_empty() {
+                return Err(StoreError::Corrupt { key, blocks: bad });
+            }
+            let (lo, hi) = (off.max(e) - e, end.min(e + BLOCK) - e);
+            blk.as_mut_slice()[lo as usize..hi as usize].fill(0);
+            edge_crcs.push((e / BLOCK, cirrus_types::checksum::crc32c(blk.as_slice())));
+            self.write_blocks(&o, e, blk).await?;
+        }
+        if wa < wb {
+            self.punch_data(&o, wa, wb).await?;
+        }
+        for (b, c) in edge_crcs {
+            self.commit_meta(&o, b, &[c], size, false).await?;
+        }
+        if wa < wb {
+            let mut m = o.meta.lock().await;
+            let written = m.crcs.written_in(wa / BLOCK, wb / BLOCK);
+            m.crcs.punch(wa / BLOCK, wb / BLOCK);
+            if !written.is_empty() {
+                let (from, to) = (crc_offset(wa / BLOCK), crc_offset(wb / BLOCK));
+                match self
+                    .ring
+                    .fallocate(&o.side, from, to - from, PUNCH_MODE)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                        for b in written {
+                            self.ring
+                                .write_at(&o.side, crc_offset(b), AlignedBuf::from_slice(&[0; 4]))
+                                .await
+                                .map_err(io_err("write checksum sidecar"))?;
+                        }
+                    }
+                    Err(e) => return Err(StoreError::from_io("punch checksum sidecar", e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back the disk space of whole blocks `[a, b)` (they read as zeros after);
+    /// without hole punching, writes zeros over the blocks that were written.
+    async fn punch_data(&self, o: &Obj, a: u64, b: u64) -> StoreResult<()> {
+        for p in pieces(a, b - a) {
+            let Some(f) = o
+                .data
+                .get(p.seg, false)
+                .map_err(io_err("open object file"))?
+            else {
+                continue;
+            };
+            match self
+                .ring
+                .fallocate(&f, p.off, p.len as u64, PUNCH_MODE)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    let written = o.meta.lock().await.crcs.written_in(a / BLOCK, b / BLOCK);
+                    for blk in written {
+                        self.write_blocks(o, blk * BLOCK, AlignedBuf::zeroed(BLOCK as usize))
+                            .await?;
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(StoreError::from_io("punch object file", e)),
+            }
+        }
+        Ok(())
+    }
+
     async fn do_sync(&self, key: ObjectKey) -> StoreResult<()> {
         let Some(o) = self.get(key) else {
             return Ok(());
@@ -1008,6 +1125,16 @@ impl ChunkStore for FileStore {
         Box::pin(self.do_truncate(chain, key, size))
     }
 
+    fn punch(
+        &self,
+        chain: ChainId,
+        key: ObjectKey,
+        off: u64,
+        len: u64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.do_punch(chain, key, off, len))
+    }
+
     fn sync(&self, key: ObjectKey) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(self.do_sync(key))
     }
@@ -1254,6 +1381,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_punch_reads_back_zeros_gives_back_disk_and_crcs_and_reloads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let k = key(3);
+        let data = vec![0xabu8; 8 << 20];
+        store.write(ChainId(1), k, 0, &data).await.unwrap();
+        store.write(ChainId(1), k, 1 << 40, b"far").await.unwrap();
+        store.sync(k).await.unwrap();
+        let disk_before = data_disk_bytes(dir.path(), k);
+        let pages_before = store.crc_pages(k);
+        // Unaligned at both ends, and over the far byte's whole block to 4 PiB.
+        let (lo, hi) = (BLOCK + 100, (8 << 20) - 100);
+        store.punch(ChainId(1), k, lo, hi - lo).await.unwrap();
+        store
+            .punch(
+                ChainId(1),
+                k,
+                1 << 40,
+                cirrus_types::MAX_FILE_SIZE - (1 << 40),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.size(k), Some((1 << 40) + 3), "a punch keeps the size");
+        store.sync(k).await.unwrap();
+        let disk_after = data_disk_bytes(dir.path(), k);
+        assert!(
+            disk_after + (6 << 20) < disk_before,
+            "disk {disk_before} -> {disk_after}: the punched blocks were not given back"
+        );
+        assert!(
+            store.crc_pages(k) < pages_before,
+            "crc pages were not freed"
+        );
+        let check = |r: ReadOut| {
+            assert_eq!(&r.data[..lo as usize], &data[..lo as usize]);
+            assert!(r.data[lo as usize..hi as usize].iter().all(|b| *b == 0));
+            assert_eq!(&r.data[hi as usize..], &data[hi as usize..]);
+        };
+        check(store.read(k, 0, 8 << 20).await.unwrap());
+        assert_eq!(
+            &store.read(k, 1 << 40, 3).await.unwrap().data[..],
+            &[0, 0, 0]
+        );
+        drop(store);
+        let store = FileStore::open(dir.path()).unwrap();
+        check(store.read(k, 0, 8 << 20).await.unwrap());
+        assert_eq!(
+            &store.read(k, 1 << 40, 3).await.unwrap().data[..],
+            &[0, 0, 0]
+        );
+        assert!(store.data_ranges(k).await.iter().all(|r| r.1 <= 8 << 20));
+        // Missing object and a range past the size: nothing happens, nothing is created.
+        store.punch(ChainId(1), key(4), 0, 1 << 30).await.unwrap();
+        assert_eq!(store.size(key(4)), None);
+    }
+
+    #[tokio::test]
     async fn a_version_one_sidecar_is_read_and_rewritten_sparse() {
         let dir = tempfile::tempdir().unwrap();
         let k = key(2);
@@ -1339,6 +1523,7 @@ mod tests {
         Write { off: u64, len: usize, seed: u8 },
         Read { off: u64, len: usize },
         Truncate { size: u64 },
+        Punch { off: u64, len: usize },
         Reopen,
     }
 
@@ -1356,7 +1541,8 @@ mod tests {
         ];
         prop_oneof![
             4 => (off.clone(), len.clone(), any::<u8>()).prop_map(|(off, len, seed)| Op::Write { off, len, seed }),
-            3 => (off.clone(), len).prop_map(|(off, len)| Op::Read { off, len }),
+            3 => (off.clone(), len.clone()).prop_map(|(off, len)| Op::Read { off, len }),
+            2 => (off.clone(), len).prop_map(|(off, len)| Op::Punch { off, len }),
             2 => off.prop_map(|size| Op::Truncate { size }),
             1 => Just(Op::Reopen),
         ]
@@ -1414,6 +1600,14 @@ mod tests {
                             store.truncate(ChainId(1), k, size).await.unwrap();
                             model.resize(size as usize, 0);
                             prop_assert_eq!(store.size(k), Some(size));
+                        }
+                        Op::Punch { off, len } => {
+                            store.punch(ChainId(1), k, off, len as u64).await.unwrap();
+                            let (s, e) = ((off as usize).min(model.len()), (off as usize + len).min(model.len()));
+                            model[s..e].fill(0);
+                            if let Some(sz) = store.size(k) {
+                                prop_assert_eq!(sz, model.len() as u64);
+                            }
                         }
                         Op::Reopen => {
                             store.sync(k).await.unwrap();

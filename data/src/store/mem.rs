@@ -220,6 +220,42 @@ impl ChunkStore for MemStore {
         Box::pin(async move { r })
     }
 
+    fn punch(
+        &self,
+        chain: ChainId,
+        key: ObjectKey,
+        off: u64,
+        len: u64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let r = self.with(|m| {
+            let end = check_range(off, len)?;
+            let Some(o) = m.get_mut(&key) else {
+                return Ok(());
+            };
+            if o.chain != chain {
+                return Err(StoreError::Invalid(format!(
+                    "object {key:?} belongs to chain {}, not {chain}",
+                    o.chain
+                )));
+            }
+            let end = (end as usize).min(o.data.len());
+            if off as usize >= end {
+                return Ok(());
+            }
+            let (a, b) = (off / BLOCK * BLOCK, (end as u64).div_ceil(BLOCK) * BLOCK);
+            if off != a {
+                verify(key, o, a, a + BLOCK)?;
+            }
+            if (end as u64) != b {
+                verify(key, o, b - BLOCK, b)?;
+            }
+            o.data[off as usize..end].fill(0);
+            o.recrc(a / BLOCK, b / BLOCK);
+            Ok(())
+        });
+        Box::pin(async move { r })
+    }
+
     fn sync(&self, _key: ObjectKey) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async { Ok(()) })
     }

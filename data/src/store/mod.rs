@@ -160,6 +160,20 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn truncate(&self, chain: ChainId, key: ObjectKey, size: u64)
         -> BoxFuture<'_, StoreResult<()>>;
 
+    /// Makes `[off, off + len)` read as zeros without changing the size (fallocate
+    /// PUNCH_HOLE and ZERO_RANGE): whole blocks become holes again (crcs implicit, disk
+    /// space given back), the partial blocks at the edges are rewritten with zeros under
+    /// fresh crcs (verified first, like a write's edges), bytes past the size are left
+    /// alone (they read as zeros already). Costs the blocks written in the range, never
+    /// its length. Missing: Ok.
+    fn punch(
+        &self,
+        chain: ChainId,
+        key: ObjectKey,
+        off: u64,
+        len: u64,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+
     /// Makes the object's data and checksums durable (fdatasync). Missing: Ok.
     fn sync(&self, key: ObjectKey) -> BoxFuture<'_, StoreResult<()>>;
 

@@ -114,3 +114,96 @@ async fn truncated_bytes_read_as_zeros_after_extension_and_unlinked_objects_are_
     }
     Ok(())
 }
+
+/// fallocate PUNCH_HOLE/ZERO_RANGE at the data servers: a chain punch reaches every
+/// member, each member's own copy reads zeros in the range and the old bytes around it
+/// (unaligned edges included), the size is kept, and a punch to the largest file size
+/// costs no more than one past the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_punched_range_reads_as_zeros_on_every_member_and_keeps_the_size() -> Result<()> {
+    let c = ClusterBuilder::new()
+        .data_servers(2)
+        .replicas(2)
+        .start()
+        .await?;
+    let cl = client(&c).await?;
+    let p = peers(&c).await?;
+    let (ino, layout) = new_file(&cl, "holes").await?;
+    let chain_id = layout.chains[0];
+    let key = ObjectKey {
+        inode: ino,
+        index: 0,
+    };
+    let data = pattern(3, 0, 100_000);
+    write(&cl, chain_id, key, 0, data.clone())
+        .await
+        .map_err(|e| anyhow!("write: {e}"))?;
+    let deadline = Instant::now() + GENEROUS;
+    cl.data()
+        .punch(chain_id, key, 1_000, 50_000, deadline)
+        .await
+        .map_err(|e| anyhow!("punch: {e}"))?;
+    cl.data()
+        .punch(
+            chain_id,
+            key,
+            90_001,
+            cirrus_types::MAX_FILE_SIZE - 90_001,
+            deadline,
+        )
+        .await
+        .map_err(|e| anyhow!("punch to the largest size: {e}"))?;
+    let mut want = data.clone();
+    want[1_000..51_000].fill(0);
+    want[90_001..].fill(0);
+    let got = read(&cl, chain_id, key, 0, 1 << 20)
+        .await
+        .map_err(|e| anyhow!("read: {e}"))?;
+    ensure!(got == want, "client read after the punches is wrong");
+    let ch = chain(&c, chain_id).await?;
+    ensure!(ch.members.len() == 2, "chain should have 2 members: {ch:?}");
+    for sid in &ch.members {
+        let i = index_of(&c, *sid).await?;
+        let (own, size) = local_read(
+            &c,
+            &p,
+            i,
+            chain_id,
+            ChainVersion(ch.version),
+            key,
+            0,
+            1 << 20,
+        )
+        .await
+        .map_err(|e| anyhow!("local read on data-{}: {e}", i + 1))?;
+        ensure!(
+            size == data.len() as u64,
+            "data-{} size {size} after a punch",
+            i + 1
+        );
+        ensure!(
+            own == want,
+            "data-{} holds other bytes after the punches",
+            i + 1
+        );
+    }
+    // Past the largest file: refused, nothing changed.
+    let r = cl
+        .data()
+        .punch(chain_id, key, cirrus_types::MAX_FILE_SIZE, 1, deadline)
+        .await;
+    ensure!(
+        matches!(r, Err(cirrus_types::FsError::TooBig)),
+        "a punch past the largest file answered {r:?}"
+    );
+    // A missing object has nothing to zero, on every member.
+    let missing = ObjectKey {
+        inode: InodeId(ino.0 + 1_000_000),
+        index: 0,
+    };
+    cl.data()
+        .punch(chain_id, missing, 0, 1 << 30, deadline)
+        .await
+        .map_err(|e| anyhow!("punch of a missing object: {e}"))?;
+    Ok(())
+}

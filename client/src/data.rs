@@ -384,6 +384,34 @@ impl DataPath {
         .await
     }
 
+    /// Makes `[offset, offset + length)` of object `key` read as zeros on every member of
+    /// `chain`; its size does not change. A missing object has nothing to zero.
+    pub async fn punch(
+        &self,
+        chain: ChainId,
+        key: ObjectKey,
+        offset: u64,
+        length: u64,
+        deadline: Instant,
+    ) -> FsResult<()> {
+        self.with_chain("punch", chain, deadline, |c, addrs| async move {
+            let addr = Self::addr_of(&addrs, 0, &c)?;
+            let mut cl = self.client(&addr)?;
+            cl.punch(pb::PunchRequest {
+                cluster_id: self.cluster_id.clone(),
+                chain: Self::chain_ref(&c),
+                object: Some(key.into()),
+                offset,
+                length,
+                hop: 0,
+            })
+            .await
+            .map_err(|s| cirrus_proto::from_status(&s))?;
+            Ok(())
+        })
+        .await
+    }
+
     /// The member servers of a chain, for status output.
     pub fn members(&self, id: ChainId) -> Vec<ServerId> {
         self.target(id).map(|t| t.chain.members).unwrap_or_default()

@@ -9,7 +9,7 @@
 //! old size after an open asks again, and is answered from the open's fresh attributes.
 //! No FOPEN_KEEP_CACHE: every open drops the kernel's page cache of the file.
 
-use crate::client::{Buffered, Client};
+use crate::client::{Buffered, Client, Fallocate};
 use crate::meta::{Attr, SetAttr, SetTime};
 use cirrus_types::{FileKind, FsError, FsResult, InodeId};
 use fuser::{
@@ -843,12 +843,26 @@ impl Filesystem for CirrusFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        if mode != 0 {
-            reply.error(Errno::EOPNOTSUPP);
-            return;
-        }
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+        const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        // COLLAPSE_RANGE, INSERT_RANGE, UNSHARE_RANGE and unknown bits: not supported.
+        let mode = match mode {
+            0 => Fallocate::Allocate { keep_size: false },
+            KEEP => Fallocate::Allocate { keep_size: true },
+            m if m == PUNCH | KEEP => Fallocate::PunchHole,
+            ZERO => Fallocate::Zero { keep_size: false },
+            m if m == ZERO | KEEP => Fallocate::Zero { keep_size: true },
+            _ => {
+                reply.error(Errno::EOPNOTSUPP);
+                return;
+            }
+        };
         self.run(
-            move |c| async move { c.fallocate(InodeId(ino.0), fh.0, offset, length).await },
+            move |c| async move {
+                c.fallocate(InodeId(ino.0), fh.0, offset, length, mode)
+                    .await
+            },
             move |r| empty(reply, r),
         );
     }

@@ -17,4 +17,4 @@ pub mod fuse;
 pub mod meta;
 pub mod mount;
 
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, Fallocate};

@@ -485,6 +485,29 @@ impl Node {
         Ok(buf)
     }
 
+    /// Block `e` (aligned) as the tail member holds it, zero-padded, and the tail's size
+    /// of the object.
+    async fn tail_block_and_size(
+        &self,
+        c: &ChainEntry,
+        key: ObjectKey,
+        e: u64,
+    ) -> FsResult<(Vec<u8>, u64)> {
+        let tail = c.members.last().filter(|s| **s != self.me).ok_or_else(|| {
+            FsError::Unavailable(format!("chain {} has no member to sync from", c.id))
+        })?;
+        let addr = self
+            .addr_of(*tail)
+            .ok_or_else(|| FsError::Unavailable(format!("no address known for server {tail}")))?;
+        let (data, size) = self
+            .peers
+            .read(&addr, c, key, e, BLOCK as u32, true)
+            .await?;
+        let mut buf = data.to_vec();
+        buf.resize(BLOCK as usize, 0);
+        Ok((buf, size))
+    }
+
     /// Runs a store operation; on a checksum failure of blocks it must read (an edge
     /// block), repairs them from another member and runs it once more.
     async fn with_repair<'a, T, F>(&'a self, c: &ChainEntry, key: ObjectKey, op: F) -> FsResult<T>
@@ -655,6 +678,56 @@ impl Node {
         }
         if let Some(next) = self.next_addr(&c, pos)? {
             self.peers.truncate(&next, &c, key, size, hop + 1).await?;
+        }
+        self.still_at(&c)?;
+        Ok(())
+    }
+
+    /// Makes `[off, off + len)` of the object read as zeros here, then downstream
+    /// (fallocate PUNCH_HOLE / ZERO_RANGE); the size does not change.
+    pub async fn punch(
+        &self,
+        chain: ChainId,
+        version: ChainVersion,
+        key: ObjectKey,
+        off: u64,
+        len: u64,
+        hop: u32,
+    ) -> FsResult<()> {
+        let end = cirrus_types::limits::check_file_range(off, len)?;
+        let c = self.check_chain(chain, version).await?;
+        let pos = self.position(&c, hop)?;
+        let lock = self.obj_lock(key);
+        let (a, b) = (align_down(off), end.div_ceil(BLOCK) * BLOCK);
+        let _g = lock.lock(a, b).await;
+        let syncing = pos >= c.members.len();
+        if syncing {
+            self.tracker.note_punch(c.id, key, a / BLOCK, b / BLOCK);
+        }
+        self.with_repair(&c, key, || self.store.punch(c.id, key, off, len))
+            .await?;
+        if syncing {
+            // The kept bytes of a partial edge block may not have been copied here yet,
+            // and rebuild now skips the block: take it from the tail, which has applied
+            // this punch.
+            let mut edges = Vec::new();
+            if off != a {
+                edges.push(a);
+            }
+            if end != b && edges.first() != Some(&(b - BLOCK)) {
+                edges.push(b - BLOCK);
+            }
+            for e in edges {
+                let (blk, tail_size) = self.tail_block_and_size(&c, key, e).await?;
+                if e < tail_size {
+                    self.store
+                        .put_blocks(c.id, key, e, &blk, tail_size.min(e + BLOCK))
+                        .await?;
+                }
+            }
+        }
+        if let Some(next) = self.next_addr(&c, pos)? {
+            self.peers.punch(&next, &c, key, off, len, hop + 1).await?;
         }
         self.still_at(&c)?;
         Ok(())

@@ -184,6 +184,28 @@ impl Peers {
         Ok(())
     }
 
+    pub async fn punch(
+        &self,
+        addr: &str,
+        c: &ChainEntry,
+        key: ObjectKey,
+        offset: u64,
+        length: u64,
+        hop: u32,
+    ) -> FsResult<()> {
+        let mut cl = self.client(addr)?;
+        let req = pb::PunchRequest {
+            cluster_id: self.cluster.to_string(),
+            chain: Self::chain_ref(c),
+            object: Some(key.into()),
+            offset,
+            length,
+            hop,
+        };
+        self.call("forward punch", addr, cl.punch(req)).await?;
+        Ok(())
+    }
+
     /// Objects (key, size) a member holds for `chain`, listed once that member is at
     /// `version` (it refuses an older one, refreshes to a newer one).
     pub async fn list(

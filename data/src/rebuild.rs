@@ -5,7 +5,7 @@
 //!
 //! Why the copy never overwrites newer data: members persist a write before forwarding
 //! it, and syncing members sit at the end of the route, so anything applied here was
-//! already applied at the source. Every chain write or truncate that reaches this server
+//! already applied at the source. Every chain write, truncate or punch that reaches this server
 //! as a syncing member bumps a per-object generation (and records its blocks). A copy
 //! step reads the generation, reads the source, takes the object's range lock, and
 //! writes only if the generation did not move: then the source bytes include every
@@ -48,6 +48,25 @@ struct ObjTrack {
     gen: u64,
     dirty: BTreeSet<u64>,
     trunc_at: Option<u64>,
+    /// Block ranges `[first, end)` punched (a punch may name petabytes: kept as ranges).
+    punched: Vec<(u64, u64)>,
+}
+
+/// What chain operations touched an object during a pass.
+#[derive(Default)]
+struct Touched {
+    dirty: BTreeSet<u64>,
+    trunc_at: Option<u64>,
+    punched: Vec<(u64, u64)>,
+}
+
+impl Touched {
+    /// Whether block `b` was touched.
+    fn block(&self, b: u64) -> bool {
+        self.dirty.contains(&b)
+            || self.trunc_at.is_some_and(|t| (b + 1) * BLOCK > t)
+            || self.punched.iter().any(|r| r.0 <= b && b < r.1)
+    }
 }
 
 /// Chain operations seen while syncing, per chain and object.
@@ -80,6 +99,14 @@ impl Tracker {
         })
     }
 
+    pub fn note_punch(&self, chain: ChainId, key: ObjectKey, first: u64, end: u64) {
+        self.with(|m| {
+            let t = m.entry(chain).or_default().entry(key).or_default();
+            t.gen += 1;
+            t.punched.push((first, end));
+        })
+    }
+
     /// A new pass begins: operations from now on are the ones a copy must not overwrite
     /// (everything applied here before is already at the source, which persists first,
     /// and every source read of the pass comes later). Generations keep counting.
@@ -89,6 +116,7 @@ impl Tracker {
                 for t in c.values_mut() {
                     t.dirty.clear();
                     t.trunc_at = None;
+                    t.punched.clear();
                 }
             }
         })
@@ -98,11 +126,15 @@ impl Tracker {
         self.with(|m| m.get(&chain).and_then(|c| c.get(&key)).map_or(0, |t| t.gen))
     }
 
-    fn touched(&self, chain: ChainId, key: ObjectKey) -> (BTreeSet<u64>, Option<u64>) {
+    fn touched(&self, chain: ChainId, key: ObjectKey) -> Touched {
         self.with(|m| {
             m.get(&chain)
                 .and_then(|c| c.get(&key))
-                .map(|t| (t.dirty.clone(), t.trunc_at))
+                .map(|t| Touched {
+                    dirty: t.dirty.clone(),
+                    trunc_at: t.trunc_at,
+                    punched: t.punched.clone(),
+                })
                 .unwrap_or_default()
         })
     }
@@ -489,11 +521,11 @@ async fn copy_object(
                     }
                 } else {
                     // Under constant writes: skip every block a chain operation touched.
-                    let (dirty, trunc_at) = node.tracker.touched(id, key);
+                    let touched = node.tracker.touched(id, key);
                     for (i, blk) in buf.chunks(BLOCK as usize).enumerate() {
                         let b = first + i as u64;
                         let b_end = (b + 1) * BLOCK;
-                        if dirty.contains(&b) || trunc_at.is_some_and(|t| b_end > t) {
+                        if touched.block(b) {
                             continue;
                         }
                         let end = logical_end.min(b_end);

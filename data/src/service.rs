@@ -164,6 +164,21 @@ impl pb::data_server::Data for DataService {
         .await)
     }
 
+    async fn punch(&self, req: Request<pb::PunchRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        st(async {
+            self.cluster(&r.cluster_id)?;
+            let (chain, version) = chain_ref(r.chain.as_ref())?;
+            let key = object_key(r.object.as_ref())?;
+            let node = self.node.clone();
+            let (off, len, hop) = (r.offset, r.length, r.hop);
+            to_completion(async move { node.punch(chain, version, key, off, len, hop).await })
+                .await?;
+            Ok(pb::Empty {})
+        }
+        .await)
+    }
+
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
         st(async {

@@ -1,6 +1,6 @@
 //! A seeded random POSIX exerciser: the same random sequence of system calls (create,
 //! open, pwrite at random offsets and sizes, pread, truncate up and down by path and by
-//! fd, fsync, rename, link, unlink while open, mkdir, rmdir, readdir, stat, the four
+//! fd, fallocate PUNCH_HOLE and ZERO_RANGE, fsync, rename, link, unlink while open, mkdir, rmdir, readdir, stat, the four
 //! xattr calls) runs on a Cirrus mount and on a local directory side by side; every
 //! result (errno, byte count, bytes, sizes, link counts, directory listings, xattr
 //! values) must be equal. A call on the mount that takes longer than the deadline is a
@@ -84,6 +84,8 @@ pub struct ExerciseReport {
     pub children: u64,
     /// Ops whose offset or size was one of [`EXTREMES`].
     pub extreme_ops: usize,
+    /// fallocate PUNCH_HOLE/ZERO_RANGE calls that succeeded on both sides.
+    pub punch_ops: usize,
 }
 
 /// The `spawn_children` thread: spawns `true` until dropped, then reports how many ran.
@@ -245,6 +247,14 @@ enum Op {
         slot: usize,
         size: u64,
     },
+    /// fallocate `PUNCH_HOLE | KEEP_SIZE`, or `ZERO_RANGE` with or without `KEEP_SIZE`.
+    Punch {
+        slot: usize,
+        off: u64,
+        len: usize,
+        zero: bool,
+        keep_size: bool,
+    },
     Truncate {
         path: String,
         size: u64,
@@ -384,11 +394,18 @@ fn gen_op(rng: &mut SmallRng, cfg: &ExerciseConfig, open: &[usize]) -> Op {
                 path: pick_path(rng),
             },
             16..=21 => Op::Close { slot },
-            22..=39 => Op::Write {
+            22..=36 => Op::Write {
                 slot,
                 off: off(rng),
                 len: len(rng),
                 fill: rng.gen(),
+            },
+            37..=39 => Op::Punch {
+                slot,
+                off: off(rng),
+                len: len(rng),
+                zero: rng.gen(),
+                keep_size: rng.gen(),
             },
             40..=51 => Op::Read {
                 slot,
@@ -456,7 +473,9 @@ fn gen_op(rng: &mut SmallRng, cfg: &ExerciseConfig, open: &[usize]) -> Op {
 /// Whether `op` reaches one of [`EXTREMES`].
 fn is_extreme(op: &Op) -> bool {
     match op {
-        Op::Write { off, .. } | Op::Read { off, .. } => EXTREMES.contains(off),
+        Op::Write { off, .. } | Op::Read { off, .. } | Op::Punch { off, .. } => {
+            EXTREMES.contains(off)
+        }
         Op::Ftruncate { size, .. } | Op::Truncate { size, .. } => EXTREMES.contains(size),
         _ => false,
     }
@@ -554,6 +573,36 @@ impl Side {
                 Ok(f) => match self.past_limit(*off, *len as u64).filter(|_| *len > 0) {
                     Some(e) => e,
                     None => res(f.write_at(&fill_bytes(*fill, *len), *off), Out::Count),
+                },
+                Err(e) => e,
+            },
+            Op::Punch {
+                slot,
+                off,
+                len,
+                zero,
+                keep_size,
+            } => match self.fd(*slot) {
+                Ok(f) => match self.past_limit(*off, *len as u64) {
+                    Some(e) => e,
+                    None => {
+                        use std::os::fd::AsRawFd;
+                        let mode = match (zero, keep_size) {
+                            (false, _) => libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                            (true, false) => libc::FALLOC_FL_ZERO_RANGE,
+                            (true, true) => libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                        };
+                        // SAFETY: fallocate on a descriptor this slot owns; no memory is
+                        // passed.
+                        let r = unsafe {
+                            libc::fallocate(f.as_raw_fd(), mode, *off as i64, *len as i64)
+                        };
+                        if r == 0 {
+                            Out::Ok
+                        } else {
+                            last_err()
+                        }
+                    }
                 },
                 Err(e) => e,
             },
@@ -849,6 +898,7 @@ pub fn run(
         }
         match (&op, &got) {
             (Op::Write { .. }, Out::Count(n)) => rep.bytes_written += *n as u64,
+            (Op::Punch { .. }, Out::Ok) => rep.punch_ops += 1,
             (Op::Read { .. } | Op::ReadWhole { .. }, Out::Bytes(b)) => {
                 rep.bytes_read += b.len() as u64
             }

@@ -1,7 +1,7 @@
 //! A seeded random POSIX exerciser: the same random sequence of system calls (create,
 //! open, pwrite at random offsets and sizes, pread, truncate up and down by path and by
-//! fd, fallocate PUNCH_HOLE and ZERO_RANGE, fsync, rename, link, unlink while open, mkdir, rmdir, readdir, stat, the four
-//! xattr calls) runs on a Cirrus mount and on a local directory side by side; every
+//! fd, fallocate PUNCH_HOLE and ZERO_RANGE, fsync, rename, link, unlink while open,
+//! mkdir, rmdir, readdir, stat, the four xattr calls) runs on a Cirrus mount and on a local directory side by side; every
 //! result (errno, byte count, bytes, sizes, link counts, directory listings, xattr
 //! values) must be equal. A call on the mount that takes longer than the deadline is a
 //! failure too. The seed is printed; the same seed replays the same sequence.

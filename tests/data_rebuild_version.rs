@@ -107,3 +107,76 @@ async fn caught_up_report_of_a_copy_made_before_a_drop_and_re_add_does_not_promo
     ensure!(via_client == late, "the client read the old bytes");
     Ok(())
 }
+
+/// Holes punched while a server is syncing into the chain (3 meta + 3 data, R=2): the
+/// punch reaches the syncing server too, the copy never writes old bytes over a punched
+/// range, and the kept bytes of a partial edge block that was not copied yet are taken
+/// from the tail, so the rebuilt copy equals the member's byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holes_punched_during_a_rebuild_are_holes_in_the_rebuilt_copy() -> Result<()> {
+    let mut c = r2_rebuild_cluster()
+        .data_args(vec!["--rebuild-rate".into(), "1".into()])
+        .start()
+        .await?;
+    let old = pattern(3, 0, LEN);
+    let Written {
+        cl,
+        chain_id,
+        key,
+        members,
+    } = write_one_object(&c, old.clone()).await?;
+    let a = index_of(&c, members[0]).await?;
+    let b = index_of(&c, members[1]).await?;
+    let x = (0..3).find(|i| *i != a && *i != b).expect("a third server");
+    let x_sid = c.data_info(x).await?.server_id;
+    c.kill_data(b);
+    wait_for("X to start copying", || async {
+        let ch = chain(&c, chain_id).await.ok()?;
+        let i = c.data_info(x).await.ok()?;
+        (ch.syncing == vec![x_sid] && i.rebuild_copied_bytes > 0).then_some(())
+    })
+    .await?;
+    // Unaligned at both ends: one near the start (copied or being copied), two far
+    // ahead of the copy, one reaching the end.
+    let mut want = old.clone();
+    for (off, len) in [
+        (500_123u64, 1_000_000u64),
+        (5_000_001, 1_234_567),
+        (7_000_000, 3),
+        (LEN as u64 - 5_007, 5_007),
+    ] {
+        cl.data()
+            .punch(
+                chain_id,
+                key,
+                off,
+                len,
+                std::time::Instant::now() + GENEROUS,
+            )
+            .await
+            .map_err(|e| anyhow!("punch {off}+{len} during the rebuild: {e}"))?;
+        want[off as usize..(off + len) as usize].fill(0);
+    }
+    let back = wait_for("the chain back at 2 members with X", || async {
+        let ch = chain(&c, chain_id).await.ok()?;
+        (ch.members.len() == 2 && ch.members.contains(&x_sid) && ch.syncing.is_empty())
+            .then_some(ch)
+    })
+    .await?;
+    let p = peers(&c).await?;
+    let version = ChainVersion(back.version);
+    for i in [a, x] {
+        let (got, size) = local_read(&c, &p, i, chain_id, version, key, 0, LEN as u32)
+            .await
+            .map_err(|e| anyhow!("local read on data-{}: {e}", i + 1))?;
+        ensure!(size == LEN as u64, "data-{} has size {size}", i + 1);
+        if got != want {
+            let first = got.iter().zip(&want).position(|(g, w)| g != w);
+            return Err(anyhow!(
+                "data-{} differs from the punched object, first at {first:?}",
+                i + 1
+            ));
+        }
+    }
+    Ok(())
+}

@@ -204,7 +204,7 @@ impl DataPath {
                     }
                 }
             }
-            tracing::debug!(chain = %id, err = %last, "{what}: refreshing chains and retrying");
+            tracing::debug!(chain = %id, err = %last, what, "refreshing chains and retrying");
             let stale = last.retry() == Retry::AfterRefresh;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if let Ok(Err(e)) = tokio::time::timeout(remaining, self.refresh(t.epoch)).await {

@@ -53,7 +53,7 @@ pub async fn drop_left_chains(node: &Arc<Node>) -> usize {
         match node.store.delete(o.key).await {
             Ok(()) => deleted += 1,
             Err(e) => {
-                tracing::warn!(key = ?o.key, chain = %o.chain, "delete a copy of a chain this server left: {e}")
+                tracing::warn!(key = ?o.key, chain = %o.chain, err = %e, "delete a copy of a chain this server left")
             }
         }
     }

@@ -561,14 +561,14 @@ impl Node {
                         self.store.put_blocks(c.id, key, off, &buf, 0).await?;
                         self.stats.repaired_blocks.add(end - first);
                         tracing::warn!(
-                            ?key, chain = %c.id, from = %addr,
-                            "repaired blocks {first}..{end} from another member"
+                            ?key, chain = %c.id, from = %addr, first, end,
+                            "repaired blocks [first, end) from another member"
                         );
                         fixed = true;
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!(?key, from = %addr, "repair read failed: {e}");
+                        tracing::warn!(?key, from = %addr, err = %e, "repair read failed");
                         last = e;
                     }
                 }

@@ -284,7 +284,7 @@ impl Rebuilds {
                                 return;
                             }
                             Err(e) => {
-                                tracing::warn!(chain = %id, "rebuild interrupted, retrying: {e}");
+                                tracing::warn!(chain = %id, err = %e, "rebuild interrupted, retrying");
                                 tokio::time::sleep(Duration::from_millis(500)).await;
                                 let _ = node.refresh().await;
                             }
@@ -587,7 +587,7 @@ async fn read_chunk(
             })
         }
         Err(FsError::Checksum(e)) => {
-            tracing::warn!(?key, chain = %c.id, from = %src, "rebuild: bad block at the source ({e}); reading this chunk block by block");
+            tracing::warn!(?key, chain = %c.id, from = %src, err = %e, "rebuild: bad block at the source; reading this chunk block by block");
         }
         Err(e) => return Err(e),
     }
@@ -617,7 +617,7 @@ async fn read_chunk(
                             break;
                         }
                         Err(e) => {
-                            tracing::warn!(?key, block = at / BLOCK, from = %a, "rebuild: other member has no good copy either: {e}")
+                            tracing::warn!(?key, block = at / BLOCK, from = %a, err = %e, "rebuild: other member has no good copy either")
                         }
                     }
                 }

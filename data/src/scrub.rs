@@ -66,7 +66,7 @@ pub async fn pass(node: &Arc<Node>, cfg: &ScrubConfig) {
                     let lock = node.obj_lock(o.key);
                     let _g = lock.lock(0, u64::MAX).await;
                     if let Err(e) = node.repair(&c, o.key, &blocks).await {
-                        tracing::error!(key = ?o.key, "scrub: repair failed: {e}");
+                        tracing::error!(key = ?o.key, err = %e, "scrub: repair failed");
                         break;
                     }
                     // Re-read the same range after the repair.
@@ -75,7 +75,7 @@ pub async fn pass(node: &Arc<Node>, cfg: &ScrubConfig) {
                     // Deleted meanwhile or an IO error: count, move on.
                     if node.store.size(o.key).is_some() {
                         node.stats.scrub_errors.inc();
-                        tracing::error!(key = ?o.key, "scrub: {e}");
+                        tracing::error!(key = ?o.key, err = %e, "scrub");
                     }
                     break;
                 }

@@ -170,8 +170,8 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
         match meta.connect().await {
             Ok(c) => break c,
             Err(e) => tracing::warn!(
-                meta = ?meta_addrs,
-                "cannot reach an initialised meta group yet ({e}); retrying"
+                meta = ?meta_addrs, err = %e,
+                "cannot reach an initialised meta group yet; retrying"
             ),
         }
     };
@@ -205,7 +205,7 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
             Err(e @ FsError::WrongCluster { .. }) => {
                 bail!("the meta group refused this data server: {e}")
             }
-            Err(e) => tracing::warn!("register with the meta group: {e}; retrying"),
+            Err(e) => tracing::warn!(err = %e, "register with the meta group; retrying"),
         }
     };
     if reply.cluster_id != cluster.to_string() {
@@ -241,7 +241,7 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
         },
     ));
     if let Err(e) = node.refresh().await {
-        tracing::warn!("first chain table fetch: {e} (the heartbeat will bring it)");
+        tracing::warn!(err = %e, "first chain table fetch (the heartbeat will bring it)");
     }
 
     let metrics_addr = args
@@ -384,7 +384,7 @@ async fn heartbeat_loop(
                     .collect();
                 if !garbage.is_empty() {
                     if let Err(e) = node.delete(&garbage).await {
-                        tracing::warn!("delete garbage objects: {e}");
+                        tracing::warn!(err = %e, "delete garbage objects");
                     }
                 }
             }
@@ -392,7 +392,7 @@ async fn heartbeat_loop(
                 failures += 1;
                 // Once per ~10 failures: a meta failover produces a burst.
                 if failures % 10 == 1 {
-                    tracing::warn!("heartbeat to the meta group {:?} failed: {e}", meta.addrs());
+                    tracing::warn!(meta = ?meta.addrs(), err = %e, "heartbeat to the meta group failed");
                 }
             }
         }

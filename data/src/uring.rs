@@ -423,7 +423,7 @@ fn drive(mut ring: IoUring, rx: mpsc::Receiver<Req>, wake: Arc<OwnedFd>, depth: 
                     // completion for `idx` is reaped.
                     while unsafe { ring.submission().push(&entry) }.is_err() {
                         if let Err(e) = ring.submit() {
-                            tracing::error!("io_uring submit: {e}");
+                            tracing::error!(err = %e, "io_uring submit");
                         }
                     }
                     inflight += 1;
@@ -440,7 +440,7 @@ fn drive(mut ring: IoUring, rx: mpsc::Receiver<Req>, wake: Arc<OwnedFd>, depth: 
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
             Err(e) => {
-                tracing::error!("io_uring wait: {e}");
+                tracing::error!(err = %e, "io_uring wait");
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }

@@ -81,7 +81,10 @@ pub async fn bootstrap(
 ) {
     let lowest = peers.keys().next().copied();
     if lowest != Some(self_id) {
-        tracing::info!("not the lowest id: waiting for node {lowest:?} to initialise the group");
+        tracing::info!(
+            ?lowest,
+            "not the lowest id: waiting for that node to initialise the group"
+        );
         return;
     }
     match raft.is_initialized().await {

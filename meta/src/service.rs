@@ -854,7 +854,7 @@ impl pb::meta_server::Meta for MetaService {
                     match n.write(cmd).await {
                         Ok(_) => table = n.read(|s| Ok(s.chain_table())).await?,
                         Err(e @ (FsError::StaleChain { .. } | FsError::Invalid(_))) => {
-                            tracing::info!(server = %sid, %chain, %version, "caught-up report refused: {e}")
+                            tracing::info!(server = %sid, %chain, %version, err = %e, "caught-up report refused")
                         }
                         Err(e) => return Err(e),
                     }

@@ -723,7 +723,7 @@ pub async fn serve<S: BulkService>(
             Ok(Some(raw)) => raw,
             Ok(None) => break,
             Err(e) => {
-                tracing::debug!(%peer, "bulk connection: {e}");
+                tracing::debug!(%peer, err = %e, "bulk connection");
                 break;
             }
         };
@@ -743,7 +743,7 @@ pub async fn serve<S: BulkService>(
                 break;
             }
             Err((call, e)) => {
-                tracing::warn!(%peer, "closing bulk connection: {e}");
+                tracing::warn!(%peer, err = %e, "closing bulk connection");
                 let _ = tx
                     .send(Frame::new(
                         Kind::Error,
@@ -777,11 +777,11 @@ pub async fn serve<S: BulkService>(
         let header = match tokio::time::timeout(FRAME_STALL, header).await {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
-                tracing::debug!(%peer, "bulk connection: {e}");
+                tracing::debug!(%peer, err = %e, "bulk connection");
                 break;
             }
             Err(_) => {
-                tracing::warn!(%peer, "closing bulk connection: a frame stalled for {FRAME_STALL:?}");
+                tracing::warn!(%peer, stalled = ?FRAME_STALL, "closing bulk connection: a frame stalled");
                 break;
             }
         };
@@ -847,11 +847,11 @@ pub async fn serve<S: BulkService>(
                 match tokio::time::timeout(FRAME_STALL, body).await {
                     Ok(Ok(p)) => Req::Write(header, p),
                     Ok(Err(e)) => {
-                        tracing::debug!(%peer, "bulk connection: {e}");
+                        tracing::debug!(%peer, err = %e, "bulk connection");
                         break;
                     }
                     Err(_) => {
-                        tracing::warn!(%peer, "closing bulk connection: a frame stalled for {FRAME_STALL:?}");
+                        tracing::warn!(%peer, stalled = ?FRAME_STALL, "closing bulk connection: a frame stalled");
                         break;
                     }
                 }

@@ -359,7 +359,7 @@ impl MetaConn {
                 }
                 _ => return Err(err),
             }
-            tracing::debug!(%addr, %err, "{what}: retrying against the meta group");
+            tracing::debug!(%addr, %err, what, "retrying against the meta group");
             last_err = err;
             hops_without_sleep = 0;
             backoff

@@ -290,7 +290,7 @@ impl Incoming {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(listener = self.limit.what, "accept: {e}");
+                    tracing::warn!(listener = self.limit.what, err = %e, "accept");
                     self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
                 }
             }

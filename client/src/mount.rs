@@ -486,7 +486,7 @@ async fn serve(opts: MountOptions, canon: PathBuf) -> Result<(), MountError> {
             };
         }
         sig = signals => {
-            tracing::info!(mountpoint = %mp.display(), "{sig}: unmounting");
+            tracing::info!(mountpoint = %mp.display(), signal = %sig, "unmounting");
         }
     }
     if let Err(e) = unmounter.unmount() {

@@ -124,8 +124,8 @@ pub async fn bootstrap(
         if last_report.elapsed() >= Duration::from_secs(5) {
             tracing::warn!(
                 waited = ?started.elapsed(),
-                "initialising needs every peer; still unreachable: {}",
-                missing.join("; ")
+                unreachable = %missing.join("; "),
+                "initialising needs every peer; some are still unreachable"
             );
             last_report = Instant::now();
         }

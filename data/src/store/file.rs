@@ -205,7 +205,7 @@ impl FileStore {
                     Err(e) => {
                         // Keep the bytes for an operator; the object will be rebuilt or
                         // repaired from another member.
-                        tracing::error!(path = %ent.path().display(), "unreadable object, set aside: {e}");
+                        tracing::error!(path = %ent.path().display(), err = %e, "unreadable object, set aside");
                         let mut bad = ent.path().into_os_string();
                         bad.push(".bad");
                         let _ = std::fs::rename(ent.path(), bad);

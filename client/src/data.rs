@@ -148,6 +148,7 @@ impl DataPath {
 
     /// Runs `attempt` against chain `id` until it succeeds, fails for good, or `deadline`
     /// passes. Refreshes the chain table when the chain is unknown, stale or unreachable.
+    #[tracing::instrument(level = "debug", skip(self, deadline, attempt), fields(chain = %id))]
     async fn with_chain<T, F, Fut>(
         &self,
         what: &str,

@@ -398,6 +398,7 @@ impl Node {
     }
 
     /// Chain write: verify, order, persist, forward; returns the object size.
+    #[tracing::instrument(level = "debug", name = "chain_write", skip_all, fields(chain = %w.chain, key = ?w.key, off = w.off, len = w.data.len(), hop = w.hop))]
     pub async fn write(&self, w: WriteArgs) -> FsResult<u64> {
         let c = self.check_chain(w.chain, w.version).await?;
         let pos = self.position(&c, w.hop)?;
@@ -525,6 +526,7 @@ impl Node {
     }
 
     /// Rewrites `blocks` of `key` from the first other member with a good copy.
+    #[tracing::instrument(level = "debug", skip(self, c, blocks), fields(chain = %c.id, blocks = blocks.len()))]
     pub async fn repair(&self, c: &ChainEntry, key: ObjectKey, blocks: &[u64]) -> FsResult<()> {
         let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut sorted = blocks.to_vec();
@@ -582,6 +584,7 @@ impl Node {
 
     /// Read from a member: verified locally, repaired from another member on a bad
     /// block unless `local_only`. Returns the bytes, their piece crcs and the object size.
+    #[tracing::instrument(level = "debug", name = "chain_read", skip(self))]
     pub async fn read(
         &self,
         chain: ChainId,
@@ -630,6 +633,7 @@ impl Node {
     }
 
     /// fdatasync of each object here, then downstream.
+    #[tracing::instrument(level = "debug", name = "chain_sync", skip(self, keys), fields(objects = keys.len()))]
     pub async fn sync(
         &self,
         chain: ChainId,
@@ -650,6 +654,7 @@ impl Node {
     }
 
     /// Truncate here, then downstream.
+    #[tracing::instrument(level = "debug", name = "chain_truncate", skip(self))]
     pub async fn truncate(
         &self,
         chain: ChainId,
@@ -685,6 +690,7 @@ impl Node {
 
     /// Makes `[off, off + len)` of the object read as zeros here, then downstream
     /// (fallocate PUNCH_HOLE / ZERO_RANGE); the size does not change.
+    #[tracing::instrument(level = "debug", name = "chain_punch", skip(self))]
     pub async fn punch(
         &self,
         chain: ChainId,

@@ -319,6 +319,7 @@ impl MetaConn {
     }
 
     /// `call` with a request id chosen by the caller (tests replay one id on purpose).
+    #[tracing::instrument(level = "debug", name = "meta_call", skip(self, f), fields(req = ?id))]
     pub async fn call_as<T, F, Fut>(&self, id: RequestId, what: &str, mut f: F) -> FsResult<T>
     where
         F: FnMut(MetaRpc) -> Fut,

@@ -450,7 +450,7 @@ impl Node {
         end: u64,
     ) -> FsResult<u64> {
         let (a, b) = (align_down(w.off), align_up(end));
-        let mut buf = self.tail_blocks(c, w.key, a, b).await?;
+        let (mut buf, _) = self.tail_blocks(c, w.key, a, b).await?;
         let at = (w.off - a) as usize;
         if buf[at..at + w.data.len()] != w.data[..] {
             return Err(FsError::Io(format!(
@@ -463,36 +463,13 @@ impl Node {
     }
 
     /// Blocks `[a, b)` (aligned byte offsets) of the tail member's copy, zero-filled past
-    /// its object end.
+    /// its object end, and the tail's size of the object.
     async fn tail_blocks(
         &self,
         c: &ChainEntry,
         key: ObjectKey,
         a: u64,
         b: u64,
-    ) -> FsResult<Vec<u8>> {
-        let tail = c.members.last().filter(|s| **s != self.me).ok_or_else(|| {
-            FsError::Unavailable(format!("chain {} has no member to sync from", c.id))
-        })?;
-        let addr = self
-            .addr_of(*tail)
-            .ok_or_else(|| FsError::Unavailable(format!("no address known for server {tail}")))?;
-        let (data, _) = self
-            .peers
-            .read(&addr, c, key, a, (b - a) as u32, true)
-            .await?;
-        let mut buf = data.to_vec();
-        buf.resize((b - a) as usize, 0);
-        Ok(buf)
-    }
-
-    /// Block `e` (aligned) as the tail member holds it, zero-padded, and the tail's size
-    /// of the object.
-    async fn tail_block_and_size(
-        &self,
-        c: &ChainEntry,
-        key: ObjectKey,
-        e: u64,
     ) -> FsResult<(Vec<u8>, u64)> {
         let tail = c.members.last().filter(|s| **s != self.me).ok_or_else(|| {
             FsError::Unavailable(format!("chain {} has no member to sync from", c.id))
@@ -502,10 +479,10 @@ impl Node {
             .ok_or_else(|| FsError::Unavailable(format!("no address known for server {tail}")))?;
         let (data, size) = self
             .peers
-            .read(&addr, c, key, e, BLOCK as u32, true)
+            .read(&addr, c, key, a, (b - a) as u32, true)
             .await?;
         let mut buf = data.to_vec();
-        buf.resize(BLOCK as usize, 0);
+        buf.resize((b - a) as usize, 0);
         Ok((buf, size))
     }
 
@@ -678,7 +655,7 @@ impl Node {
             // The kept head of the new last block may not have been copied yet (see
             // write_blocks_from_tail); the tail member has applied this truncate.
             let a = align_down(size);
-            let blk = self.tail_blocks(&c, key, a, a + BLOCK).await?;
+            let (blk, _) = self.tail_blocks(&c, key, a, a + BLOCK).await?;
             self.store.put_blocks(c.id, key, a, &blk, size).await?;
         }
         if let Some(next) = self.next_addr(&c, pos)? {
@@ -724,7 +701,7 @@ impl Node {
                 edges.push(b - BLOCK);
             }
             for e in edges {
-                let (blk, tail_size) = self.tail_block_and_size(&c, key, e).await?;
+                let (blk, tail_size) = self.tail_blocks(&c, key, e, e + BLOCK).await?;
                 if e < tail_size {
                     self.store
                         .put_blocks(c.id, key, e, &blk, tail_size.min(e + BLOCK))

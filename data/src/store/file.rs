@@ -725,19 +725,7 @@ impl FileStore {
         }
         let mut tail_crc = Vec::new();
         if !size.is_multiple_of(BLOCK) {
-            let a = align_down(size);
-            let crcs = {
-                let m = o.meta.lock().await;
-                self.snapshot(&m, a / BLOCK, 1)
-            };
-            let mut blk = self.read_blocks(&o, a, a + BLOCK).await?;
-            let bad = bad_blocks_in(a / BLOCK, blk.as_slice(), &crcs);
-            if !bad.is_empty() {
-                return Err(StoreError::Corrupt { key, blocks: bad });
-            }
-            blk.as_mut_slice()[(size - a) as usize..].fill(0);
-            tail_crc.push(cirrus_types::checksum::crc32c(blk.as_slice()));
-            self.write_blocks(&o, a, blk).await?;
+            tail_crc.push(self.zero_in_block(&o, size, align_up(size)).await?);
         }
         {
             let mut m = o.meta.lock().await;
@@ -747,6 +735,29 @@ impl FileStore {
         self.commit_meta(&o, align_down(size) / BLOCK, &tail_crc, size, true)
             .await?;
         Ok(())
+    }
+
+    /// Zeroes bytes `[from, to)` of one block (both inside it) on disk after verifying the
+    /// block's old bytes (a corrupt block is refused, not laundered under a fresh crc);
+    /// returns the block's new crc for the caller to commit.
+    async fn zero_in_block(&self, o: &Obj, from: u64, to: u64) -> StoreResult<u32> {
+        let e = align_down(from);
+        let crcs = {
+            let m = o.meta.lock().await;
+            self.snapshot(&m, e / BLOCK, 1)
+        };
+        let mut blk = self.read_blocks(o, e, e + BLOCK).await?;
+        let bad = bad_blocks_in(e / BLOCK, blk.as_slice(), &crcs);
+        if !bad.is_empty() {
+            return Err(StoreError::Corrupt {
+                key: o.key,
+                blocks: bad,
+            });
+        }
+        blk.as_mut_slice()[(from - e) as usize..(to - e) as usize].fill(0);
+        let crc = cirrus_types::checksum::crc32c(blk.as_slice());
+        self.write_blocks(o, e, blk).await?;
+        Ok(crc)
     }
 
     async fn do_punch(
@@ -786,19 +797,10 @@ impl FileStore {
         // crc, which replication repairs.
         let mut edge_crcs = Vec::new();
         for e in edges {
-            let crcs = {
-                let m = o.meta.lock().await;
-                self.snapshot(&m, e / BLOCK, 1)
-            };
-            let mut blk = self.read_blocks(&o, e, e + BLOCK).await?;
-            let bad = bad_blocks_in(e / BLOCK, blk.as_slice(), &crcs);
-            if !bad.is_empty() {
-                return Err(StoreError::Corrupt { key, blocks: bad });
-            }
-            let (lo, hi) = (off.max(e) - e, end.min(e + BLOCK) - e);
-            blk.as_mut_slice()[lo as usize..hi as usize].fill(0);
-            edge_crcs.push((e / BLOCK, cirrus_types::checksum::crc32c(blk.as_slice())));
-            self.write_blocks(&o, e, blk).await?;
+            let crc = self
+                .zero_in_block(&o, off.max(e), end.min(e + BLOCK))
+                .await?;
+            edge_crcs.push((e / BLOCK, crc));
         }
         if wa < wb {
             self.punch_data(&o, wa, wb).await?;

@@ -68,14 +68,20 @@ impl MemStore {
             data: Vec::new(),
             crcs: Vec::new(),
         });
-        if o.chain != chain {
-            return Err(StoreError::Invalid(format!(
-                "object {key:?} belongs to chain {}, not {chain}",
-                o.chain
-            )));
-        }
+        owned_by(o, key, chain)?;
         Ok(o)
     }
+}
+
+/// Refuses an object of another chain.
+fn owned_by(o: &MemObj, key: ObjectKey, chain: ChainId) -> StoreResult<()> {
+    if o.chain != chain {
+        return Err(StoreError::Invalid(format!(
+            "object {key:?} belongs to chain {}, not {chain}",
+            o.chain
+        )));
+    }
+    Ok(())
 }
 
 fn verify(key: ObjectKey, o: &MemObj, a: u64, b: u64) -> StoreResult<()> {
@@ -232,12 +238,7 @@ impl ChunkStore for MemStore {
             let Some(o) = m.get_mut(&key) else {
                 return Ok(());
             };
-            if o.chain != chain {
-                return Err(StoreError::Invalid(format!(
-                    "object {key:?} belongs to chain {}, not {chain}",
-                    o.chain
-                )));
-            }
+            owned_by(o, key, chain)?;
             let end = (end as usize).min(o.data.len());
             if off as usize >= end {
                 return Ok(());

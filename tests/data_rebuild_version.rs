@@ -21,29 +21,31 @@ const LEN: usize = 8 << 20;
 /// The write acknowledged while the syncing server is out of the chain.
 const LATE: usize = 64 << 10;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caught_up_report_of_a_copy_made_before_a_drop_and_re_add_does_not_promote_a_member_missing_writes(
-) -> Result<()> {
+/// A cluster (3 meta + 3 data, R=2, rebuild at 1 MiB/s) whose one object's chain lost
+/// member B (killed) and has the third server X syncing into it, its copy from A begun.
+struct Rebuilding {
+    c: cirrus_raft_tests::cluster::TestCluster,
+    w: Written,
+    a: usize,
+    x: usize,
+    x_sid: u64,
+}
+
+async fn rebuilding_into_a_third_server(data: Vec<u8>) -> Result<Rebuilding> {
     let mut c = r2_rebuild_cluster()
         .data_args(vec!["--rebuild-rate".into(), "1".into()])
         .start()
         .await?;
-    let old = pattern(1, 0, LEN);
-    let Written {
-        cl,
-        chain_id,
-        key,
-        members,
-    } = write_one_object(&c, old.clone()).await?;
-    let a = index_of(&c, members[0]).await?;
-    let b = index_of(&c, members[1]).await?;
+    let w = write_one_object(&c, data).await?;
+    let a = index_of(&c, w.members[0]).await?;
+    let b = index_of(&c, w.members[1]).await?;
     let x = (0..3).find(|i| *i != a && *i != b).expect("a third server");
     let x_sid = c.data_info(x).await?.server_id;
 
     // B dies: meta drops it and X joins as syncing, copying from A.
     c.kill_data(b);
     wait_for("X syncing into the chain", || async {
-        let ch = chain(&c, chain_id).await.ok()?;
+        let ch = chain(&c, w.chain_id).await.ok()?;
         (ch.syncing == vec![x_sid]).then_some(())
     })
     .await?;
@@ -52,6 +54,22 @@ async fn caught_up_report_of_a_copy_made_before_a_drop_and_re_add_does_not_promo
         (i.rebuild_copied_bytes > 0).then_some(())
     })
     .await?;
+    Ok(Rebuilding { c, w, a, x, x_sid })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caught_up_report_of_a_copy_made_before_a_drop_and_re_add_does_not_promote_a_member_missing_writes(
+) -> Result<()> {
+    let old = pattern(1, 0, LEN);
+    let Rebuilding {
+        c,
+        w: Written {
+            cl, chain_id, key, ..
+        },
+        x,
+        x_sid,
+        ..
+    } = rebuilding_into_a_third_server(old.clone()).await?;
     // The copy finishes while no meta node answers: the caught-up report stays pending.
     for m in 0..3 {
         c.stop_meta(m);
@@ -114,28 +132,16 @@ async fn caught_up_report_of_a_copy_made_before_a_drop_and_re_add_does_not_promo
 /// from the tail, so the rebuilt copy equals the member's byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holes_punched_during_a_rebuild_are_holes_in_the_rebuilt_copy() -> Result<()> {
-    let mut c = r2_rebuild_cluster()
-        .data_args(vec!["--rebuild-rate".into(), "1".into()])
-        .start()
-        .await?;
     let old = pattern(3, 0, LEN);
-    let Written {
-        cl,
-        chain_id,
-        key,
-        members,
-    } = write_one_object(&c, old.clone()).await?;
-    let a = index_of(&c, members[0]).await?;
-    let b = index_of(&c, members[1]).await?;
-    let x = (0..3).find(|i| *i != a && *i != b).expect("a third server");
-    let x_sid = c.data_info(x).await?.server_id;
-    c.kill_data(b);
-    wait_for("X to start copying", || async {
-        let ch = chain(&c, chain_id).await.ok()?;
-        let i = c.data_info(x).await.ok()?;
-        (ch.syncing == vec![x_sid] && i.rebuild_copied_bytes > 0).then_some(())
-    })
-    .await?;
+    let Rebuilding {
+        c,
+        w: Written {
+            cl, chain_id, key, ..
+        },
+        a,
+        x,
+        x_sid,
+    } = rebuilding_into_a_third_server(old.clone()).await?;
     // Unaligned at both ends: one near the start (copied or being copied), two far
     // ahead of the copy, one reaching the end.
     let mut want = old.clone();

@@ -54,28 +54,7 @@ async fn truncated_bytes_read_as_zeros_after_extension_and_unlinked_objects_are_
         got == want,
         "client read after truncate + extension is wrong"
     );
-    let ch = chain(&c, chain_id).await?;
-    ensure!(ch.members.len() == 2, "chain should have 2 members: {ch:?}");
-    for sid in &ch.members {
-        let i = index_of(&c, *sid).await?;
-        let (own, size) = local_read(
-            &c,
-            &p,
-            i,
-            chain_id,
-            ChainVersion(ch.version),
-            key,
-            0,
-            1 << 20,
-        )
-        .await
-        .map_err(|e| anyhow!("local read on data-{}: {e}", i + 1))?;
-        ensure!(
-            own == want && size == want.len() as u64,
-            "data-{} holds other bytes after truncate + extension",
-            i + 1
-        );
-    }
+    every_member_holds(&c, &p, chain_id, key, &want, "after truncate + extension").await?;
 
     // Unlink: every member of every chain of the file deletes its objects.
     cl.meta()
@@ -160,33 +139,9 @@ async fn a_punched_range_reads_as_zeros_on_every_member_and_keeps_the_size() -> 
         .await
         .map_err(|e| anyhow!("read: {e}"))?;
     ensure!(got == want, "client read after the punches is wrong");
-    let ch = chain(&c, chain_id).await?;
-    ensure!(ch.members.len() == 2, "chain should have 2 members: {ch:?}");
-    for sid in &ch.members {
-        let i = index_of(&c, *sid).await?;
-        let (own, size) = local_read(
-            &c,
-            &p,
-            i,
-            chain_id,
-            ChainVersion(ch.version),
-            key,
-            0,
-            1 << 20,
-        )
-        .await
-        .map_err(|e| anyhow!("local read on data-{}: {e}", i + 1))?;
-        ensure!(
-            size == data.len() as u64,
-            "data-{} size {size} after a punch",
-            i + 1
-        );
-        ensure!(
-            own == want,
-            "data-{} holds other bytes after the punches",
-            i + 1
-        );
-    }
+    // `want` is `data` with zeros punched in: the same length, so this also checks that
+    // every member kept the size.
+    every_member_holds(&c, &p, chain_id, key, &want, "after the punches").await?;
     // Past the largest file: refused, nothing changed.
     let r = cl
         .data()
@@ -205,5 +160,32 @@ async fn a_punched_range_reads_as_zeros_on_every_member_and_keeps_the_size() -> 
         .punch(chain_id, missing, 0, 1 << 30, deadline)
         .await
         .map_err(|e| anyhow!("punch of a missing object: {e}"))?;
+    Ok(())
+}
+
+/// Each member of the 2-member chain holds exactly `want` (bytes and size) in its own
+/// copy, read locally.
+async fn every_member_holds(
+    c: &cirrus_raft_tests::cluster::TestCluster,
+    p: &cirrus_data::peer::Peers,
+    chain_id: ChainId,
+    key: ObjectKey,
+    want: &[u8],
+    when: &str,
+) -> Result<()> {
+    let ch = chain(c, chain_id).await?;
+    ensure!(ch.members.len() == 2, "chain should have 2 members: {ch:?}");
+    for sid in &ch.members {
+        let i = index_of(c, *sid).await?;
+        let (own, size) = local_read(c, p, i, chain_id, ChainVersion(ch.version), key, 0, 1 << 20)
+            .await
+            .map_err(|e| anyhow!("local read on data-{}: {e}", i + 1))?;
+        ensure!(
+            size == want.len() as u64,
+            "data-{} has size {size} {when}",
+            i + 1
+        );
+        ensure!(own == want, "data-{} holds other bytes {when}", i + 1);
+    }
     Ok(())
 }

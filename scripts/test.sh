@@ -19,6 +19,9 @@ command -v fio >/dev/null || need+=(fio)
 command -v iptables >/dev/null || need+=(iptables)
 command -v ip >/dev/null || need+=(iproute2)
 command -v git >/dev/null || need+=(git)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
+command -v flock >/dev/null || need+=(util-linux)
+command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing Debian packages: ${need[*]}"
   apt-get update -qq

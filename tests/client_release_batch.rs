@@ -90,11 +90,12 @@ async fn closes_release_in_batches_and_every_unlinked_file_is_gone_after_the_dra
 
 /// A release can trail its mount's unlink (the kernel sends RELEASE after close(2) has
 /// returned), so meta may still keep an unlinked inode for a handle. Another mount that
-/// opens it through a stale entry must get NotFound all the same; the mount that holds
-/// it open may still reopen it (as through /proc/self/fd).
+/// opens it through a stale entry must get ESTALE (the kernel then looks the name up
+/// again, so the open acts on what the name is now, as `O_CREAT` needs); the mount that
+/// holds it open may still reopen it (as through /proc/self/fd).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_of_a_file_unlinked_elsewhere_is_not_found_while_a_handle_still_keeps_it(
-) -> Result<()> {
+async fn an_open_of_a_file_unlinked_elsewhere_is_stale_while_a_handle_still_keeps_it() -> Result<()>
+{
     let c = ClusterBuilder::new()
         .data_servers(1)
         .replicas(1)
@@ -119,8 +120,8 @@ async fn an_open_of_a_file_unlinked_elsewhere_is_not_found_while_a_handle_still_
     );
     let r = a.open(attr.ino).await.map(|(fh, _)| fh);
     ensure!(
-        r == Err(FsError::NotFound),
-        "an open from another mount of the unlinked inode answered {r:?}, not NotFound"
+        r == Err(FsError::StaleHandle),
+        "an open from another mount of the unlinked inode answered {r:?}, not StaleHandle"
     );
     let (again, _) = b
         .open(attr.ino)

@@ -270,6 +270,9 @@ forward_all! {
     get_layout(GetLayoutRequest) -> LayoutReply;
     get_chains(GetChainsRequest) -> ChainTable;
     renew_lease(RenewLeaseRequest) -> Empty;
+    set_lock(LockRequest) -> Empty;
+    get_lock(LockRequest) -> GetLockReply;
+    cancel_lock_wait(CancelLockWaitRequest) -> Empty;
     register_server(RegisterServerRequest) -> RegisterServerReply;
     heartbeat(HeartbeatRequest) -> HeartbeatReply;
     cluster_info(ClusterInfoRequest) -> ClusterInfoReply;

@@ -18,10 +18,14 @@
 
 use crate::buffer::{clamp_read, place, plan_flush, WriteBuffer, SEG_BLOCK};
 use crate::data::{DataPath, DataPolicy};
-use crate::meta::{Attr, MetaClient, Opened, SetAttr};
+use crate::locks::HeldLocks;
+use crate::meta::{Attr, LockArgs, MetaClient, Opened, SetAttr};
 use bytes::Bytes;
 use cirrus_proto::{CallPolicy, MetaConn};
-use cirrus_types::{ClientId, FileKind, FsError, FsResult, HandleId, InodeId, Layout, ObjectKey};
+use cirrus_types::{
+    ClientId, FileKind, FsError, FsResult, HandleId, HeldLock, InodeId, Layout, LockKind,
+    LockOwner, ObjectKey,
+};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -292,6 +296,8 @@ pub struct Client {
     release_now: tokio::sync::Notify,
     /// Signalled when the release sender stops with the queue empty.
     releases_idle: tokio::sync::Notify,
+    /// Lock owners to unlock at close.
+    locks: HeldLocks,
 }
 
 /// Handles waiting to be released at meta in one batch.
@@ -343,6 +349,7 @@ impl Client {
             releases: Mutex::new(ReleaseQueue::default()),
             release_now: tokio::sync::Notify::new(),
             releases_idle: tokio::sync::Notify::new(),
+            locks: HeldLocks::default(),
         }))
     }
 
@@ -611,7 +618,13 @@ impl Client {
     /// Opens a regular file; returns the local handle and fresh attributes.
     pub async fn open(&self, ino: InodeId) -> FsResult<(u64, Attr)> {
         let ns = self.ns();
-        let opened = self.meta.open(ino, self.client_id, false).await?;
+        // An inode gone at meta is a stale entry of the kernel's (another mount removed
+        // the name): ESTALE, on which the kernel walks the path again with a fresh
+        // lookup, so an open (O_CREAT included) acts on what the name is now.
+        let opened = match self.meta.open(ino, self.client_id, false).await {
+            Err(FsError::NotFound) => return Err(FsError::StaleHandle),
+            r => r?,
+        };
         if opened.attr.kind != FileKind::File {
             let _ = self.meta.release(opened.handle).await;
             return Err(FsError::IsDir);
@@ -619,11 +632,12 @@ impl Client {
         // No name reaches the inode any more: another mount unlinked it, and meta keeps it
         // only for a handle not yet released (the kernel sends RELEASE after close(2)
         // returns, so it can trail that mount's unlink). An open through a stale entry
-        // here is ENOENT, as if the inode were gone; one on an inode this mount still
-        // holds open (a reopen through /proc/self/fd) goes on, as on a local disk.
+        // here is ESTALE, as if the inode were gone (the kernel looks the name up again);
+        // one on an inode this mount still holds open (a reopen through /proc/self/fd)
+        // goes on, as on a local disk.
         if opened.attr.nlink == 0 && !lock(&self.inodes).contains_key(&ino) {
             let _ = self.meta.release(opened.handle).await;
-            return Err(FsError::NotFound);
+            return Err(FsError::StaleHandle);
         }
         Ok(self.register(opened, ns))
     }
@@ -992,6 +1006,165 @@ impl Client {
             self.rt.spawn(async move { c.send_releases().await });
         }
         res
+    }
+
+    /// `F_GETLK`: the first lock of another owner in the way of `owner` taking `kind` on
+    /// `start..=end` (its range, kind and holder's pid), if any.
+    pub async fn getlk(
+        &self,
+        fh: u64,
+        owner: u64,
+        kind: LockKind,
+        start: u64,
+        end: u64,
+        pid: u32,
+    ) -> FsResult<Option<HeldLock>> {
+        let (inode, _) = self.handle(fh)?;
+        let args = self.lock_args(inode.ino, owner, Some(kind), start, end, pid);
+        self.meta.get_lock(&args).await
+    }
+
+    /// `F_SETLK`, `F_SETLKW` (with `interrupted`: resolves when the caller got a signal)
+    /// and `flock`; `kind` `None` unlocks. NFS-like coherence for the bytes a lock
+    /// guards: before a lock is released or downgraded, this mount's writes to the file
+    /// go to the chains and its size is committed; after one is taken, the size is
+    /// fetched from meta again and no byte fetched before it is served.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn setlk(
+        &self,
+        fh: u64,
+        owner: u64,
+        kind: Option<LockKind>,
+        start: u64,
+        end: u64,
+        pid: u32,
+        interrupted: Option<BoxFuture<'static, ()>>,
+    ) -> FsResult<()> {
+        let (inode, _) = self.handle(fh)?;
+        let args = self.lock_args(inode.ino, owner, kind, start, end, pid);
+        match kind {
+            None => {
+                // An unlock goes out even when the flush failed (the flush's error is
+                // the answer): a lock must not outlive a write error.
+                let flushed = self.flush(fh).await;
+                self.meta.set_lock(&args, None).await?;
+                return flushed;
+            }
+            Some(LockKind::Read) => self.flush(fh).await?,
+            Some(LockKind::Write) => {}
+        }
+        self.locks.note(inode.ino, owner, fh);
+        match interrupted {
+            Some(signal) => self.wait_lock(&args, signal).await?,
+            None => self.meta.set_lock(&args, None).await?,
+        }
+        self.revalidate(&inode).await;
+        Ok(())
+    }
+
+    /// Drops `owner`'s locks on the file of `fh` if it may hold any (every close: POSIX
+    /// locks die with any close of the file by their process). Call after the flush.
+    pub async fn unlock_owner(&self, fh: u64, owner: u64) -> FsResult<()> {
+        let (inode, _) = self.handle(fh)?;
+        if !self.locks.take_owner(inode.ino, owner) {
+            return Ok(());
+        }
+        let args = self.lock_args(inode.ino, owner, None, 0, u64::MAX, 0);
+        self.meta.set_lock(&args, None).await
+    }
+
+    /// Drops the locks taken through `fh` alone (its release: `flock` and OFD locks are
+    /// owned by the open file). Call before `close`.
+    pub async fn unlock_handle(&self, fh: u64) -> FsResult<()> {
+        let (inode, _) = self.handle(fh)?;
+        let mut res = Ok(());
+        for owner in self.locks.release_handle(inode.ino, fh) {
+            let args = self.lock_args(inode.ino, owner, None, 0, u64::MAX, 0);
+            res = res.and(self.meta.set_lock(&args, None).await);
+        }
+        res
+    }
+
+    fn lock_args(
+        &self,
+        ino: InodeId,
+        owner: u64,
+        kind: Option<LockKind>,
+        start: u64,
+        end: u64,
+        pid: u32,
+    ) -> LockArgs {
+        LockArgs {
+            ino,
+            owner: LockOwner {
+                client: self.client_id,
+                owner,
+            },
+            kind,
+            start,
+            end,
+            pid,
+        }
+    }
+
+    /// A blocking lock: one wait slice at the meta leader after another until the lock
+    /// is granted. When the caller gets a signal the wait is cancelled at meta and its
+    /// answer taken: granted if the lock came first (as a local lock call that returns
+    /// before the signal is handled), `Interrupted` otherwise, with nothing held.
+    async fn wait_lock(&self, args: &LockArgs, mut signal: BoxFuture<'static, ()>) -> FsResult<()> {
+        let wait_id = self.locks.next_wait();
+        // Well inside one attempt's deadline, so a slice never looks like a lost call.
+        let slice = self.cfg.meta_per_try * 3 / 5;
+        loop {
+            let call = self.meta.set_lock(args, Some((wait_id, slice)));
+            tokio::pin!(call);
+            let r = tokio::select! {
+                r = &mut call => r,
+                _ = &mut signal => {
+                    if let Err(e) = self.meta.cancel_lock_wait(self.client_id, wait_id).await {
+                        tracing::debug!(err = %e, wait_id, "cancel lock wait");
+                    }
+                    return match call.await {
+                        Err(FsError::WouldBlock(_)) => Err(FsError::Interrupted(
+                            "signal while waiting for a lock".into(),
+                        )),
+                        r => r,
+                    };
+                }
+            };
+            match r {
+                Err(FsError::WouldBlock(_)) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// After a lock is taken: meta's size (unless this mount holds bytes not yet
+    /// committed), and no read-ahead block from before the lock.
+    async fn revalidate(&self, inode: &Arc<OpenInode>) {
+        let ns = self.ns();
+        let fresh = self.meta.getattr(inode.ino).await;
+        let mut st = lock(&inode.state);
+        st.ra.clear();
+        inode.recount(&mut st);
+        match fresh {
+            Ok(a) => {
+                if !(st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty()) {
+                    st.size = a.size;
+                    st.mtime_ns = a.mtime_ns;
+                }
+                st.attr = Some(CachedAttr {
+                    attr: a,
+                    at: Instant::now(),
+                    ns_gen: ns,
+                });
+            }
+            Err(e) => {
+                tracing::debug!(ino = %inode.ino, err = %e, "attributes after a lock");
+                st.attr = None;
+            }
+        }
+        self.bump();
     }
 
     /// Flush and commit, then forget the handle here; returns the flush's result and the

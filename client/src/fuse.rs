@@ -11,12 +11,12 @@
 
 use crate::client::{Buffered, Client, Fallocate};
 use crate::meta::{Attr, SetAttr, SetTime};
-use cirrus_types::{FileKind, FsError, FsResult, InodeId};
+use cirrus_types::{FileKind, FsError, FsResult, InodeId, LockKind};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -217,6 +217,10 @@ impl Filesystem for CirrusFs {
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // Locks between mounts: POSIX record and OFD locks, and flock (which the
+            // kernel then sends as a whole-file lock owned by the open file, as NFS does).
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
         ] {
             let _ = config.add_capabilities(f);
         }
@@ -504,11 +508,17 @@ impl Filesystem for CirrusFs {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // Every close(2): the data goes out, then the closing process's POSIX locks on
+        // the file go (the kernel sends no unlock for remote locks).
         self.run(
-            move |c| async move { c.flush(fh.0).await },
+            move |c| async move {
+                let flushed = c.flush(fh.0).await;
+                let unlocked = c.unlock_owner(fh.0, lock_owner.0).await;
+                flushed.and(unlocked)
+            },
             move |r| empty(reply, r),
         );
     }
@@ -523,9 +533,82 @@ impl Filesystem for CirrusFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // flock and OFD locks belong to the open file: they go with its release.
         self.run(
-            move |c| async move { c.close(fh.0).await },
+            move |c| async move {
+                let unlocked = c.unlock_handle(fh.0).await;
+                if let Err(e) = &unlocked {
+                    tracing::warn!(err = %e, "unlock at release: the lease drops them if the unlock is lost");
+                }
+                c.close(fh.0).await
+            },
             move |r| empty(reply, r),
+        );
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(Some(kind)) = lock_kind(typ) else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        self.run(
+            move |c| async move { c.getlk(fh.0, lock_owner.0, kind, start, end, pid).await },
+            move |r| match r {
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Ok(Some(h)) => reply.locked(h.start, h.end, lock_typ(h.kind), h.pid),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(kind) = lock_kind(typ) else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        let caller = req.pid();
+        let notifier = self.notifier.clone();
+        self.run(
+            move |c| async move {
+                let signal = (sleep && kind.is_some())
+                    .then(|| futures::FutureExt::boxed(signal_pending(caller)));
+                c.setlk(fh.0, lock_owner.0, kind, start, end, pid, signal)
+                    .await
+            },
+            move |r| {
+                if r.is_ok() && kind.is_some() {
+                    // Taking a lock revalidates: no page cached before it is served.
+                    if let Some(n) = notifier.get() {
+                        if let Err(e) = n.inval_inode(ino, 0, 0) {
+                            tracing::debug!(err = %e, "invalidate pages after a lock");
+                        }
+                    }
+                }
+                empty(reply, r)
+            },
         );
     }
 
@@ -868,11 +951,96 @@ impl Filesystem for CirrusFs {
     }
 }
 
+/// The lock kind of an `fcntl` type: `Some(None)` for `F_UNLCK`, `None` for no type.
+fn lock_kind(typ: i32) -> Option<Option<LockKind>> {
+    match typ {
+        libc::F_RDLCK => Some(Some(LockKind::Read)),
+        libc::F_WRLCK => Some(Some(LockKind::Write)),
+        libc::F_UNLCK => Some(None),
+        _ => None,
+    }
+}
+
+fn lock_typ(k: LockKind) -> i32 {
+    match k {
+        LockKind::Read => libc::F_RDLCK,
+        LockKind::Write => libc::F_WRLCK,
+    }
+}
+
+/// Whether a `/proc/<tid>/status` shows a signal pending that the thread does not block.
+fn unblocked_signal_pending(status: &str) -> bool {
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
+}
+
+/// Resolves when thread `tid` (a blocked lock call's caller) has a signal to handle, or
+/// is gone. fuser answers the kernel's FUSE_INTERRUPT with ENOSYS, after which the kernel
+/// sends none and a caller stuck in a remote lock wait could not even be killed; so the
+/// wait watches its caller itself (a read of one /proc file every 20 ms, local only).
+async fn signal_pending(tid: u32) {
+    let path = format!("/proc/{tid}/status");
+    loop {
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !unblocked_signal_pending(&s) => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn xattr_reply(reply: ReplyXattr, size: u32, r: FsResult<Vec<u8>>) {
     match r {
         Ok(v) if size == 0 => reply.size(v.len() as u32),
         Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
         Ok(v) => reply.data(&v),
         Err(e) => reply.error(errno(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_signal_counts_only_when_the_thread_does_not_block_it() {
+        let status = |pnd: &str, shd: &str, blk: &str| {
+            format!("Name:\tpython3\nSigQ:\t0/1\nSigPnd:\t{pnd}\nShdPnd:\t{shd}\nSigBlk:\t{blk}\nSigIgn:\t0000000001001000\n")
+        };
+        assert!(!unblocked_signal_pending(&status(
+            "0000000000000000",
+            "0000000000000000",
+            "0000000000000000"
+        )));
+        // SIGALRM (14) pending for the process, not blocked.
+        assert!(unblocked_signal_pending(&status(
+            "0000000000000000",
+            "0000000000002000",
+            "0000000000000000"
+        )));
+        // The same signal blocked by the thread.
+        assert!(!unblocked_signal_pending(&status(
+            "0000000000000000",
+            "0000000000002000",
+            "0000000000002000"
+        )));
+        // SIGKILL (9) pending for the thread.
+        assert!(unblocked_signal_pending(&status(
+            "0000000000000100",
+            "0000000000000000",
+            "0000000000000000"
+        )));
+        assert_eq!(lock_kind(libc::F_UNLCK), Some(None));
+        assert_eq!(lock_kind(99), None);
+        assert_eq!(
+            lock_kind(lock_typ(LockKind::Write)),
+            Some(Some(LockKind::Write))
+        );
     }
 }

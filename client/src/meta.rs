@@ -10,7 +10,8 @@
 
 use cirrus_proto::{pb, MetaConn};
 use cirrus_types::{
-    Chain, ChainId, ClientId, FileKind, FsError, FsResult, HandleId, InodeId, Layout, ServerId,
+    Chain, ChainId, ClientId, FileKind, FsError, FsResult, HandleId, HeldLock, InodeId, Layout,
+    LockKind, LockOwner, ServerId,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -742,5 +743,87 @@ impl MetaClient {
             }
         )?;
         Ok(())
+    }
+    /// `F_SETLK` (`wait == None`) or one slice of `F_SETLKW` (`Some((wait_id, slice))`):
+    /// `WouldBlock` while another owner holds a conflicting lock.
+    pub async fn set_lock(&self, lock: &LockArgs, wait: Option<(u64, Duration)>) -> FsResult<()> {
+        let (wait_id, wait_ms) = wait.map_or((0, 0), |(id, d)| (id, d.as_millis() as u64));
+        rpc!(
+            self,
+            "set lock",
+            set_lock,
+            pb::LockRequest {
+                wait: wait.is_some(),
+                wait_id,
+                wait_ms,
+                ..lock.request()
+            }
+        )?;
+        Ok(())
+    }
+
+    /// `F_GETLK`: the first lock of another owner in the way of `lock`, if any.
+    pub async fn get_lock(&self, lock: &LockArgs) -> FsResult<Option<HeldLock>> {
+        let r = rpc!(self, "get lock", get_lock, lock.request())?;
+        let kind = match r.kind {
+            0 => return Ok(None),
+            1 => LockKind::Read,
+            2 => LockKind::Write,
+            k => return Err(FsError::Io(format!("meta answered lock kind {k}"))),
+        };
+        Ok(Some(HeldLock {
+            // The holder's identity is not sent back; only what F_GETLK reports is.
+            owner: lock.owner,
+            kind,
+            start: r.start,
+            end: r.end,
+            pid: r.pid,
+        }))
+    }
+
+    /// Ends lock wait `wait_id` (its caller got a signal).
+    pub async fn cancel_lock_wait(&self, client: ClientId, wait_id: u64) -> FsResult<()> {
+        rpc!(
+            self,
+            "cancel lock wait",
+            cancel_lock_wait,
+            pb::CancelLockWaitRequest {
+                cluster_id: String::new(),
+                client_id: client.0,
+                wait_id,
+            }
+        )?;
+        Ok(())
+    }
+}
+
+/// One lock call: `kind` `None` unlocks `start..=end`.
+#[derive(Clone, Copy, Debug)]
+pub struct LockArgs {
+    pub ino: InodeId,
+    pub owner: LockOwner,
+    pub kind: Option<LockKind>,
+    pub start: u64,
+    pub end: u64,
+    pub pid: u32,
+}
+
+impl LockArgs {
+    fn request(&self) -> pb::LockRequest {
+        pb::LockRequest {
+            cluster_id: String::new(),
+            client_id: self.owner.client.0,
+            ino: self.ino.0,
+            owner: self.owner.owner,
+            kind: match self.kind {
+                None => 0,
+                Some(LockKind::Read) => 1,
+                Some(LockKind::Write) => 2,
+            },
+            start: self.start,
+            end: self.end,
+            pid: self.pid,
+            ..Default::default()
+        }
     }
 }

@@ -23,8 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use cirrus_types::{
-    ChainId, ChainVersion, ClientId, ClusterId, FileKind, HandleId, InodeId, LayoutSpec, RequestId,
-    ServerId,
+    ChainId, ChainVersion, ClientId, ClusterId, FileKind, HandleId, InodeId, LayoutSpec, LockKind,
+    LockOwner, RequestId, ServerId,
 };
 
 const T0: i64 = 1_700_000_000_000_000_000;
@@ -239,6 +239,28 @@ fn every_command_v2() -> Vec<Command> {
     v
 }
 
+/// Version 3: version 2 and `SetLock` (unlock, shared, exclusive).
+fn every_command_v3() -> Vec<Command> {
+    let mut v = every_command_v2();
+    for (i, kind) in [None, Some(LockKind::Read), Some(LockKind::Write)]
+        .into_iter()
+        .enumerate()
+    {
+        v.push(Command::SetLock {
+            ino: InodeId(9),
+            owner: LockOwner {
+                client: ClientId(7),
+                owner: 0xfeed_0000 + i as u64,
+            },
+            kind,
+            start: 10 * i as u64,
+            end: u64::MAX - i as u64,
+            pid: 4242,
+        });
+    }
+    v
+}
+
 fn log_id(index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(3, 1), index)
 }
@@ -369,9 +391,29 @@ fn history() -> Vec<Command> {
     h
 }
 
-fn state_after_history() -> MetaState {
+/// `history` and then locks held on the files it left open (version 3 of the state).
+fn history_v3() -> Vec<Command> {
+    let mut h = history();
+    let lock = |ino, client, owner, kind, start, end| Command::SetLock {
+        ino: InodeId(ino),
+        owner: LockOwner {
+            client: ClientId(client),
+            owner,
+        },
+        kind: Some(kind),
+        start,
+        end,
+        pid: 100 + owner as u32,
+    };
+    h.push(lock(3, 7, 1, LockKind::Write, 0, 99));
+    h.push(lock(3, 8, 2, LockKind::Read, 100, i64::MAX as u64));
+    h.push(lock(4, 8, 2, LockKind::Write, 0, 0));
+    h
+}
+
+fn state_after(history: Vec<Command>) -> MetaState {
     let mut s = MetaState::new();
-    for c in history() {
+    for c in history {
         s.apply(&c)
             .unwrap_or_else(|e| panic!("history entry {c:?}: {e}"));
     }
@@ -403,6 +445,18 @@ fn commands_written_by_version_2_decode_to_the_same_values_and_encode_the_same()
 }
 
 #[test]
+fn commands_written_by_version_3_decode_to_the_same_values_and_encode_the_same() {
+    let now = bincode::serialize(&every_command_v3()).expect("encode");
+    let old = pinned("commands-v3.bin", &now);
+    let decoded: Vec<Command> = bincode::deserialize(&old).expect("golden commands decode");
+    assert_eq!(decoded, every_command_v3());
+    assert!(
+        now == old,
+        "today's encoding of the version-3 commands differs from the committed one"
+    );
+}
+
+#[test]
 fn raft_log_entries_written_by_version_1_decode_to_the_same_entries() {
     let now = bincode::serialize(&log_entries_v1()).expect("encode");
     let old = pinned("log-entries-v1.bin", &now);
@@ -417,7 +471,7 @@ fn raft_log_entries_written_by_version_1_decode_to_the_same_entries() {
 
 #[test]
 fn a_snapshot_written_by_version_2_decodes_to_the_state_its_history_builds() {
-    let state = state_after_history();
+    let state = state_after(history());
     let meta = SnapshotMeta::<u64, BasicNode> {
         last_log_id: Some(log_id(history().len() as u64)),
         last_membership: StoredMembership::new(Some(log_id(1)), membership()),
@@ -435,5 +489,36 @@ fn a_snapshot_written_by_version_2_decodes_to_the_state_its_history_builds() {
     assert!(
         decoded == state,
         "the golden snapshot's state differs from its history's"
+    );
+}
+
+#[test]
+fn a_snapshot_written_by_version_3_decodes_to_the_state_its_history_builds() {
+    let state = state_after(history_v3());
+    assert_eq!(
+        state.locks_on(InodeId(3)).len(),
+        2,
+        "the history holds locks"
+    );
+    let meta = SnapshotMeta::<u64, BasicNode> {
+        last_log_id: Some(log_id(history_v3().len() as u64)),
+        last_membership: StoredMembership::new(Some(log_id(1)), membership()),
+        snapshot_id: "3-19-0".into(),
+    };
+    let payload = bincode::serialize(&(&meta, &state)).expect("encode snapshot");
+    let now = crate::frame::single_record_file(
+        crate::sm_store::SNAP_MAGIC,
+        crate::sm_store::SNAP_VERSION,
+        &payload,
+    );
+    let old = pinned("snapshot-v3.bin", &now);
+    let decoded = crate::sm_store::decode_snapshot_state(&old).expect("golden snapshot decodes");
+    assert!(
+        decoded == state,
+        "the golden snapshot's state differs from its history's"
+    );
+    assert!(
+        now == old,
+        "today's snapshot encoding differs from the committed one"
     );
 }

@@ -8,6 +8,7 @@
 pub mod bootstrap;
 mod frame;
 pub mod identity;
+pub mod locks;
 pub mod log_store;
 pub mod network;
 pub mod node;
@@ -153,6 +154,7 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
         registry: registry.clone(),
         gauges,
         read_barrier: node::ReadBarrier::new(read_lease),
+        lock_waits: locks::LockWaits::default(),
     });
     {
         let raft = raft.clone();

@@ -6,11 +6,14 @@
 //! period first, so a failover never looks like a mass timeout.
 
 use crate::identity::Identity;
+use crate::locks::LockWaits;
 use crate::raft_types::{Command, MetaState, NodeId, Raft};
 use crate::sm_store::Shared;
 use crate::state::Reply;
 use cirrus_proto::metrics::{Gauge, Registry};
-use cirrus_types::{ClientId, ClusterId, FsError, FsResult, InodeId, ServerId};
+use cirrus_types::{
+    ClientId, ClusterId, FsError, FsResult, InodeId, LockKind, LockOwner, ServerId,
+};
 use openraft::error::{ForwardToLeader, RaftError};
 use openraft::{BasicNode, LogId, ServerState, Vote};
 use std::collections::{BTreeMap, BTreeSet};
@@ -133,6 +136,32 @@ pub struct MetaNode {
     pub registry: Arc<Registry>,
     pub gauges: Gauges,
     pub read_barrier: ReadBarrier,
+    /// Blocking lock waits (leader only; see `crate::locks`).
+    pub lock_waits: LockWaits,
+}
+
+/// One `SetLock` as a caller asked it.
+#[derive(Clone, Copy, Debug)]
+pub struct LockCall {
+    pub ino: InodeId,
+    pub owner: LockOwner,
+    pub kind: Option<LockKind>,
+    pub start: u64,
+    pub end: u64,
+    pub pid: u32,
+}
+
+impl LockCall {
+    fn command(&self) -> Command {
+        Command::SetLock {
+            ino: self.ino,
+            owner: self.owner,
+            kind: self.kind,
+            start: self.start,
+            end: self.end,
+            pid: self.pid,
+        }
+    }
 }
 
 pub fn now_ns() -> i64 {
@@ -297,6 +326,66 @@ impl MetaNode {
         }
     }
 
+    /// `F_SETLK`: sets or clears the lock, or `WouldBlock`; wakes the waiters of the file
+    /// when the change can free bytes for them (an unlock or a downgrade).
+    pub async fn set_lock(&self, call: LockCall) -> FsResult<()> {
+        self.write(call.command()).await?;
+        if call.kind != Some(LockKind::Write) {
+            self.lock_waits.wake(call.ino);
+        }
+        Ok(())
+    }
+
+    /// `F_SETLKW` for one wait slice: takes the lock as soon as nothing conflicts, woken
+    /// by the commits that free locks on the file (no raft entry for an attempt that
+    /// must wait: the leader's state says so). `WouldBlock` when the slice ends first,
+    /// `Interrupted` when the caller cancels, `Deadlock` when waiting would close a cycle.
+    pub async fn wait_for_lock(
+        &self,
+        call: LockCall,
+        wait_id: u64,
+        slice: Duration,
+    ) -> FsResult<()> {
+        let Some(kind) = call.kind else {
+            return self.set_lock(call).await;
+        };
+        let wait = self.lock_waits.begin(wait_id, call.owner, call.ino)?;
+        let until = tokio::time::Instant::now() + slice.min(crate::locks::MAX_WAIT_SLICE);
+        loop {
+            if wait.cancelled() {
+                return Err(FsError::Interrupted(format!(
+                    "lock wait {wait_id} cancelled"
+                )));
+            }
+            let mut freed = self.lock_waits.subscribe(call.ino);
+            wait.unblocked();
+            let (ino, owner, start, end) = (call.ino, call.owner, call.start, call.end);
+            let holder = match self
+                .read(move |s| Ok(s.lock_conflict(ino, owner, kind, start, end)))
+                .await?
+            {
+                Some(h) => Some(h),
+                None => match self.write(call.command()).await {
+                    Ok(_) => return Ok(()),
+                    Err(FsError::WouldBlock(_)) => None,
+                    Err(e) => return Err(e),
+                },
+            };
+            if let Some(h) = holder {
+                wait.blocked_by(h.owner)?;
+            }
+            tokio::select! {
+                _ = freed.changed() => {}
+                _ = wait.on_cancel() => {}
+                _ = tokio::time::sleep_until(until) => {
+                    return Err(FsError::WouldBlock(format!(
+                        "bytes {start}..={end} still locked after a wait slice of {slice:?}"
+                    )));
+                }
+            }
+        }
+    }
+
     /// Notes that a client is alive (handle open, lease renewal), if we lead.
     pub fn touch_client(&self, c: ClientId) {
         if let Ok(mut g) = self.leader.lock() {
@@ -339,7 +428,7 @@ impl MetaNode {
                 Ok((
                     s.cluster_id(),
                     s.chain_table(),
-                    s.clients_with_handles(),
+                    s.leased_clients(),
                     s.inode_count(),
                 ))
             })
@@ -415,6 +504,8 @@ impl MetaNode {
                     if let Ok(mut g) = self.leader.lock() {
                         g.client_seen.remove(&c);
                     }
+                    // Its locks are gone too: waiters anywhere may take them now.
+                    self.lock_waits.wake_all();
                 }
                 Err(e) => tracing::warn!(client = %c, %e, "propose ReleaseClient"),
             }

@@ -10,6 +10,7 @@
 use crate::frame;
 use crate::identity::Identity;
 use crate::raft_types::{Command, MetaState, NodeId, Response, TypeConfig};
+use crate::state::locks::LockTable;
 use crate::state::requests::RequestTable;
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -24,9 +25,11 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 pub const SNAP_MAGIC: &[u8; 8] = b"CIRRUSSN";
-/// Version 2 added the request table (the last field of `MetaState`).
-pub const SNAP_VERSION: u32 = 2;
-/// Version 1: the same payload without the request table; still read (with an empty one).
+/// Version 3 added the lock table (the last field of `MetaState`).
+pub const SNAP_VERSION: u32 = 3;
+/// Version 2: the same payload without the lock table; still read (with an empty one).
+pub const SNAP_VERSION_V2: u32 = 2;
+/// Version 1: version 2 without the request table; still read (with empty ones).
 pub const SNAP_VERSION_V1: u32 = 1;
 const SNAP_FILE: &str = "snapshot";
 
@@ -71,16 +74,21 @@ fn decode_snapshot(bytes: &[u8]) -> io::Result<SnapshotFile> {
     let version = bytes
         .get(8..12)
         .map(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
-    if version == Some(SNAP_VERSION_V1) {
-        // bincode encodes a struct as its fields in order, and the request table is the
-        // last field of the state, which is the last field of the file: a version-1
-        // payload followed by an empty table is the version-2 encoding.
-        let p = frame::read_single_record_file(bytes, SNAP_MAGIC, SNAP_VERSION_V1, "snapshot")?;
+    // bincode encodes a struct as its fields in order, and each version added one last
+    // field of the state, which is the last field of the file: an older payload followed
+    // by the empty tables it lacks is the current encoding.
+    if let Some(v @ (SNAP_VERSION_V1 | SNAP_VERSION_V2)) = version {
+        let p = frame::read_single_record_file(bytes, SNAP_MAGIC, v, "snapshot")?;
         let mut full = p.to_vec();
-        bincode::serialize_into(&mut full, &RequestTable::default())
-            .map_err(|e| invalid(format!("extend version-1 snapshot: {e}")))?;
+        let extend = |full: &mut Vec<u8>| -> bincode::Result<()> {
+            if v == SNAP_VERSION_V1 {
+                bincode::serialize_into(&mut *full, &RequestTable::default())?;
+            }
+            bincode::serialize_into(&mut *full, &LockTable::default())
+        };
+        extend(&mut full).map_err(|e| invalid(format!("extend version-{v} snapshot: {e}")))?;
         return bincode::deserialize(&full)
-            .map_err(|e| invalid(format!("version-1 snapshot does not decode: {e}")));
+            .map_err(|e| invalid(format!("version-{v} snapshot does not decode: {e}")));
     }
     let p = frame::read_single_record_file(bytes, SNAP_MAGIC, SNAP_VERSION, "snapshot")?;
     bincode::deserialize(p).map_err(|e| invalid(format!("snapshot does not decode: {e}")))

@@ -207,41 +207,51 @@ async fn a_retried_request_after_a_snapshot_reopen_answers_the_remembered_result
 }
 
 #[tokio::test]
-async fn a_version_1_snapshot_still_opens_with_an_empty_request_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let digest;
-    {
+async fn version_1_and_2_snapshots_still_open_with_empty_request_and_lock_tables() {
+    // The payload of today's snapshot ends with the request table and then the lock
+    // table, each two empty maps here (two zero u64 lengths, 16 bytes): without the last
+    // 16 bytes it is a version-2 payload, without the last 32 a version-1 one.
+    for (version, cut) in [
+        (crate::sm_store::SNAP_VERSION_V2, 16),
+        (crate::sm_store::SNAP_VERSION_V1, 32),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let digest;
+        {
+            let id = Arc::new(Identity::open(dir.path()).unwrap());
+            let mut sm = SmStore::open(dir.path(), id).unwrap();
+            sm.apply(vec![entry(1, 1)]).await.unwrap();
+            digest = sm.shared().read().unwrap().state.digest();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+        }
+        let p = dir.path().join("snapshot");
+        let now = std::fs::read(&p).unwrap();
+        let payload = crate::frame::read_single_record_file(
+            &now,
+            crate::sm_store::SNAP_MAGIC,
+            crate::sm_store::SNAP_VERSION,
+            "snapshot",
+        )
+        .unwrap();
+        assert_eq!(&payload[payload.len() - 32..], &[0u8; 32]);
+        let old = crate::frame::single_record_file(
+            crate::sm_store::SNAP_MAGIC,
+            version,
+            &payload[..payload.len() - cut],
+        );
+        std::fs::write(&p, old).unwrap();
         let id = Arc::new(Identity::open(dir.path()).unwrap());
         let mut sm = SmStore::open(dir.path(), id).unwrap();
-        sm.apply(vec![entry(1, 1)]).await.unwrap();
-        digest = sm.shared().read().unwrap().state.digest();
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 1)), "version {version}");
+        assert_eq!(
+            sm.shared().read().unwrap().state.digest(),
+            digest,
+            "version {version}"
+        );
     }
-    // A version-2 payload with an empty table is the version-1 payload plus the table's
-    // encoding (two empty maps: two zero u64 lengths).
-    let p = dir.path().join("snapshot");
-    let v2 = std::fs::read(&p).unwrap();
-    let payload = crate::frame::read_single_record_file(
-        &v2,
-        crate::sm_store::SNAP_MAGIC,
-        crate::sm_store::SNAP_VERSION,
-        "snapshot",
-    )
-    .unwrap();
-    assert_eq!(&payload[payload.len() - 16..], &[0u8; 16]);
-    let v1 = crate::frame::single_record_file(
-        crate::sm_store::SNAP_MAGIC,
-        crate::sm_store::SNAP_VERSION_V1,
-        &payload[..payload.len() - 16],
-    );
-    std::fs::write(&p, v1).unwrap();
-    let id = Arc::new(Identity::open(dir.path()).unwrap());
-    let mut sm = SmStore::open(dir.path(), id).unwrap();
-    let (applied, _) = sm.applied_state().await.unwrap();
-    assert_eq!(applied, Some(log_id(1, 1)));
-    assert_eq!(sm.shared().read().unwrap().state.digest(), digest);
 }

@@ -34,6 +34,10 @@ fn tag(e: &FsError) -> (&'static str, Code) {
         Unavailable(_) => ("unavailable", Code::Unavailable),
         Timeout(_) => ("timeout", Code::DeadlineExceeded),
         TooManyOpen(_) => ("too_many_open", Code::ResourceExhausted),
+        WouldBlock(_) => ("would_block", Code::FailedPrecondition),
+        Deadlock(_) => ("deadlock", Code::Aborted),
+        Interrupted(_) => ("interrupted", Code::Cancelled),
+        NoLocks(_) => ("no_locks", Code::ResourceExhausted),
     }
 }
 
@@ -131,6 +135,10 @@ fn from_tag(
         "unavailable" => FsError::Unavailable(detail("unavailable: ")),
         "too_many_open" => FsError::TooManyOpen(detail("too many open files: ")),
         "timeout" => FsError::Timeout(detail("deadline exceeded: ")),
+        "would_block" => FsError::WouldBlock(detail("resource temporarily unavailable: ")),
+        "deadlock" => FsError::Deadlock(detail("resource deadlock avoided: ")),
+        "interrupted" => FsError::Interrupted(detail("interrupted: ")),
+        "no_locks" => FsError::NoLocks(detail("no locks available: ")),
         _ => return None,
     })
 }
@@ -202,6 +210,10 @@ mod tests {
             FsError::Unavailable("down".into()),
             FsError::TooManyOpen("client 3 holds 1048576".into()),
             FsError::Timeout("slow".into()),
+            FsError::WouldBlock("held by client 2".into()),
+            FsError::Deadlock("cycle of 2 waiters".into()),
+            FsError::Interrupted("signal".into()),
+            FsError::NoLocks("client 3 holds 16384".into()),
         ];
         for e in all {
             assert_eq!(from_status(&to_status(&e)), e, "{e:?}");

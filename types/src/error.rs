@@ -56,6 +56,19 @@ pub enum FsError {
     /// serialized indices of the variants before it stay what they were.
     #[error("too many open files: {0}")]
     TooManyOpen(String),
+    /// A lock held by another owner conflicts (EAGAIN for F_SETLK; a blocking wait
+    /// answers it when its wait slice ends, and the client asks again).
+    #[error("resource temporarily unavailable: {0}")]
+    WouldBlock(String),
+    /// Waiting for this lock would close a cycle of waiters (EDEADLK).
+    #[error("resource deadlock avoided: {0}")]
+    Deadlock(String),
+    /// A blocking call was cancelled by a signal to its caller (EINTR).
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+    /// A per-client ceiling on lock records or lock waiters was reached (ENOLCK).
+    #[error("no locks available: {0}")]
+    NoLocks(String),
 }
 
 /// How a failed attempt may be retried ([`FsError::retry`]).
@@ -98,6 +111,10 @@ impl FsError {
             WrongCluster { .. } => libc::EIO,
             Timeout(_) => libc::ETIMEDOUT,
             TooManyOpen(_) => libc::ENFILE,
+            WouldBlock(_) => libc::EAGAIN,
+            Deadlock(_) => libc::EDEADLK,
+            Interrupted(_) => libc::EINTR,
+            NoLocks(_) => libc::ENOLCK,
         }
     }
 

@@ -9,9 +9,11 @@ pub mod error;
 pub mod ids;
 pub mod layout;
 pub mod limits;
+pub mod lock;
 pub mod name;
 
 pub use error::{FsError, FsResult, Retry};
 pub use ids::*;
 pub use layout::{Chain, Extent, Layout, LayoutSpec, ObjectKey, LAYOUT_FN_VERSION};
 pub use limits::MAX_FILE_SIZE;
+pub use lock::{HeldLock, LockKind, LockOwner};

@@ -15,6 +15,7 @@
 //! calls the read-only query functions for linearizable reads.
 
 mod chains;
+pub mod locks;
 mod namespace;
 pub mod requests;
 
@@ -27,7 +28,7 @@ mod tests;
 
 use cirrus_types::{
     Chain, ChainId, ChainVersion, ClientId, ClusterId, FileKind, FsError, FsResult, HandleId,
-    InodeId, Layout, LayoutSpec, RequestId, ServerId,
+    InodeId, Layout, LayoutSpec, LockKind, LockOwner, RequestId, ServerId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -251,6 +252,18 @@ pub enum Command {
         gid: u32,
         now_ns: i64,
     },
+    /// Sets (`kind` `Some`) or clears (`None`) `owner`'s lock on the bytes `start..=end`
+    /// of a regular file, POSIX style (split and merged per owner). `WouldBlock` when
+    /// another owner holds a conflicting lock. Proposed by the leader for `F_SETLK`,
+    /// `F_SETLKW` (once a wait finds no conflict), `flock`, and the unlocks of close.
+    SetLock {
+        ino: InodeId,
+        owner: LockOwner,
+        kind: Option<LockKind>,
+        start: u64,
+        end: u64,
+        pid: u32,
+    },
 }
 
 impl Command {
@@ -281,7 +294,8 @@ impl Command {
             AckGarbage { .. }
             | UpdateCapacity { .. }
             | ServerCaughtUp { .. }
-            | ServerCaughtUpAt { .. } => None,
+            | ServerCaughtUpAt { .. }
+            | SetLock { .. } => None,
             Once { cmd, .. } => cmd.now_ns(),
         }
     }
@@ -506,9 +520,12 @@ pub struct MetaState {
     /// Objects (live files and unacknowledged garbage) placed on each chain. A chain with
     /// none holds no data, so it can be re-placed freely without a rebuild.
     chain_refs: BTreeMap<ChainId, u64>,
-    /// Recent results by request id (exactly-once retries). Kept the last field: a
-    /// version-1 snapshot is this encoding without it (see `sm_store`).
+    /// Recent results by request id (exactly-once retries). A version-1 snapshot is
+    /// the encoding of the fields up to here, without it (see `sm_store`).
     requests: requests::RequestTable,
+    /// File locks. Kept the last field: a version-2 snapshot is this encoding without
+    /// it (see `sm_store`).
+    locks: locks::LockTable,
 }
 
 impl MetaState {
@@ -640,6 +657,14 @@ impl MetaState {
                 chain,
                 version,
             } => self.server_caught_up_at(*server, *chain, *version),
+            SetLock {
+                ino,
+                owner,
+                kind,
+                start,
+                end,
+                pid,
+            } => self.set_lock(*ino, *owner, *kind, *start, *end, *pid),
             Once { .. } => Err(FsError::Invalid("nested request id".into())),
         };
         if result.is_ok() && cmd.now_ns().is_some() {
@@ -850,9 +875,11 @@ impl MetaState {
         self.handles.get(&id)
     }
 
-    /// Clients holding handles: a new leader starts a lease timer for each.
-    pub fn clients_with_handles(&self) -> Vec<ClientId> {
-        self.client_handles.keys().copied().collect()
+    /// Clients holding handles or locks: a new leader starts a lease timer for each.
+    pub fn leased_clients(&self) -> Vec<ClientId> {
+        let mut c: BTreeSet<ClientId> = self.client_handles.keys().copied().collect();
+        c.extend(self.clients_with_locks());
+        c.into_iter().collect()
     }
 
     pub fn inode_count(&self) -> u64 {

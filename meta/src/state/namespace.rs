@@ -545,6 +545,7 @@ impl MetaState {
         for h in handles {
             self.release(h, now)?;
         }
+        self.drop_client_locks(client);
         Ok(Reply::Done)
     }
 
@@ -683,6 +684,7 @@ impl MetaState {
         if inode.nlink > 0 || open > 0 {
             return;
         }
+        self.forget_locks(ino);
         if let Some(Inode {
             body: Body::File { layout, .. },
             ..

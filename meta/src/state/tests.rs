@@ -522,7 +522,7 @@ fn unlinked_open_file_survives_until_last_release_then_is_garbage() {
     .expect("release again");
     assert!(s.getattr(f.ino).is_ok());
     // Client 8's lease lapses: its handle goes, and with it the file.
-    assert_eq!(s.clients_with_handles(), vec![ClientId(8)]);
+    assert_eq!(s.leased_clients(), vec![ClientId(8)]);
     s.apply(&Command::ReleaseClient {
         client: ClientId(8),
         now_ns: T0,
@@ -1292,4 +1292,141 @@ fn fifos_sockets_and_device_nodes_are_inodes_with_their_kind_and_no_data() {
     let restored: MetaState = bincode::deserialize(&bincode::serialize(&s).unwrap()).unwrap();
     assert_eq!(restored, s);
     assert_eq!(restored.lookup(d, b"q").unwrap().kind.rdev(), 0x0801);
+}
+
+fn set_lock(
+    s: &mut MetaState,
+    ino: InodeId,
+    client: u64,
+    owner: u64,
+    kind: Option<LockKind>,
+    start: u64,
+    end: u64,
+) -> Response {
+    s.apply(&Command::SetLock {
+        ino,
+        owner: LockOwner {
+            client: ClientId(client),
+            owner,
+        },
+        kind,
+        start,
+        end,
+        pid: 1000 + owner as u32,
+    })
+}
+
+#[test]
+fn a_conflicting_lock_is_would_block_and_changes_nothing_and_readers_share() {
+    let mut s = cluster(2);
+    let (f, _, _) = create(&mut s, InodeId::ROOT, "f", Some(7));
+    set_lock(&mut s, f.ino, 7, 1, Some(LockKind::Write), 0, 99).unwrap();
+    let before = s.digest();
+    for (kind, start, end) in [(LockKind::Read, 0, 0), (LockKind::Write, 99, 200)] {
+        assert!(matches!(
+            set_lock(&mut s, f.ino, 8, 1, Some(kind), start, end),
+            Err(FsError::WouldBlock(_))
+        ));
+        // The same owner number on another client is another owner.
+        assert!(matches!(
+            set_lock(&mut s, f.ino, 8, 1, Some(kind), start, end),
+            Err(FsError::WouldBlock(_))
+        ));
+    }
+    assert_eq!(s.digest(), before, "a refused lock changed the state");
+    let held = s
+        .lock_conflict(
+            f.ino,
+            LockOwner {
+                client: ClientId(8),
+                owner: 1,
+            },
+            LockKind::Read,
+            50,
+            50,
+        )
+        .expect("F_GETLK sees the holder");
+    assert_eq!((held.start, held.end, held.pid), (0, 99, 1001));
+    // Past the range is free; readers share once the writer downgrades.
+    set_lock(&mut s, f.ino, 8, 1, Some(LockKind::Write), 100, 100).unwrap();
+    set_lock(&mut s, f.ino, 7, 1, Some(LockKind::Read), 0, 99).unwrap();
+    set_lock(&mut s, f.ino, 8, 2, Some(LockKind::Read), 0, 99).unwrap();
+    assert_eq!(s.locks_on(f.ino).len(), 3);
+    // Bad input: a backwards range, a directory, a missing inode; nothing changes.
+    let before = s.digest();
+    assert!(matches!(
+        set_lock(&mut s, f.ino, 7, 1, Some(LockKind::Read), 5, 4),
+        Err(FsError::Invalid(_))
+    ));
+    assert_eq!(
+        set_lock(&mut s, InodeId::ROOT, 7, 1, Some(LockKind::Read), 0, 0),
+        Err(FsError::IsDir)
+    );
+    assert_eq!(
+        set_lock(&mut s, InodeId(999), 7, 1, Some(LockKind::Read), 0, 0),
+        Err(FsError::NotFound)
+    );
+    assert_eq!(s.digest(), before);
+}
+
+#[test]
+fn a_lapsed_client_loses_its_locks_and_a_collected_file_forgets_them() {
+    let mut s = cluster(2);
+    let (f, _, _) = create(&mut s, InodeId::ROOT, "f", Some(7));
+    let (g, _, hg) = create(&mut s, InodeId::ROOT, "g", Some(8));
+    set_lock(&mut s, f.ino, 7, 1, Some(LockKind::Write), 0, u64::MAX).unwrap();
+    set_lock(&mut s, g.ino, 9, 1, Some(LockKind::Write), 0, 0).unwrap();
+    // Client 9 holds a lock but no handle: its lease is watched all the same.
+    assert_eq!(
+        s.leased_clients(),
+        vec![ClientId(7), ClientId(8), ClientId(9)]
+    );
+    s.apply(&Command::ReleaseClient {
+        client: ClientId(7),
+        now_ns: T0,
+    })
+    .unwrap();
+    assert!(
+        s.locks_on(f.ino).is_empty(),
+        "the lapsed client's lock stayed"
+    );
+    set_lock(&mut s, f.ino, 8, 1, Some(LockKind::Write), 0, 0).unwrap();
+    // g is unlinked and its last handle released: the file and its locks go.
+    s.apply(&Command::Unlink {
+        parent: InodeId::ROOT,
+        name: b"g".to_vec(),
+        now_ns: T0,
+    })
+    .unwrap();
+    s.apply(&Command::Release {
+        handle: hg.unwrap(),
+        now_ns: T0,
+    })
+    .unwrap();
+    assert!(s.locks_on(g.ino).is_empty());
+    assert_eq!(s.leased_clients(), vec![ClientId(8)]);
+}
+
+#[test]
+fn lock_records_per_client_stop_at_the_ceiling_with_nothing_changed() {
+    use cirrus_types::lock::MAX_LOCKS_PER_CLIENT;
+    let mut s = cluster(2);
+    let (f, _, _) = create(&mut s, InodeId::ROOT, "f", Some(7));
+    // Every other byte: records that cannot merge.
+    for i in 0..MAX_LOCKS_PER_CLIENT as u64 {
+        set_lock(&mut s, f.ino, 7, 1, Some(LockKind::Read), 2 * i, 2 * i).unwrap();
+    }
+    let before = s.digest();
+    let next = 2 * MAX_LOCKS_PER_CLIENT as u64;
+    assert!(matches!(
+        set_lock(&mut s, f.ino, 7, 1, Some(LockKind::Read), next, next),
+        Err(FsError::NoLocks(_))
+    ));
+    assert_eq!(s.digest(), before);
+    // A lock that merges records is always allowed, and so is another client's.
+    set_lock(&mut s, f.ino, 7, 1, Some(LockKind::Read), 0, 10).unwrap();
+    set_lock(&mut s, f.ino, 8, 1, Some(LockKind::Read), next, next).unwrap();
+    // And an unlock that splits nothing.
+    set_lock(&mut s, f.ino, 7, 1, None, 0, u64::MAX).unwrap();
+    assert_eq!(s.locks_on(f.ino).len(), 1);
 }

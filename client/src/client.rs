@@ -1140,16 +1140,19 @@ impl Client {
     }
 
     /// After a lock is taken: meta's size (unless this mount holds bytes not yet
-    /// committed), and no read-ahead block from before the lock.
+    /// committed, or changed the size while the answer was on its way: a flush behind
+    /// the writer may commit a larger size after meta answered), and no read-ahead
+    /// block from before the lock.
     async fn revalidate(&self, inode: &Arc<OpenInode>) {
-        let ns = self.ns();
+        let (ns, seen) = (self.ns(), self.gen());
         let fresh = self.meta.getattr(inode.ino).await;
         let mut st = lock(&inode.state);
         st.ra.clear();
         inode.recount(&mut st);
         match fresh {
             Ok(a) => {
-                if !(st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty()) {
+                let pending = st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty();
+                if !pending && self.gen() == seen {
                     st.size = a.size;
                     st.mtime_ns = a.mtime_ns;
                 }

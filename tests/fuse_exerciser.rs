@@ -22,6 +22,7 @@ fn random_posix_calls_agree_with_a_local_directory() {
         local.path().display()
     );
     let (mut extreme_ops, mut punch_ops) = (0, 0);
+    let (mut mknod_ops, mut lock_ops, mut lock_conflicts) = (0, 0, 0);
     for seed in [1u64, 2, 3] {
         let (md, ld) = (
             m.path.join(format!("s{seed}")),
@@ -30,11 +31,11 @@ fn random_posix_calls_agree_with_a_local_directory() {
         std::fs::create_dir(&md).unwrap();
         std::fs::create_dir(&ld).unwrap();
         let mut cfg = ExerciseConfig::new(seed);
-        cfg.ops = 250;
+        cfg.ops = 400;
         cfg.deadline = Duration::from_secs(40);
         // Every child's exec closes the open files: FLUSHes racing the calls.
         cfg.spawn_children = true;
-        eprintln!("exerciser seed {seed} (replay: cirrus-exercise --seed {seed} --ops 250)");
+        eprintln!("exerciser seed {seed} (replay: cirrus-exercise --seed {seed} --ops 400)");
         let r = within("exerciser", Duration::from_secs(400), move || {
             posix::run(&md, &ld, &cfg, None)
         });
@@ -50,6 +51,9 @@ fn random_posix_calls_agree_with_a_local_directory() {
                 );
                 extreme_ops += rep.extreme_ops;
                 punch_ops += rep.punch_ops;
+                mknod_ops += rep.mknod_ops;
+                lock_ops += rep.lock_ops;
+                lock_conflicts += rep.lock_conflicts;
             }
             Err(e) => panic!("{e}"),
         }
@@ -60,5 +64,12 @@ fn random_posix_calls_agree_with_a_local_directory() {
     eprintln!("{extreme_ops} ops at extreme offsets or sizes");
     // Holes punched and ranges zeroed (fallocate) read back the same as ext4's.
     assert!(punch_ops > 0, "no seed punched a hole that succeeded");
+    assert!(mknod_ops > 0, "no seed made a FIFO, socket or device node");
+    // OFD locks: two slots open on one file are two owners, refused alike on both sides.
+    assert!(
+        lock_ops > 0 && lock_conflicts > 0,
+        "locks taken: {lock_ops}, refused by another open file's lock: {lock_conflicts}"
+    );
+    eprintln!("{mknod_ops} nodes made, {lock_ops} lock calls, {lock_conflicts} lock conflicts");
     eprintln!("{punch_ops} successful PUNCH_HOLE/ZERO_RANGE calls");
 }

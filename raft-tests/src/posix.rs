@@ -86,6 +86,12 @@ pub struct ExerciseReport {
     pub extreme_ops: usize,
     /// fallocate PUNCH_HOLE/ZERO_RANGE calls that succeeded on both sides.
     pub punch_ops: usize,
+    /// FIFOs, sockets and device nodes made.
+    pub mknod_ops: usize,
+    /// OFD lock calls that took or dropped a lock, and ones refused by another open
+    /// file's lock (EAGAIN on both sides).
+    pub lock_ops: usize,
+    pub lock_conflicts: usize,
 }
 
 /// The `spawn_children` thread: spawns `true` until dropped, then reports how many ran.
@@ -157,6 +163,13 @@ enum Out {
         size: u64,
         nlink: u64,
         mode: u32,
+        rdev: u64,
+    },
+    /// `F_OFD_GETLK`: the conflicting lock's type and range (`F_UNLCK`: none).
+    Lock {
+        typ: i16,
+        start: i64,
+        len: i64,
     },
     Names(Vec<String>),
     /// The open succeeded, but closing the file the slot held before failed: the error
@@ -307,6 +320,33 @@ enum Op {
         path: String,
         key: String,
     },
+    /// A FIFO (0) or a unix socket node (1). (Not a device node: the mount is `nodev`, so
+    /// opening one there is EACCES where the local directory opens the driver.)
+    Mknod {
+        path: String,
+        kind: u8,
+    },
+    /// `F_OFD_SETLK` (never the waiting form: one thread would wait on itself) on the
+    /// slot's open file: `typ` 0 unlock, 1 shared, 2 exclusive. Two slots open on one file
+    /// are two owners, so they conflict as two processes would.
+    Lock {
+        slot: usize,
+        typ: u8,
+        start: u64,
+        len: u64,
+    },
+    /// Opens the file of slot `from` again into `slot` (through /proc/self/fd): a second
+    /// open file of one inode, a second owner of OFD locks.
+    Reopen {
+        slot: usize,
+        from: usize,
+    },
+    /// `F_OFD_GETLK` of an exclusive lock on the range.
+    GetLock {
+        slot: usize,
+        start: u64,
+        len: u64,
+    },
 }
 
 /// Far offsets and sizes drawn when `extremes` is on: every one of them is either below
@@ -384,7 +424,11 @@ fn gen_op(rng: &mut SmallRng, cfg: &ExerciseConfig, open: &[usize]) -> Op {
     };
     let x = cfg.xattrs;
     loop {
-        let op = match rng.gen_range(0..100) {
+        let lock_at = |rng: &mut SmallRng| -> (u64, u64) {
+            // Few small ranges near the start (they collide), half of them to the end (0).
+            (rng.gen_range(0..4) * 512, rng.gen_range(0..2) * 1024)
+        };
+        let op = match rng.gen_range(0..114) {
             0..=9 => Op::Create {
                 slot,
                 path: pick_path(rng),
@@ -464,6 +508,28 @@ fn gen_op(rng: &mut SmallRng, cfg: &ExerciseConfig, open: &[usize]) -> Op {
                 path: pick_any(rng),
                 key: KEYS[rng.gen_range(0..KEYS.len())].into(),
             },
+            100..=102 => Op::Mknod {
+                path: pick_path(rng),
+                kind: rng.gen_range(0..2),
+            },
+            103..=107 => {
+                let (start, len) = lock_at(rng);
+                Op::Lock {
+                    slot,
+                    // Mostly taking locks (1 shared, 2 exclusive), sometimes dropping.
+                    typ: [0, 1, 2, 2, 2][rng.gen_range(0..5)],
+                    start,
+                    len,
+                }
+            }
+            108..=109 => {
+                let (start, len) = lock_at(rng);
+                Op::GetLock { slot, start, len }
+            }
+            110..=113 => Op::Reopen {
+                slot: rng.gen_range(0..SLOTS),
+                from: slot,
+            },
             _ => continue,
         };
         return op;
@@ -513,6 +579,15 @@ impl Side {
         let lim = self.limit?;
         let end = off.checked_add(len).filter(|e| *e <= i64::MAX as u64)?;
         (end > lim).then_some(Out::Errno(libc::EFBIG))
+    }
+
+    /// `past_limit` for a call on an open file: only a regular file has a size limit (a
+    /// FIFO or socket answers the call itself, ESPIPE or EINVAL, on both sides).
+    fn past_limit_of(&self, f: &File, off: u64, len: u64) -> Option<Out> {
+        if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+            return None;
+        }
+        self.past_limit(off, len)
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -570,7 +645,10 @@ impl Side {
                 fill,
             } => match self.fd(*slot) {
                 // An empty write is answered 0 by the kernel wherever it lands.
-                Ok(f) => match self.past_limit(*off, *len as u64).filter(|_| *len > 0) {
+                Ok(f) => match self
+                    .past_limit_of(f, *off, *len as u64)
+                    .filter(|_| *len > 0)
+                {
                     Some(e) => e,
                     None => res(f.write_at(&fill_bytes(*fill, *len), *off), Out::Count),
                 },
@@ -583,7 +661,7 @@ impl Side {
                 zero,
                 keep_size,
             } => match self.fd(*slot) {
-                Ok(f) => match self.past_limit(*off, *len as u64) {
+                Ok(f) => match self.past_limit_of(f, *off, *len as u64) {
                     Some(e) => e,
                     None => {
                         use std::os::fd::AsRawFd;
@@ -603,6 +681,68 @@ impl Side {
                             last_err()
                         }
                     }
+                },
+                Err(e) => e,
+            },
+            Op::Mknod { path, kind } => {
+                let (fmt, rdev) = match kind {
+                    0 => (libc::S_IFIFO, 0),
+                    _ => (libc::S_IFSOCK, 0),
+                };
+                let c = cpath(&self.p(path));
+                // SAFETY: c is a valid C string.
+                if unsafe { libc::mknod(c.as_ptr(), fmt | 0o640, rdev) } == 0 {
+                    Out::Ok
+                } else {
+                    last_err()
+                }
+            }
+            Op::Lock {
+                slot,
+                typ,
+                start,
+                len,
+            } => match self.fd(*slot) {
+                Ok(f) => {
+                    let typ = match typ {
+                        0 => libc::F_UNLCK,
+                        1 => libc::F_RDLCK,
+                        _ => libc::F_WRLCK,
+                    };
+                    match ofd_lock(f, libc::F_OFD_SETLK, typ, *start, *len) {
+                        Ok(_) => Out::Ok,
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            },
+            Op::Reopen { slot, from } => {
+                use std::os::fd::AsRawFd;
+                let path = match self.fd(*from) {
+                    Ok(f) => format!("/proc/self/fd/{}", f.as_raw_fd()),
+                    Err(e) => return e,
+                };
+                match OpenOptions::new().read(true).write(true).open(path) {
+                    Ok(f) => self.put(*slot, f),
+                    Err(e) => errno_of(&e),
+                }
+            }
+            Op::GetLock { slot, start, len } => match self.fd(*slot) {
+                Ok(f) => match ofd_lock(f, libc::F_OFD_GETLK, libc::F_WRLCK, *start, *len) {
+                    Ok(fl) => Out::Lock {
+                        typ: fl.l_type,
+                        start: if fl.l_type == libc::F_UNLCK as i16 {
+                            0
+                        } else {
+                            fl.l_start
+                        },
+                        len: if fl.l_type == libc::F_UNLCK as i16 {
+                            0
+                        } else {
+                            fl.l_len
+                        },
+                    },
+                    Err(e) => e,
                 },
                 Err(e) => e,
             },
@@ -628,7 +768,7 @@ impl Side {
                 Err(e) => e,
             },
             Op::Ftruncate { slot, size } => match self.fd(*slot) {
-                Ok(f) => match self.past_limit(*size, 0) {
+                Ok(f) => match self.past_limit_of(f, *size, 0) {
                     Some(e) => e,
                     None => res(f.set_len(*size), |_| Out::Ok),
                 },
@@ -743,8 +883,42 @@ impl Side {
 
 /// The bytes of a file as the comparisons read them: all of it up to [`WHOLE_READ_MAX`],
 /// past that its head, its tail and a window around every extreme offset below its size.
+/// Whether the mount answered a lock conflict where the local side found none (see the
+/// retry in `run`).
+fn lock_released_late(op: &Op, want: &Out, got: &Out) -> bool {
+    let unlocked = libc::F_UNLCK as i16;
+    match (op, want, got) {
+        (Op::Lock { .. }, Out::Ok, Out::Errno(libc::EAGAIN)) => true,
+        (Op::GetLock { .. }, Out::Lock { typ: w, .. }, Out::Lock { typ: g, .. }) => {
+            *w == unlocked && *g != unlocked
+        }
+        _ => false,
+    }
+}
+
+/// An OFD lock call on `f` (the answer's `flock` for `F_OFD_GETLK`).
+fn ofd_lock(f: &File, cmd: i32, typ: i32, start: u64, len: u64) -> Result<libc::flock, Out> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero is a valid `flock` (plain integers).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start as i64;
+    fl.l_len = len as i64;
+    // SAFETY: fcntl on a descriptor this slot owns, with a valid `flock` to fill.
+    if unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) } == 0 {
+        Ok(fl)
+    } else {
+        Err(last_err())
+    }
+}
+
 fn read_sampled(p: &Path) -> std::io::Result<Vec<u8>> {
-    let f = File::open(p)?;
+    // Non-blocking: opening a FIFO to read would wait for a writer (it reads as empty).
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)?;
     let size = f.metadata()?.len();
     if size <= WHOLE_READ_MAX {
         let mut v = Vec::with_capacity(size as usize);
@@ -784,6 +958,7 @@ fn stat_out(m: std::fs::Metadata) -> Out {
         // So is a directory's link count (btrfs says 1, ext4 counts subdirectories).
         nlink: if kind == libc::S_IFDIR { 0 } else { m.nlink() },
         mode: m.mode() & 0o7777,
+        rdev: m.rdev(),
     }
 }
 
@@ -889,8 +1064,36 @@ pub fn run(
             eprintln!("#{i} {what}");
         }
         let want = l.apply(&op);
-        let got = timed(i, &what, &mut rep, &mut || m.apply(&op))?;
-        if want != got {
+        let mut got = timed(i, &what, &mut rep, &mut || m.apply(&op))?;
+        // Meta keeps a FIFO or socket only while a name reaches it (its opens never reach
+        // the filesystem, so no handle keeps it): an fstat of an open FIFO whose last name
+        // is gone is ENOENT on the mount (README, Not supported yet).
+        let fifo_gone = matches!(
+            (&op, &want, &got),
+            (
+                Op::Fstat { .. },
+                Out::Stat {
+                    kind: libc::S_IFIFO,
+                    nlink: 0,
+                    ..
+                },
+                Out::Errno(libc::ENOENT)
+            )
+        );
+        // A lock owned by an open file (OFD, flock) is dropped when the kernel sends that
+        // file's RELEASE, which it does after the last close has returned; a local disk
+        // drops it inside the close. So a conflict the local side no longer has may be a
+        // release still on its way: asked again for up to 2 s (README, Semantics).
+        let mut tries = 0;
+        while want != got && lock_released_late(&op, &want, &got) && tries < 40 {
+            std::thread::sleep(Duration::from_millis(50));
+            got = timed(i, &what, &mut rep, &mut || m.apply(&op))?;
+            tries += 1;
+        }
+        if cfg.verbose {
+            eprintln!("   -> {got}");
+        }
+        if want != got && !fifo_gone {
             return Err(fail(
                 i,
                 format!("{what}: local gave {want}, mount gave {got}"),
@@ -899,6 +1102,9 @@ pub fn run(
         match (&op, &got) {
             (Op::Write { .. }, Out::Count(n)) => rep.bytes_written += *n as u64,
             (Op::Punch { .. }, Out::Ok) => rep.punch_ops += 1,
+            (Op::Mknod { .. }, Out::Ok) => rep.mknod_ops += 1,
+            (Op::Lock { .. }, Out::Ok) => rep.lock_ops += 1,
+            (Op::Lock { .. }, Out::Errno(libc::EAGAIN)) => rep.lock_conflicts += 1,
             (Op::Read { .. } | Op::ReadWhole { .. }, Out::Bytes(b)) => {
                 rep.bytes_read += b.len() as u64
             }

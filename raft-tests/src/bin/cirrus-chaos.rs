@@ -29,8 +29,8 @@ struct Cli {
     /// leader-kill, rebuild-kill, disk-full, corrupt, slow-disk.
     #[arg(long, default_value = "all")]
     faults: String,
-    /// Workloads, comma separated: meta, data, posix, all.
-    #[arg(long, default_value = "meta,data")]
+    /// Workloads, comma separated: meta, data, posix, locks, all.
+    #[arg(long, default_value = "meta,data,locks")]
     workloads: String,
     /// Number of data servers.
     #[arg(long, default_value_t = 4)]

@@ -19,6 +19,7 @@ use crate::cluster::{ClusterBuilder, Place, TestCluster};
 use crate::history::FaultRecord;
 use crate::netns::NetLab;
 use crate::workload::data::DataWorkload;
+use crate::workload::locks::LockWorkload;
 use crate::workload::meta;
 use anyhow::{anyhow, bail, Context, Result};
 use cirrus_proto::{net, pb, CallPolicy, MetaConn};
@@ -39,6 +40,7 @@ pub enum Workload {
     Meta,
     Data,
     Posix,
+    Locks,
 }
 
 impl Workload {
@@ -49,10 +51,16 @@ impl Workload {
                 "meta" => v.push(Workload::Meta),
                 "data" => v.push(Workload::Data),
                 "posix" => v.push(Workload::Posix),
-                "all" => v.extend([Workload::Meta, Workload::Data, Workload::Posix]),
+                "locks" => v.push(Workload::Locks),
+                "all" => v.extend([
+                    Workload::Meta,
+                    Workload::Data,
+                    Workload::Posix,
+                    Workload::Locks,
+                ]),
                 other => {
                     return Err(format!(
-                        "unknown workload {other:?}; known: meta, data, posix, all"
+                        "unknown workload {other:?}; known: meta, data, posix, locks, all"
                     ))
                 }
             }
@@ -901,6 +909,12 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
         meta::make_groups(addrs.clone(), cluster_id.clone(), "chaos-meta", n_groups).await?;
     let aux = meta::make_groups(addrs.clone(), cluster_id.clone(), "chaos-data", 1).await?;
     let (data_dir, probe_dir) = (aux[0].dirs[0], aux[0].dirs[1]);
+    let want_locks = opts.workloads.contains(&Workload::Locks);
+    let lock_files = if want_locks {
+        LockWorkload::make_files(&meta_addrs, data_dir, 2).await?
+    } else {
+        Vec::new()
+    };
     let t0 = Instant::now();
     let t0_mono = worker::mono_ns();
     let mut workers = Vec::new();
@@ -918,6 +932,8 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
             writers: if want_data { 2 } else { 0 },
             data_dir,
             file_base: (j * 100) as u32,
+            lockers: if want_locks { 2 } else { 0 },
+            lock_files: lock_files.clone(),
             out: work.path().join(format!("worker-{j}.json")),
         };
         let cfg_path = work.path().join(format!("worker-{j}.cfg.json"));
@@ -1055,7 +1071,11 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
     let verifier = DataWorkload::new(t0);
     let mut meta_history = Vec::new();
     let mut next_id = 0usize;
+    let mut lock_holds = Vec::new();
+    let mut lock_unknown = 0;
     for (j, o) in outputs.into_iter().enumerate() {
+        lock_holds.extend(o.locks);
+        lock_unknown += o.lock_unknown;
         for (g, mut r) in o.meta {
             r.process += (j as u64) << 32;
             meta_history.push((g, r));
@@ -1109,6 +1129,9 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
             &meta_history,
             Duration::from_secs(10),
         ));
+    }
+    if want_locks {
+        checks.push(check::exclusive_locks::check(&lock_holds, lock_unknown));
     }
     if want_data {
         checks.push(check::acked_writes_survive::check(&ledgers, &reads));

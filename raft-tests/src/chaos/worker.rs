@@ -9,6 +9,7 @@
 
 use crate::history::OpRecord;
 use crate::workload::data::{DataEvent, DataWorkload, FileLedger, ReadObs};
+use crate::workload::locks::{LockHold, LockWorkload};
 use crate::workload::meta::{Group, MetaWorkload};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,11 @@ pub struct WorkerConfig {
     pub data_dir: u64,
     /// File numbers of this worker's writers start here (distinct across workers).
     pub file_base: u32,
+    /// Lockers (lock workload) and the files they lock.
+    #[serde(default)]
+    pub lockers: usize,
+    #[serde(default)]
+    pub lock_files: Vec<u64>,
     pub out: PathBuf,
 }
 
@@ -43,6 +49,10 @@ pub struct WorkerOutput {
     pub ledgers: BTreeMap<u32, FileLedger>,
     pub events: Vec<DataEvent>,
     pub reads: Vec<ReadObs>,
+    #[serde(default)]
+    pub locks: Vec<LockHold>,
+    #[serde(default)]
+    pub lock_unknown: u64,
 }
 
 /// CLOCK_MONOTONIC now, in ns (the clock `Instant` uses on Linux).
@@ -118,6 +128,15 @@ async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput> {
             stop_rx.clone(),
         )));
     }
+    let locks = LockWorkload::new(t0);
+    for l in 0..cfg.lockers {
+        tasks.push(tokio::spawn(locks.clone().locker(
+            cfg.seed ^ ((cfg.index as u64) << 48) ^ (l as u64 + 1) << 16,
+            cfg.meta_addrs.clone(),
+            cfg.lock_files.clone(),
+            stop_rx.clone(),
+        )));
+    }
     for t in tasks {
         let _ = t.await;
     }
@@ -129,6 +148,8 @@ async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput> {
         ledgers,
         events,
         reads,
+        locks: locks.holds.lock().map(|h| h.clone()).unwrap_or_default(),
+        lock_unknown: locks.unknown.lock().map(|u| *u).unwrap_or(0),
     })
 }
 

@@ -4,6 +4,7 @@
 //! - `linearizable`: metadata histories are linearizable against the namespace model.
 //! - `acked_writes_survive`: every write acknowledged by fsync reads back after heal.
 //! - `no_phantom_bytes`: no read returns bytes never written to that range.
+//! - `exclusive_locks`: no exclusive lock hold overlaps another hold of the same file.
 //! - `bounded_ops`: no operation outlives its deadline.
 //! - `bounded_memory`: no node's resident memory passes a ceiling during the run.
 //! - `serves_after_heal`: after heal the cluster serves again within a bound.
@@ -14,6 +15,7 @@ pub mod acked_writes_survive;
 pub mod bounded_memory;
 pub mod bounded_ops;
 pub mod converged;
+pub mod exclusive_locks;
 pub mod linearizable;
 pub mod no_phantom_bytes;
 pub mod serves_after_heal;

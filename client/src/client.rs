@@ -19,11 +19,11 @@
 use crate::buffer::{clamp_read, place, plan_flush, WriteBuffer, SEG_BLOCK};
 use crate::data::{DataPath, DataPolicy};
 use crate::locks::HeldLocks;
-use crate::meta::{Attr, LockArgs, MetaClient, Opened, SetAttr};
+use crate::meta::{Attr, MetaClient, Opened, SetAttr};
 use bytes::Bytes;
 use cirrus_proto::{CallPolicy, MetaConn};
 use cirrus_types::{
-    ClientId, FileKind, FsError, FsResult, HandleId, HeldLock, InodeId, Layout, LockKind,
+    ClientId, FileKind, FsError, FsResult, HandleId, HeldLock, InodeId, Layout, LockCall, LockKind,
     LockOwner, ObjectKey,
 };
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -1093,8 +1093,8 @@ impl Client {
         start: u64,
         end: u64,
         pid: u32,
-    ) -> LockArgs {
-        LockArgs {
+    ) -> LockCall {
+        LockCall {
             ino,
             owner: LockOwner {
                 client: self.client_id,
@@ -1111,7 +1111,7 @@ impl Client {
     /// is granted. When the caller gets a signal the wait is cancelled at meta and its
     /// answer taken: granted if the lock came first (as a local lock call that returns
     /// before the signal is handled), `Interrupted` otherwise, with nothing held.
-    async fn wait_lock(&self, args: &LockArgs, mut signal: BoxFuture<'static, ()>) -> FsResult<()> {
+    async fn wait_lock(&self, args: &LockCall, mut signal: BoxFuture<'static, ()>) -> FsResult<()> {
         let wait_id = self.locks.next_wait();
         // Well inside one attempt's deadline, so a slice never looks like a lost call.
         let slice = self.cfg.meta_per_try * 3 / 5;

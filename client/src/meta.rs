@@ -8,10 +8,11 @@
 //! attributes after every create or unlink in it and asks for them again at the next
 //! permission check; without this, every file created cost one more read barrier at meta.
 
+use cirrus_proto::convert::lock_request;
 use cirrus_proto::{pb, MetaConn};
 use cirrus_types::{
     Chain, ChainId, ClientId, FileKind, FsError, FsResult, HandleId, HeldLock, InodeId, Layout,
-    LockKind, LockOwner, ServerId,
+    LockCall, ServerId,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -746,7 +747,7 @@ impl MetaClient {
     }
     /// `F_SETLK` (`wait == None`) or one slice of `F_SETLKW` (`Some((wait_id, slice))`):
     /// `WouldBlock` while another owner holds a conflicting lock.
-    pub async fn set_lock(&self, lock: &LockArgs, wait: Option<(u64, Duration)>) -> FsResult<()> {
+    pub async fn set_lock(&self, lock: &LockCall, wait: Option<(u64, Duration)>) -> FsResult<()> {
         let (wait_id, wait_ms) = wait.map_or((0, 0), |(id, d)| (id, d.as_millis() as u64));
         rpc!(
             self,
@@ -756,20 +757,19 @@ impl MetaClient {
                 wait: wait.is_some(),
                 wait_id,
                 wait_ms,
-                ..lock.request()
+                ..lock_request(lock)
             }
         )?;
         Ok(())
     }
 
     /// `F_GETLK`: the first lock of another owner in the way of `lock`, if any.
-    pub async fn get_lock(&self, lock: &LockArgs) -> FsResult<Option<HeldLock>> {
-        let r = rpc!(self, "get lock", get_lock, lock.request())?;
-        let kind = match r.kind {
-            0 => return Ok(None),
-            1 => LockKind::Read,
-            2 => LockKind::Write,
-            k => return Err(FsError::Io(format!("meta answered lock kind {k}"))),
+    pub async fn get_lock(&self, lock: &LockCall) -> FsResult<Option<HeldLock>> {
+        let r = rpc!(self, "get lock", get_lock, lock_request(lock))?;
+        let kind = match cirrus_proto::convert::lock_kind(r.kind) {
+            Ok(None) => return Ok(None),
+            Ok(Some(k)) => k,
+            Err(e) => return Err(FsError::Io(format!("meta answered: {e}"))),
         };
         Ok(Some(HeldLock {
             // The holder's identity is not sent back; only what F_GETLK reports is.
@@ -794,36 +794,5 @@ impl MetaClient {
             }
         )?;
         Ok(())
-    }
-}
-
-/// One lock call: `kind` `None` unlocks `start..=end`.
-#[derive(Clone, Copy, Debug)]
-pub struct LockArgs {
-    pub ino: InodeId,
-    pub owner: LockOwner,
-    pub kind: Option<LockKind>,
-    pub start: u64,
-    pub end: u64,
-    pub pid: u32,
-}
-
-impl LockArgs {
-    fn request(&self) -> pb::LockRequest {
-        pb::LockRequest {
-            cluster_id: String::new(),
-            client_id: self.owner.client.0,
-            ino: self.ino.0,
-            owner: self.owner.owner,
-            kind: match self.kind {
-                None => 0,
-                Some(LockKind::Read) => 1,
-                Some(LockKind::Write) => 2,
-            },
-            start: self.start,
-            end: self.end,
-            pid: self.pid,
-            ..Default::default()
-        }
     }
 }

@@ -11,9 +11,7 @@ use crate::raft_types::{Command, MetaState, NodeId, Raft};
 use crate::sm_store::Shared;
 use crate::state::Reply;
 use cirrus_proto::metrics::{Gauge, Registry};
-use cirrus_types::{
-    ClientId, ClusterId, FsError, FsResult, InodeId, LockKind, LockOwner, ServerId,
-};
+use cirrus_types::{ClientId, ClusterId, FsError, FsResult, InodeId, LockCall, LockKind, ServerId};
 use openraft::error::{ForwardToLeader, RaftError};
 use openraft::{BasicNode, LogId, ServerState, Vote};
 use std::collections::{BTreeMap, BTreeSet};
@@ -140,27 +138,15 @@ pub struct MetaNode {
     pub lock_waits: LockWaits,
 }
 
-/// One `SetLock` as a caller asked it.
-#[derive(Clone, Copy, Debug)]
-pub struct LockCall {
-    pub ino: InodeId,
-    pub owner: LockOwner,
-    pub kind: Option<LockKind>,
-    pub start: u64,
-    pub end: u64,
-    pub pid: u32,
-}
-
-impl LockCall {
-    fn command(&self) -> Command {
-        Command::SetLock {
-            ino: self.ino,
-            owner: self.owner,
-            kind: self.kind,
-            start: self.start,
-            end: self.end,
-            pid: self.pid,
-        }
+/// The raft command of a lock call.
+fn lock_command(c: &LockCall) -> Command {
+    Command::SetLock {
+        ino: c.ino,
+        owner: c.owner,
+        kind: c.kind,
+        start: c.start,
+        end: c.end,
+        pid: c.pid,
     }
 }
 
@@ -329,7 +315,7 @@ impl MetaNode {
     /// `F_SETLK`: sets or clears the lock, or `WouldBlock`; wakes the waiters of the file
     /// when the change can free bytes for them (an unlock or a downgrade).
     pub async fn set_lock(&self, call: LockCall) -> FsResult<()> {
-        self.write(call.command()).await?;
+        self.write(lock_command(&call)).await?;
         if call.kind != Some(LockKind::Write) {
             self.lock_waits.wake(call.ino);
         }
@@ -365,7 +351,7 @@ impl MetaNode {
                 .await?
             {
                 Some(h) => Some(h),
-                None => match self.write(call.command()).await {
+                None => match self.write(lock_command(&call)).await {
                     Ok(_) => return Ok(()),
                     Err(FsError::WouldBlock(_)) => None,
                     Err(e) => return Err(e),

@@ -4,7 +4,7 @@
 //! linearizable read. A follower answers `NotLeader { leader_hint }` through the single
 //! error mapping in `cirrus_proto::status`. `pb::` types stop here.
 
-use crate::node::{now_ns, LockCall, MetaNode};
+use crate::node::{now_ns, MetaNode};
 use crate::raft_types::Command;
 use crate::state::{self, Attr, ChainTable, Reply, SetAttr, TimeSet};
 use cirrus_proto::leader::RequestTag;
@@ -13,8 +13,7 @@ use cirrus_proto::to_status;
 use cirrus_types::check_release_batch;
 use cirrus_types::name::validate_name;
 use cirrus_types::{
-    ChainId, ChainVersion, ClientId, FsError, FsResult, HandleId, InodeId, LayoutSpec, LockKind,
-    LockOwner, ServerId,
+    ChainId, ChainVersion, ClientId, FsError, FsResult, HandleId, InodeId, LayoutSpec, ServerId,
 };
 use openraft::ServerState;
 use std::sync::Arc;
@@ -67,39 +66,6 @@ fn attr_reply(r: Reply) -> FsResult<pb::AttrReply> {
 
 /// The caller's request id (gRPC metadata, set by `MetaConn` on every attempt of one
 /// call): a malformed one is `Invalid`, a missing one makes a plain call.
-/// The wire code of a lock kind (0 unlock, 1 shared, 2 exclusive).
-pub fn lock_kind_code(k: Option<LockKind>) -> u32 {
-    match k {
-        None => 0,
-        Some(LockKind::Read) => 1,
-        Some(LockKind::Write) => 2,
-    }
-}
-
-fn lock_call(r: &pb::LockRequest) -> FsResult<LockCall> {
-    if r.client_id == 0 {
-        return Err(FsError::Invalid("lock without a client id".into()));
-    }
-    let kind = match r.kind {
-        0 => None,
-        1 => Some(LockKind::Read),
-        2 => Some(LockKind::Write),
-        k => return Err(FsError::Invalid(format!("lock kind {k} (0, 1 or 2)"))),
-    };
-    cirrus_types::lock::check_lock_range(r.start, r.end)?;
-    Ok(LockCall {
-        ino: ino(r.ino, "lock")?,
-        owner: LockOwner {
-            client: ClientId(r.client_id),
-            owner: r.owner,
-        },
-        kind,
-        start: r.start,
-        end: r.end,
-        pid: r.pid,
-    })
-}
-
 fn request_tag(md: &tonic::metadata::MetadataMap) -> FsResult<Option<RequestTag>> {
     cirrus_proto::leader::request_tag(md)
 }
@@ -809,7 +775,7 @@ impl pb::meta_server::Meta for MetaService {
         done(
             async {
                 n.check(&r.cluster_id, false)?;
-                let call = lock_call(&r)?;
+                let call = cirrus_proto::convert::lock_call(&r)?;
                 n.touch_client(call.owner.client);
                 if r.wait {
                     n.wait_for_lock(call, r.wait_id, Duration::from_millis(r.wait_ms))
@@ -829,7 +795,7 @@ impl pb::meta_server::Meta for MetaService {
         done(
             async {
                 n.check(&r.cluster_id, false)?;
-                let c = lock_call(&r)?;
+                let c = cirrus_proto::convert::lock_call(&r)?;
                 let kind = c
                     .kind
                     .ok_or_else(|| FsError::Invalid("F_GETLK of an unlock".into()))?;
@@ -838,7 +804,7 @@ impl pb::meta_server::Meta for MetaService {
                     .await?;
                 Ok(
                     held.map_or(pb::GetLockReply::default(), |h| pb::GetLockReply {
-                        kind: lock_kind_code(Some(h.kind)),
+                        kind: cirrus_proto::convert::lock_kind_code(Some(h.kind)),
                         start: h.start,
                         end: h.end,
                         pid: h.pid,

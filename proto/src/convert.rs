@@ -3,8 +3,8 @@
 
 use crate::pb;
 use cirrus_types::{
-    Chain, ChainId, ChainVersion, ClusterId, FsError, FsResult, InodeId, Layout, ObjectKey,
-    ServerId,
+    Chain, ChainId, ChainVersion, ClientId, ClusterId, FsError, FsResult, InodeId, Layout,
+    LockCall, LockKind, LockOwner, ObjectKey, ServerId,
 };
 
 impl TryFrom<&pb::Layout> for Layout {
@@ -77,6 +77,63 @@ pub fn check_cluster(ours: ClusterId, theirs: &str, allow_empty: bool) -> FsResu
         } else {
             theirs.to_string()
         },
+    })
+}
+
+/// The wire code of a lock kind: 0 unlock, 1 shared, 2 exclusive.
+pub fn lock_kind_code(k: Option<LockKind>) -> u32 {
+    match k {
+        None => 0,
+        Some(LockKind::Read) => 1,
+        Some(LockKind::Write) => 2,
+    }
+}
+
+/// The lock kind of a wire code (`Invalid` for an unknown one).
+pub fn lock_kind(code: u32) -> FsResult<Option<LockKind>> {
+    match code {
+        0 => Ok(None),
+        1 => Ok(Some(LockKind::Read)),
+        2 => Ok(Some(LockKind::Write)),
+        k => Err(FsError::Invalid(format!("lock kind {k} (0, 1 or 2)"))),
+    }
+}
+
+/// The wire request of a lock call (wait fields unset).
+pub fn lock_request(c: &LockCall) -> pb::LockRequest {
+    pb::LockRequest {
+        cluster_id: String::new(),
+        client_id: c.owner.client.0,
+        ino: c.ino.0,
+        owner: c.owner.owner,
+        kind: lock_kind_code(c.kind),
+        start: c.start,
+        end: c.end,
+        pid: c.pid,
+        ..Default::default()
+    }
+}
+
+/// The lock call of a wire request: client and inode nonzero, a known kind, a range that
+/// does not end before it starts.
+pub fn lock_call(r: &pb::LockRequest) -> FsResult<LockCall> {
+    if r.client_id == 0 {
+        return Err(FsError::Invalid("lock without a client id".into()));
+    }
+    if r.ino == 0 {
+        return Err(FsError::Invalid("lock: inode 0".into()));
+    }
+    cirrus_types::lock::check_lock_range(r.start, r.end)?;
+    Ok(LockCall {
+        ino: InodeId(r.ino),
+        owner: LockOwner {
+            client: ClientId(r.client_id),
+            owner: r.owner,
+        },
+        kind: lock_kind(r.kind)?,
+        start: r.start,
+        end: r.end,
+        pid: r.pid,
     })
 }
 

@@ -16,4 +16,4 @@ pub use error::{FsError, FsResult, Retry};
 pub use ids::*;
 pub use layout::{Chain, Extent, Layout, LayoutSpec, ObjectKey, LAYOUT_FN_VERSION};
 pub use limits::MAX_FILE_SIZE;
-pub use lock::{HeldLock, LockKind, LockOwner};
+pub use lock::{HeldLock, LockCall, LockKind, LockOwner};

@@ -6,7 +6,7 @@
 //! Pure: the range arithmetic here is what the meta state machine applies, so every
 //! replica computes the same table.
 
-use crate::{ClientId, FsError, FsResult};
+use crate::{ClientId, FsError, FsResult, InodeId};
 use serde::{Deserialize, Serialize};
 
 /// Lock records one client may hold in all (each costs about 50 bytes on every meta
@@ -54,6 +54,17 @@ impl HeldLock {
             && self.overlaps(start, end)
             && (self.kind == LockKind::Write || kind == LockKind::Write)
     }
+}
+
+/// One lock call as a caller asks it: `kind` `None` unlocks `start..=end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockCall {
+    pub ino: InodeId,
+    pub owner: LockOwner,
+    pub kind: Option<LockKind>,
+    pub start: u64,
+    pub end: u64,
+    pub pid: u32,
 }
 
 /// Refuses a range that ends before it starts (`EINVAL`, as `fcntl` answers).

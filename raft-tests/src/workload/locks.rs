@@ -10,9 +10,9 @@
 //! client, so a lock it could not undo is dropped with the old client's lease and never
 //! stalls the others for longer.
 
-use cirrus_client::meta::{LockArgs, MetaClient};
+use cirrus_client::meta::MetaClient;
 use cirrus_proto::{CallPolicy, MetaConn};
-use cirrus_types::{ClientId, FsError, InodeId, LockKind, LockOwner};
+use cirrus_types::{ClientId, FsError, InodeId, LockCall, LockKind, LockOwner};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -108,7 +108,7 @@ impl LockWorkload {
         let mut owner = 1u64;
         let mut wait_id = 0u64;
         while !*stop.borrow() && !files.is_empty() {
-            let args = LockArgs {
+            let args = LockCall {
                 ino: InodeId(files[rng.gen_range(0..files.len())]),
                 owner: LockOwner { client, owner },
                 kind: Some(if rng.gen_bool(0.7) {
@@ -135,7 +135,7 @@ impl LockWorkload {
                     let acquired_ns = self.now_ns();
                     tokio::time::sleep(Duration::from_millis(rng.gen_range(0..15))).await;
                     let released_ns = self.now_ns();
-                    let unlock = LockArgs { kind: None, ..args };
+                    let unlock = LockCall { kind: None, ..args };
                     let unlocked = meta.set_lock(&unlock, None).await;
                     if let Ok(mut h) = self.holds.lock() {
                         h.push(LockHold {
@@ -157,7 +157,7 @@ impl LockWorkload {
                     if let Ok(mut u) = self.unknown.lock() {
                         *u += 1;
                     }
-                    let _ = meta.set_lock(&LockArgs { kind: None, ..args }, None).await;
+                    let _ = meta.set_lock(&LockCall { kind: None, ..args }, None).await;
                     client = ClientId(rng.gen::<u64>() | 1);
                 }
             }

@@ -99,6 +99,11 @@ struct InodeState {
     touched: BTreeSet<u32>,
     /// Bumped per write; a commit clears `uncommitted` only if no write came in meanwhile.
     write_gen: u64,
+    /// Bumped whenever `size` or `uncommitted` of this inode changes here (a write, a
+    /// commit, a truncate, an open or an attribute reply taken as the size): meta's
+    /// attributes fetched across a bump may predate the change. Per inode, unlike
+    /// `Client::local_gen`, so a busy mount's other files do not make it move.
+    size_gen: u64,
     uncommitted: bool,
     opens: usize,
     /// Meta's attributes of the inode from the last reply that carried them (open,
@@ -418,7 +423,10 @@ impl Client {
             } else if self.gen() == seen {
                 // Meta is authoritative when nothing local is pending and nothing local
                 // changed while the call was in flight.
-                st.size = attr.size;
+                if st.size != attr.size {
+                    st.size = attr.size;
+                    st.size_gen += 1;
+                }
             } else {
                 attr.size = st.size;
                 attr.mtime_ns = st.mtime_ns.max(attr.mtime_ns);
@@ -588,6 +596,7 @@ impl Client {
                 // them unreadable and the next close committed the short size.
                 st.size = opened.attr.size;
                 st.mtime_ns = opened.attr.mtime_ns;
+                st.size_gen += 1;
             }
             st.opens += 1;
             // Close-to-open: bytes fetched ahead before this open may predate another
@@ -712,6 +721,7 @@ impl Client {
             st.size = st.size.max(end);
             st.mtime_ns = now_ns();
             st.write_gen += 1;
+            st.size_gen += 1;
             st.uncommitted = true;
             self.bump();
             let go = !st.behind && !st.behind_failed && st.buf.len() >= self.cfg.flush_behind;
@@ -929,6 +939,7 @@ impl Client {
         if st.write_gen == gen && st.buf.is_empty() {
             st.uncommitted = false;
         }
+        st.size_gen += 1;
         st.attr = Some(CachedAttr {
             attr: a,
             at: Instant::now(),
@@ -1140,32 +1151,46 @@ impl Client {
     }
 
     /// After a lock is taken: meta's size (unless this mount holds bytes not yet
-    /// committed, or changed the size while the answer was on its way: a flush behind
-    /// the writer may commit a larger size after meta answered), and no read-ahead
-    /// block from before the lock.
+    /// committed), and no read-ahead block from before the lock. An answer fetched while
+    /// this inode's size changed here (a flush behind the writer committing a larger
+    /// size, a truncate) may predate the change: meta is asked again, a few times, and
+    /// then the larger of the two sizes is kept. Keeping the local size instead let a
+    /// mount read a counter "100" as the "10" it had written itself, under the lock.
     async fn revalidate(&self, inode: &Arc<OpenInode>) {
-        let (ns, seen) = (self.ns(), self.gen());
-        let fresh = self.meta.getattr(inode.ino).await;
-        let mut st = lock(&inode.state);
-        st.ra.clear();
-        inode.recount(&mut st);
-        match fresh {
-            Ok(a) => {
-                let pending = st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty();
-                if !pending && self.gen() == seen {
-                    st.size = a.size;
-                    st.mtime_ns = a.mtime_ns;
+        const ASKS: usize = 3;
+        for ask in 1..=ASKS {
+            let (ns, seen) = (self.ns(), lock(&inode.state).size_gen);
+            let fresh = self.meta.getattr(inode.ino).await;
+            let mut st = lock(&inode.state);
+            st.ra.clear();
+            inode.recount(&mut st);
+            match fresh {
+                Ok(a) => {
+                    let pending = st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty();
+                    if !pending {
+                        if st.size_gen == seen {
+                            st.size = a.size;
+                            st.mtime_ns = a.mtime_ns;
+                        } else if ask < ASKS {
+                            continue;
+                        } else {
+                            st.size = st.size.max(a.size);
+                            st.mtime_ns = st.mtime_ns.max(a.mtime_ns);
+                        }
+                        st.size_gen += 1;
+                    }
+                    st.attr = Some(CachedAttr {
+                        attr: a,
+                        at: Instant::now(),
+                        ns_gen: ns,
+                    });
                 }
-                st.attr = Some(CachedAttr {
-                    attr: a,
-                    at: Instant::now(),
-                    ns_gen: ns,
-                });
+                Err(e) => {
+                    tracing::debug!(ino = %inode.ino, err = %e, "attributes after a lock");
+                    st.attr = None;
+                }
             }
-            Err(e) => {
-                tracing::debug!(ino = %inode.ino, err = %e, "attributes after a lock");
-                st.attr = None;
-            }
+            break;
         }
         self.bump();
     }
@@ -1494,6 +1519,7 @@ impl Client {
             st.ra.clear();
             i.recount(&mut st);
             st.size = size;
+            st.size_gen += 1;
             st.mtime_ns = a.mtime_ns;
             st.attr = Some(CachedAttr {
                 attr: a.clone(),

@@ -22,6 +22,7 @@ command -v git >/dev/null || need+=(git)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
 command -v flock >/dev/null || need+=(util-linux)
 command -v python3 >/dev/null || need+=(python3)
+command -v setfacl >/dev/null || need+=(acl)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing Debian packages: ${need[*]}"
   apt-get update -qq

@@ -19,7 +19,7 @@
 use crate::buffer::{clamp_read, place, plan_flush, WriteBuffer, SEG_BLOCK};
 use crate::data::{DataPath, DataPolicy};
 use crate::locks::HeldLocks;
-use crate::meta::{Attr, MetaClient, Opened, SetAttr};
+use crate::meta::{Attr, MetaClient, NewMode, Opened, SetAttr};
 use bytes::Bytes;
 use cirrus_proto::{CallPolicy, MetaConn};
 use cirrus_types::{
@@ -657,7 +657,7 @@ impl Client {
         &self,
         parent: InodeId,
         name: &[u8],
-        mode: u32,
+        mode: impl Into<NewMode>,
         uid: u32,
         gid: u32,
         exclusive: bool,
@@ -668,7 +668,7 @@ impl Client {
             .create(
                 parent,
                 name,
-                mode & 0o7777,
+                mode.into().perms(),
                 uid,
                 gid,
                 exclusive,
@@ -683,13 +683,13 @@ impl Client {
         &self,
         parent: InodeId,
         name: &[u8],
-        mode: u32,
+        mode: impl Into<NewMode>,
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
         let o = self
             .meta
-            .create(parent, name, mode & 0o7777, uid, gid, true, None)
+            .create(parent, name, mode.into().perms(), uid, gid, true, None)
             .await?;
         Ok(o.attr)
     }

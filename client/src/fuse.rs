@@ -10,7 +10,7 @@
 //! No FOPEN_KEEP_CACHE: every open drops the kernel's page cache of the file.
 
 use crate::client::{Buffered, Client, Fallocate};
-use crate::meta::{Attr, SetAttr, SetTime};
+use crate::meta::{Attr, NewMode, SetAttr, SetTime};
 use cirrus_types::{FileKind, FsError, FsResult, InodeId, LockKind};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -221,6 +221,10 @@ impl Filesystem for CirrusFs {
             // kernel then sends as a whole-file lock owned by the open file, as NFS does).
             InitFlags::FUSE_POSIX_LOCKS,
             InitFlags::FUSE_FLOCK_LOCKS,
+            // POSIX ACLs: the kernel enforces them (with default_permissions) and leaves
+            // the umask to us (DONT_MASK), so meta can skip it under a default ACL.
+            InitFlags::FUSE_POSIX_ACL,
+            InitFlags::FUSE_DONT_MASK,
         ] {
             let _ = config.add_capabilities(f);
         }
@@ -302,10 +306,14 @@ impl Filesystem for CirrusFs {
         parent: INodeNo,
         n: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let new = NewMode {
+            mode: mode & 0o7777,
+            umask: Some(umask & 0o777),
+        };
         // A FIFO's or socket's data stays in the kernel that opens it (the kernel never
         // sends their opens here), and a device node's open goes to the local driver.
         let special = match mode & libc::S_IFMT {
@@ -323,10 +331,10 @@ impl Filesystem for CirrusFs {
         self.run(
             move |c| async move {
                 match special {
-                    None => c.mknod(InodeId(parent.0), &n, mode, uid, gid).await,
+                    None => c.mknod(InodeId(parent.0), &n, new, uid, gid).await,
                     Some(kind) => {
                         c.meta()
-                            .mknod(InodeId(parent.0), &n, kind, mode & 0o7777, uid, gid)
+                            .mknod(InodeId(parent.0), &n, kind, new, uid, gid)
                             .await
                     }
                 }
@@ -341,14 +349,18 @@ impl Filesystem for CirrusFs {
         parent: INodeNo,
         n: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
+        let new = NewMode {
+            mode: mode & 0o7777,
+            umask: Some(umask & 0o777),
+        };
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
         self.run(
             move |c| async move {
                 c.meta()
-                    .mkdir(InodeId(parent.0), &n, mode & 0o7777, uid, gid)
+                    .mkdir(InodeId(parent.0), &n, new, uid, gid)
                     .await
             },
             move |r| entry(reply, r),
@@ -874,10 +886,14 @@ impl Filesystem for CirrusFs {
         parent: INodeNo,
         n: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let new = NewMode {
+            mode: mode & 0o7777,
+            umask: Some(umask & 0o777),
+        };
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
             reply.error(Errno::EOPNOTSUPP);
             return;
@@ -887,7 +903,7 @@ impl Filesystem for CirrusFs {
         let absent = self.absent_xattrs.clone();
         self.run(
             move |c| async move {
-                c.create(InodeId(parent.0), &n, mode, uid, gid, exclusive)
+                c.create(InodeId(parent.0), &n, new, uid, gid, exclusive)
                     .await
             },
             move |r| match r {

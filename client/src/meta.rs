@@ -318,13 +318,14 @@ impl MetaClient {
         &self,
         parent: InodeId,
         name: &[u8],
-        mode: u32,
+        mode: impl Into<NewMode>,
         uid: u32,
         gid: u32,
         exclusive: bool,
         client: Option<ClientId>,
     ) -> FsResult<Opened> {
         let gen = self.dir_gen();
+        let m = mode.into();
         let r = rpc!(
             self,
             "create",
@@ -333,13 +334,14 @@ impl MetaClient {
                 cluster_id: String::new(),
                 parent: parent.0,
                 name: name.to_vec(),
-                mode,
+                mode: m.mode,
                 uid,
                 gid,
                 exclusive,
                 client_id: client.map(|c| c.0).unwrap_or(0),
                 stripe_unit: 0,
                 stripe_count: 0,
+                umask: m.umask,
             }
         )?;
         self.note_dir(r.parent.as_ref(), gen);
@@ -354,11 +356,12 @@ impl MetaClient {
         &self,
         parent: InodeId,
         name: &[u8],
-        mode: u32,
+        mode: impl Into<NewMode>,
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
         let gen = self.dir_gen();
+        let m = mode.into();
         let r = rpc!(
             self,
             "mkdir",
@@ -367,9 +370,10 @@ impl MetaClient {
                 cluster_id: String::new(),
                 parent: parent.0,
                 name: name.to_vec(),
-                mode,
+                mode: m.mode,
                 uid,
                 gid,
+                umask: m.umask,
             }
         )?;
         self.note_dir(r.parent.as_ref(), gen);
@@ -408,11 +412,12 @@ impl MetaClient {
         parent: InodeId,
         name: &[u8],
         kind: FileKind,
-        mode: u32,
+        mode: impl Into<NewMode>,
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
         let gen = self.dir_gen();
+        let m = mode.into();
         let r = rpc!(
             self,
             "mknod",
@@ -422,10 +427,11 @@ impl MetaClient {
                 parent: parent.0,
                 name: name.to_vec(),
                 kind: kind.code(),
-                mode,
+                mode: m.mode,
                 rdev: kind.rdev(),
                 uid,
                 gid,
+                umask: m.umask,
             }
         )?;
         self.note_dir(r.parent.as_ref(), gen);
@@ -794,5 +800,30 @@ impl MetaClient {
             }
         )?;
         Ok(())
+    }
+}
+
+/// A new inode's permission bits, with the caller's umask when the filesystem is to apply
+/// it (a mount with POSIX ACLs: meta applies it unless the parent has a default ACL,
+/// which is inherited instead). A plain `u32` is a final mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewMode {
+    pub mode: u32,
+    pub umask: Option<u32>,
+}
+
+impl From<u32> for NewMode {
+    fn from(mode: u32) -> Self {
+        NewMode { mode, umask: None }
+    }
+}
+
+impl NewMode {
+    /// The permission bits only (file type bits dropped).
+    pub fn perms(self) -> Self {
+        NewMode {
+            mode: self.mode & 0o7777,
+            ..self
+        }
     }
 }

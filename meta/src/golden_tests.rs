@@ -261,6 +261,23 @@ fn every_command_v3() -> Vec<Command> {
     v
 }
 
+/// Version 4: version 3 and `Umasked` (a create under the caller's umask).
+fn every_command_v4() -> Vec<Command> {
+    let mut v = every_command_v3();
+    v.push(Command::Umasked {
+        umask: 0o022,
+        cmd: Box::new(Command::Mkdir {
+            parent: InodeId::ROOT,
+            name: b"masked".to_vec(),
+            mode: 0o777,
+            uid: 1,
+            gid: 2,
+            now_ns: T0 + 30,
+        }),
+    });
+    v
+}
+
 fn log_id(index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(3, 1), index)
 }
@@ -441,6 +458,18 @@ fn commands_written_by_version_2_decode_to_the_same_values_and_encode_the_same()
     assert!(
         now == old,
         "today's encoding of the version-2 commands differs from the committed one"
+    );
+}
+
+#[test]
+fn commands_written_by_version_4_decode_to_the_same_values_and_encode_the_same() {
+    let now = bincode::serialize(&every_command_v4()).expect("encode");
+    let old = pinned("commands-v4.bin", &now);
+    let decoded: Vec<Command> = bincode::deserialize(&old).expect("golden commands decode");
+    assert_eq!(decoded, every_command_v4());
+    assert!(
+        now == old,
+        "today's encoding of the version-4 commands differs from the committed one"
     );
 }
 

@@ -64,6 +64,18 @@ fn attr_reply(r: Reply) -> FsResult<pb::AttrReply> {
     }
 }
 
+/// `cmd` under the caller's umask, when it sent one (see `Command::Umasked`).
+fn umasked(umask: Option<u32>, cmd: Command) -> FsResult<Command> {
+    match umask {
+        None => Ok(cmd),
+        Some(u) if u & !0o777 != 0 => Err(FsError::Invalid(format!("umask {u:#o}"))),
+        Some(umask) => Ok(Command::Umasked {
+            umask,
+            cmd: Box::new(cmd),
+        }),
+    }
+}
+
 /// The caller's request id (gRPC metadata, set by `MetaConn` on every attempt of one
 /// call): a malformed one is `Invalid`, a missing one makes a plain call.
 fn request_tag(md: &tonic::metadata::MetadataMap) -> FsResult<Option<RequestTag>> {
@@ -275,6 +287,7 @@ impl pb::meta_server::Meta for MetaService {
                     spec,
                     now_ns: now_ns(),
                 };
+                let cmd = umasked(r.umask, cmd)?;
                 if let Some(c) = client {
                     n.touch_client(c);
                 }
@@ -314,6 +327,7 @@ impl pb::meta_server::Meta for MetaService {
                     gid: r.gid,
                     now_ns: now_ns(),
                 };
+                let cmd = umasked(r.umask, cmd)?;
                 let mut a = attr_reply(n.write(once(tag?, cmd)).await?)?;
                 a.parent = n.applied_attr(parent);
                 Ok(a)
@@ -348,6 +362,7 @@ impl pb::meta_server::Meta for MetaService {
                     gid: r.gid,
                     now_ns: now_ns(),
                 };
+                let cmd = umasked(r.umask, cmd)?;
                 let mut a = attr_reply(n.write(once(tag?, cmd)).await?)?;
                 a.parent = n.applied_attr(parent);
                 Ok(a)

@@ -4,6 +4,7 @@
 //! Must not depend on: tokio, tonic, prost, any IO. Everything here is a pure function
 //! of its inputs, so client and servers compute identical answers and proptest is cheap.
 
+pub mod acl;
 pub mod checksum;
 pub mod error;
 pub mod ids;

@@ -14,6 +14,7 @@
 //! The raft store (meta-raft) serializes the whole value with bincode for snapshots and
 //! calls the read-only query functions for linearizable reads.
 
+mod acls;
 mod chains;
 pub mod locks;
 mod namespace;
@@ -264,6 +265,11 @@ pub enum Command {
         end: u64,
         pid: u32,
     },
+    /// `cmd` (`Create`, `Mkdir` or `Mknod`) with the caller's umask, for mounts that let
+    /// the filesystem apply it (FUSE's POSIX ACL support): applied to the mode unless the
+    /// parent has a default ACL, which is inherited instead. Without this wrapper the mode
+    /// is taken as given (the kernel applied the umask) and a default ACL still inherits.
+    Umasked { umask: u32, cmd: Box<Command> },
 }
 
 impl Command {
@@ -296,7 +302,7 @@ impl Command {
             | ServerCaughtUp { .. }
             | ServerCaughtUpAt { .. }
             | SetLock { .. } => None,
-            Once { cmd, .. } => cmd.now_ns(),
+            Once { cmd, .. } | Umasked { cmd, .. } => cmd.now_ns(),
         }
     }
 }
@@ -560,7 +566,7 @@ impl MetaState {
                 uid,
                 gid,
                 ..
-            } => self.mknod(*parent, name, *kind, *mode, *uid, *gid, now),
+            } => self.mknod(*parent, name, *kind, *mode, *uid, *gid, None, now),
             Init {
                 cluster_id,
                 replicas,
@@ -577,7 +583,7 @@ impl MetaState {
                 spec,
                 ..
             } => self.create(
-                *parent, name, *mode, *uid, *gid, *exclusive, *client, *spec, now,
+                *parent, name, *mode, *uid, *gid, *exclusive, *client, *spec, None, now,
             ),
             Mkdir {
                 parent,
@@ -586,7 +592,7 @@ impl MetaState {
                 uid,
                 gid,
                 ..
-            } => self.mkdir(*parent, name, *mode, *uid, *gid, now),
+            } => self.mkdir(*parent, name, *mode, *uid, *gid, None, now),
             Symlink {
                 parent,
                 name,
@@ -665,12 +671,52 @@ impl MetaState {
                 end,
                 pid,
             } => self.set_lock(*ino, *owner, *kind, *start, *end, *pid),
+            Umasked { umask, cmd } => self.apply_umasked(*umask, cmd, now),
             Once { .. } => Err(FsError::Invalid("nested request id".into())),
         };
         if result.is_ok() && cmd.now_ns().is_some() {
             self.last_now_ns = now;
         }
         result
+    }
+
+    fn apply_umasked(&mut self, umask: u32, cmd: &Command, now: i64) -> Response {
+        let u = Some(umask);
+        match cmd {
+            Command::Create {
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+                exclusive,
+                client,
+                spec,
+                ..
+            } => self.create(
+                *parent, name, *mode, *uid, *gid, *exclusive, *client, *spec, u, now,
+            ),
+            Command::Mkdir {
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+                ..
+            } => self.mkdir(*parent, name, *mode, *uid, *gid, u, now),
+            Command::Mknod {
+                parent,
+                name,
+                kind,
+                mode,
+                uid,
+                gid,
+                ..
+            } => self.mknod(*parent, name, *kind, *mode, *uid, *gid, u, now),
+            other => Err(FsError::Invalid(format!(
+                "a umask goes with a create, mkdir or mknod, not {other:?}"
+            ))),
+        }
     }
 
     /// `Once`: answers a remembered result, refuses a late duplicate, or applies `cmd` and

@@ -50,6 +50,7 @@ impl MetaState {
         exclusive: bool,
         client: Option<ClientId>,
         spec: LayoutSpec,
+        umask: Option<u32>,
         now: i64,
     ) -> Response {
         validate_name(name)?;
@@ -95,8 +96,10 @@ impl MetaState {
             layout: layout.clone(),
             open: 0,
         };
-        self.inodes
-            .insert(ino, new_inode(ino, mode & 0o7777, uid, gid, now, body));
+        let m = self.new_mode(parent, mode, umask, false);
+        let mut inode = new_inode(ino, m.mode, uid, gid, now, body);
+        inode.xattrs.extend(m.xattrs);
+        self.inodes.insert(ino, inode);
         self.insert_dentry(parent, name, ino, FileKind::File, now);
         let handle = client.map(|c| self.add_handle(ino, c));
         Ok(Reply::Created {
@@ -114,6 +117,7 @@ impl MetaState {
         mode: u32,
         uid: u32,
         gid: u32,
+        umask: Option<u32>,
         now: i64,
     ) -> Response {
         validate_name(name)?;
@@ -121,7 +125,9 @@ impl MetaState {
             return Err(FsError::Exists);
         }
         let ino = self.alloc_ino();
-        let mut inode = new_inode(ino, mode & 0o7777, uid, gid, now, new_dir_body(parent));
+        let m = self.new_mode(parent, mode, umask, true);
+        let mut inode = new_inode(ino, m.mode, uid, gid, now, new_dir_body(parent));
+        inode.xattrs.extend(m.xattrs);
         inode.nlink = 2;
         // A directory's default layout is inherited by its new subdirectories, as
         // `lfs setstripe` defaults are.
@@ -185,6 +191,7 @@ impl MetaState {
         mode: u32,
         uid: u32,
         gid: u32,
+        umask: Option<u32>,
         now: i64,
     ) -> Response {
         validate_name(name)?;
@@ -197,10 +204,10 @@ impl MetaState {
             return Err(FsError::Exists);
         }
         let ino = self.alloc_ino();
-        self.inodes.insert(
-            ino,
-            new_inode(ino, mode & 0o7777, uid, gid, now, Body::Special { kind }),
-        );
+        let m = self.new_mode(parent, mode, umask, false);
+        let mut inode = new_inode(ino, m.mode, uid, gid, now, Body::Special { kind });
+        inode.xattrs.extend(m.xattrs);
+        self.inodes.insert(ino, inode);
         self.insert_dentry(parent, name, ino, kind, now);
         self.getattr(ino).map(Reply::Attr)
     }
@@ -404,9 +411,15 @@ impl MetaState {
             TimeSet::Now => now,
             TimeSet::Ns(ns) => ns,
         };
+        let acl = set.mode.and_then(|m| self.acl_after_chmod(ino, m));
         let inode = self.inode_mut(ino);
         if let Some(m) = set.mode {
             inode.mode = m & 0o7777;
+        }
+        if let Some(a) = acl {
+            inode
+                .xattrs
+                .insert(cirrus_types::acl::ACCESS_XATTR.to_vec(), a);
         }
         if let Some(u) = set.uid {
             inode.uid = u;
@@ -471,8 +484,20 @@ impl MetaState {
                 .map_err(|_| FsError::Invalid("cirrus.layout is not UTF-8".into()))?;
             LayoutSpec::parse(text)?;
         }
+        let acl = self.acl_set(ino, name, value)?;
         let inode = self.inode_mut(ino);
-        inode.xattrs.insert(name.to_vec(), value.to_vec());
+        match acl {
+            None => {
+                inode.xattrs.insert(name.to_vec(), value.to_vec());
+            }
+            Some((keep, mode)) => {
+                inode.mode = mode;
+                match keep {
+                    Some(v) => inode.xattrs.insert(name.to_vec(), v),
+                    None => inode.xattrs.remove(name),
+                };
+            }
+        }
         inode.ctime_ns = now;
         Ok(Reply::Done)
     }
@@ -593,7 +618,7 @@ impl MetaState {
     // ------------------------------------------------------------ helpers
 
     /// The inode, or ENOENT.
-    fn inode_ref(&self, ino: InodeId) -> FsResult<&Inode> {
+    pub(super) fn inode_ref(&self, ino: InodeId) -> FsResult<&Inode> {
         self.inodes.get(&ino).ok_or(FsError::NotFound)
     }
 

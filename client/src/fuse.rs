@@ -358,11 +358,7 @@ impl Filesystem for CirrusFs {
         };
         let (n, uid, gid) = (name(n), req.uid(), req.gid());
         self.run(
-            move |c| async move {
-                c.meta()
-                    .mkdir(InodeId(parent.0), &n, new, uid, gid)
-                    .await
-            },
+            move |c| async move { c.meta().mkdir(InodeId(parent.0), &n, new, uid, gid).await },
             move |r| entry(reply, r),
         );
     }

@@ -34,7 +34,7 @@ impl Acl {
     /// each of user-obj, group-obj and other, a mask when named entries exist.
     pub fn parse(v: &[u8]) -> FsResult<Acl> {
         let bad = |why: &str| FsError::Invalid(format!("POSIX ACL: {why}"));
-        if v.len() < 4 || (v.len() - 4) % 8 != 0 {
+        if v.len() < 4 || !(v.len() - 4).is_multiple_of(8) {
             return Err(bad("length is not 4 + 8 per entry"));
         }
         if u32::from_le_bytes([v[0], v[1], v[2], v[3]]) != VERSION {
@@ -49,14 +49,15 @@ impl Acl {
             })
             .collect();
         let count = |t: u16| entries.iter().filter(|e| e.tag == t).count();
-        if entries
-            .iter()
-            .any(|e| e.perm & !7 != 0 || ![USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER].contains(&e.tag))
-        {
+        if entries.iter().any(|e| {
+            e.perm & !7 != 0 || ![USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER].contains(&e.tag)
+        }) {
             return Err(bad("unknown tag or permission bits"));
         }
         if count(USER_OBJ) != 1 || count(GROUP_OBJ) != 1 || count(OTHER) != 1 || count(MASK) > 1 {
-            return Err(bad("needs exactly one user, group and other entry, at most one mask"));
+            return Err(bad(
+                "needs exactly one user, group and other entry, at most one mask",
+            ));
         }
         if count(MASK) == 0 && (count(USER) > 0 || count(GROUP) > 0) {
             return Err(bad("named entries need a mask"));
@@ -77,7 +78,12 @@ impl Acl {
     /// The mode's rwx bits the ACL stands for (user-obj, mask or else group-obj, other),
     /// and whether the three base entries are all it has (then the mode alone says it).
     pub fn mode_bits(&self) -> (u32, bool) {
-        let perm = |t: u16| self.0.iter().find(|e| e.tag == t).map_or(0, |e| e.perm as u32);
+        let perm = |t: u16| {
+            self.0
+                .iter()
+                .find(|e| e.tag == t)
+                .map_or(0, |e| e.perm as u32)
+        };
         let group = if self.0.iter().any(|e| e.tag == MASK) {
             perm(MASK)
         } else {
@@ -147,14 +153,28 @@ mod tests {
 
     #[test]
     fn an_acl_round_trips_and_malformed_ones_are_refused() {
-        let a = acl(&[(USER_OBJ, 7, 0), (USER, 4, 1000), (GROUP_OBJ, 5, 0), (MASK, 5, 0), (OTHER, 0, 0)]);
+        let a = acl(&[
+            (USER_OBJ, 7, 0),
+            (USER, 4, 1000),
+            (GROUP_OBJ, 5, 0),
+            (MASK, 5, 0),
+            (OTHER, 0, 0),
+        ]);
         assert_eq!(Acl::parse(&a.encode()).unwrap(), a);
         assert!(Acl::parse(&[2, 0, 0, 0, 1]).is_err(), "truncated entry");
         let mut v1 = a.encode();
         v1[0] = 1;
         assert!(Acl::parse(&v1).is_err(), "version 1");
-        let no_mask = acl(&[(USER_OBJ, 7, 0), (USER, 4, 1000), (GROUP_OBJ, 5, 0), (OTHER, 0, 0)]);
-        assert!(Acl::parse(&no_mask.encode()).is_err(), "named entry without a mask");
+        let no_mask = acl(&[
+            (USER_OBJ, 7, 0),
+            (USER, 4, 1000),
+            (GROUP_OBJ, 5, 0),
+            (OTHER, 0, 0),
+        ]);
+        assert!(
+            Acl::parse(&no_mask.encode()).is_err(),
+            "named entry without a mask"
+        );
         let no_other = acl(&[(USER_OBJ, 7, 0), (GROUP_OBJ, 5, 0)]);
         assert!(Acl::parse(&no_other.encode()).is_err());
         let bad_perm = acl(&[(USER_OBJ, 8, 0), (GROUP_OBJ, 5, 0), (OTHER, 0, 0)]);
@@ -163,7 +183,13 @@ mod tests {
 
     #[test]
     fn mode_bits_use_the_mask_for_the_group_and_chmod_writes_it_back() {
-        let mut a = acl(&[(USER_OBJ, 6, 0), (USER, 7, 1000), (GROUP_OBJ, 4, 0), (MASK, 6, 0), (OTHER, 4, 0)]);
+        let mut a = acl(&[
+            (USER_OBJ, 6, 0),
+            (USER, 7, 1000),
+            (GROUP_OBJ, 4, 0),
+            (MASK, 6, 0),
+            (OTHER, 4, 0),
+        ]);
         assert_eq!(a.mode_bits(), (0o664, false));
         a.chmod(0o640);
         assert_eq!(a.mode_bits(), (0o640, false));
@@ -176,12 +202,21 @@ mod tests {
     #[test]
     fn inheritance_cuts_the_default_acl_to_the_create_mode_as_the_kernel_does() {
         // setfacl -d -m u:1000:rwx,m::rwx on a 0755 directory; then open(O_CREAT, 0666).
-        let d = acl(&[(USER_OBJ, 7, 0), (USER, 7, 1000), (GROUP_OBJ, 5, 0), (MASK, 7, 0), (OTHER, 5, 0)]);
+        let d = acl(&[
+            (USER_OBJ, 7, 0),
+            (USER, 7, 1000),
+            (GROUP_OBJ, 5, 0),
+            (MASK, 7, 0),
+            (OTHER, 5, 0),
+        ]);
         let (mode, a) = d.clone().create_masq(0o100666);
         assert_eq!(mode, 0o100664);
         let a = a.expect("named entries: an ACL is kept");
         assert_eq!(a.mode_bits(), (0o664, false));
-        assert_eq!(a.0[1].perm, 7, "named entries are not cut (the mask limits them)");
+        assert_eq!(
+            a.0[1].perm, 7,
+            "named entries are not cut (the mask limits them)"
+        );
         assert_eq!(mode & 0o777, 0o664);
         // mkdir 0777 keeps everything the default allows.
         let (mode, _) = d.create_masq(0o40777);

@@ -17,7 +17,13 @@ impl MetaState {
     /// What a new inode under `parent` created with `mode` gets: with a default ACL on
     /// the parent, the access ACL cut to `mode` (and for a directory the default ACL
     /// too); without one, `mode` less the `umask` when the caller sent one.
-    pub(super) fn new_mode(&self, parent: InodeId, mode: u32, umask: Option<u32>, dir: bool) -> NewMode {
+    pub(super) fn new_mode(
+        &self,
+        parent: InodeId,
+        mode: u32,
+        umask: Option<u32>,
+        dir: bool,
+    ) -> NewMode {
         let inherited = self
             .inodes
             .get(&parent)
@@ -45,7 +51,12 @@ impl MetaState {
 
     /// For a set of an ACL xattr on `ino`: checks the value and says what to store
     /// (`None`: drop the xattr, the mode says it all) and the mode that goes with it.
-    pub(super) fn acl_set(&self, ino: InodeId, name: &[u8], value: &[u8]) -> FsResult<Option<(Option<Vec<u8>>, u32)>> {
+    pub(super) fn acl_set(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+    ) -> FsResult<Option<(Option<Vec<u8>>, u32)>> {
         let inode = self.inode_ref(ino)?;
         if name == DEFAULT_XATTR {
             if inode.kind() != FileKind::Dir {

@@ -110,6 +110,7 @@ impl MetaState {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn mkdir(
         &mut self,
         parent: InodeId,

@@ -1433,11 +1433,23 @@ fn lock_records_per_client_stop_at_the_ceiling_with_nothing_changed() {
 
 #[test]
 fn acls_are_inherited_kept_in_step_with_the_mode_and_a_malformed_one_changes_nothing() {
-    use cirrus_types::acl::{Acl, Entry, ACCESS_XATTR, DEFAULT_XATTR, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ};
-    let acl = |e: &[(u16, u16, u32)]| {
-        Acl(e.iter().map(|&(tag, perm, id)| Entry { tag, perm, id }).collect()).encode()
+    use cirrus_types::acl::{
+        Acl, Entry, ACCESS_XATTR, DEFAULT_XATTR, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ,
     };
-    let named = acl(&[(USER_OBJ, 7, 0), (USER, 7, 1000), (GROUP_OBJ, 5, 0), (MASK, 7, 0), (OTHER, 5, 0)]);
+    let acl = |e: &[(u16, u16, u32)]| {
+        Acl(e
+            .iter()
+            .map(|&(tag, perm, id)| Entry { tag, perm, id })
+            .collect())
+        .encode()
+    };
+    let named = acl(&[
+        (USER_OBJ, 7, 0),
+        (USER, 7, 1000),
+        (GROUP_OBJ, 5, 0),
+        (MASK, 7, 0),
+        (OTHER, 5, 0),
+    ]);
     let mut s = cluster(1);
     let d = mkdir(&mut s, InodeId::ROOT, "d");
     let set = |ino: InodeId, name: &[u8], value: &[u8]| Command::SetXattr {
@@ -1454,9 +1466,19 @@ fn acls_are_inherited_kept_in_step_with_the_mode_and_a_malformed_one_changes_not
     invalid(&mut s, set(d, ACCESS_XATTR, &v1));
     invalid(
         &mut s,
-        set(d, ACCESS_XATTR, &acl(&[(USER_OBJ, 7, 0), (USER, 4, 9), (GROUP_OBJ, 5, 0), (OTHER, 5, 0)])),
+        set(
+            d,
+            ACCESS_XATTR,
+            &acl(&[
+                (USER_OBJ, 7, 0),
+                (USER, 4, 9),
+                (GROUP_OBJ, 5, 0),
+                (OTHER, 5, 0),
+            ]),
+        ),
     );
-    s.apply(&set(d, DEFAULT_XATTR, &named)).expect("default ACL");
+    s.apply(&set(d, DEFAULT_XATTR, &named))
+        .expect("default ACL");
     // A file created under it with 0666 and umask 077: the default ACL wins over the
     // umask, cut to the create mode (the kernel's posix_acl_create).
     let f = match s.apply(&Command::Umasked {
@@ -1467,14 +1489,33 @@ fn acls_are_inherited_kept_in_step_with_the_mode_and_a_malformed_one_changes_not
         other => panic!("create replied {other:?}"),
     };
     assert_eq!(f.mode & 0o777, 0o644, "{:o}", f.mode);
-    let got = Acl::parse(&s.getxattr(f.ino, ACCESS_XATTR).expect("inherited access ACL")).unwrap();
+    let got = Acl::parse(
+        &s.getxattr(f.ino, ACCESS_XATTR)
+            .expect("inherited access ACL"),
+    )
+    .unwrap();
     assert_eq!(got.mode_bits().0, f.mode & 0o777);
-    assert_eq!(s.getxattr(f.ino, DEFAULT_XATTR), Err(FsError::NoAttr), "files get no default ACL");
-    refused(&mut s, set(f.ino, DEFAULT_XATTR, &named), FsError::PermissionDenied);
+    assert_eq!(
+        s.getxattr(f.ino, DEFAULT_XATTR),
+        Err(FsError::NoAttr),
+        "files get no default ACL"
+    );
+    refused(
+        &mut s,
+        set(f.ino, DEFAULT_XATTR, &named),
+        FsError::PermissionDenied,
+    );
     // A subdirectory inherits both.
     let sub = match s.apply(&Command::Umasked {
         umask: 0o077,
-        cmd: Box::new(Command::Mkdir { parent: d, name: b"sub".to_vec(), mode: 0o777, uid: 0, gid: 0, now_ns: T0 + 4 }),
+        cmd: Box::new(Command::Mkdir {
+            parent: d,
+            name: b"sub".to_vec(),
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            now_ns: T0 + 4,
+        }),
     }) {
         Ok(Reply::Attr(a)) => a,
         other => panic!("mkdir replied {other:?}"),
@@ -1482,7 +1523,10 @@ fn acls_are_inherited_kept_in_step_with_the_mode_and_a_malformed_one_changes_not
     assert_eq!(sub.mode & 0o777, 0o775);
     assert_eq!(s.getxattr(sub.ino, DEFAULT_XATTR), Ok(named.clone()));
     // Without a default ACL the umask applies.
-    let plain = match s.apply(&Command::Umasked { umask: 0o027, cmd: Box::new(create_cmd(InodeId::ROOT, b"plain", None)) }) {
+    let plain = match s.apply(&Command::Umasked {
+        umask: 0o027,
+        cmd: Box::new(create_cmd(InodeId::ROOT, b"plain", None)),
+    }) {
         Ok(Reply::Created { attr, .. }) => attr,
         other => panic!("create replied {other:?}"),
     };
@@ -1490,18 +1534,29 @@ fn acls_are_inherited_kept_in_step_with_the_mode_and_a_malformed_one_changes_not
     // chmod rewrites the mask (not the group entry); setting an ACL sets the mode.
     s.apply(&Command::Setattr {
         ino: f.ino,
-        set: SetAttr { mode: Some(0o600), ..SetAttr::default() },
+        set: SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        },
         now_ns: T0 + 5,
     })
     .expect("chmod");
     let after = Acl::parse(&s.getxattr(f.ino, ACCESS_XATTR).unwrap()).unwrap();
     assert_eq!(after.mode_bits(), (0o600, false));
-    assert!(after.0.iter().any(|e| e.tag == GROUP_OBJ && e.perm == 5), "group entry kept");
-    s.apply(&set(f.ino, ACCESS_XATTR, &named)).expect("set access ACL");
+    assert!(
+        after.0.iter().any(|e| e.tag == GROUP_OBJ && e.perm == 5),
+        "group entry kept"
+    );
+    s.apply(&set(f.ino, ACCESS_XATTR, &named))
+        .expect("set access ACL");
     assert_eq!(s.getattr(f.ino).unwrap().mode & 0o777, 0o775);
     // An ACL of the three base entries is the mode alone: no xattr is kept.
-    s.apply(&set(f.ino, ACCESS_XATTR, &acl(&[(USER_OBJ, 6, 0), (GROUP_OBJ, 4, 0), (OTHER, 0, 0)])))
-        .expect("base ACL");
+    s.apply(&set(
+        f.ino,
+        ACCESS_XATTR,
+        &acl(&[(USER_OBJ, 6, 0), (GROUP_OBJ, 4, 0), (OTHER, 0, 0)]),
+    ))
+    .expect("base ACL");
     assert_eq!(s.getattr(f.ino).unwrap().mode & 0o777, 0o640);
     assert_eq!(s.getxattr(f.ino, ACCESS_XATTR), Err(FsError::NoAttr));
 }

@@ -163,6 +163,76 @@ async fn a_punched_range_reads_as_zeros_on_every_member_and_keeps_the_size() -> 
     Ok(())
 }
 
+/// copy_file_range at the data servers: the destination chain's head reads the source
+/// object (unaligned, across blocks, past its end as zeros) and writes it through its
+/// chain, so every member's own copy holds the bytes under verified crcs; a copy past the
+/// per-call ceiling or the largest file is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_by_the_data_servers_lands_on_every_member_and_bad_copies_change_nothing(
+) -> Result<()> {
+    let c = ClusterBuilder::new()
+        .data_servers(2)
+        .replicas(2)
+        .start()
+        .await?;
+    let cl = client(&c).await?;
+    let p = peers(&c).await?;
+    let (src_ino, src_layout) = new_file(&cl, "copy-src").await?;
+    let (dst_ino, dst_layout) = new_file(&cl, "copy-dst").await?;
+    let (sc, dc) = (src_layout.chains[0], dst_layout.chains[0]);
+    let src = ObjectKey {
+        inode: src_ino,
+        index: 0,
+    };
+    let dst = ObjectKey {
+        inode: dst_ino,
+        index: 0,
+    };
+    let data = pattern(5, 0, 200_000);
+    write(&cl, sc, src, 0, data.clone())
+        .await
+        .map_err(|e| anyhow!("write: {e}"))?;
+    let old = pattern(6, 0, 50_000);
+    write(&cl, dc, dst, 0, old.clone())
+        .await
+        .map_err(|e| anyhow!("write: {e}"))?;
+    let deadline = Instant::now() + GENEROUS;
+    // 100,000 bytes from 150,001: the last 49,999 exist, the rest reads as zeros.
+    cl.data()
+        .copy(dc, dst, 10_003, sc, src, 150_001, 100_000, deadline)
+        .await
+        .map_err(|e| anyhow!("copy: {e}"))?;
+    let mut want = old.clone();
+    want.resize(110_003, 0);
+    want[10_003..10_003 + 49_999].copy_from_slice(&data[150_001..]);
+    want[10_003 + 49_999..].fill(0);
+    let got = read(&cl, dc, dst, 0, 1 << 20)
+        .await
+        .map_err(|e| anyhow!("read: {e}"))?;
+    ensure!(got == want, "client read after the copy is wrong");
+    every_member_holds(&c, &p, dc, dst, &want, "after the copy").await?;
+    for (what, off, len) in [
+        (
+            "past the per-call ceiling",
+            0,
+            cirrus_types::limits::MAX_COPY + 1,
+        ),
+        (
+            "past the largest file",
+            cirrus_types::MAX_FILE_SIZE - 10,
+            100,
+        ),
+    ] {
+        let r = cl
+            .data()
+            .copy(dc, dst, off, sc, src, 0, len, deadline)
+            .await;
+        ensure!(r.is_err(), "a copy {what} answered {r:?}");
+    }
+    every_member_holds(&c, &p, dc, dst, &want, "after the refused copies").await?;
+    Ok(())
+}
+
 /// Each member of the 2-member chain holds exactly `want` (bytes and size) in its own
 /// copy, read locally.
 async fn every_member_holds(

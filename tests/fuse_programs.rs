@@ -3,7 +3,7 @@
 
 mod fuse_common;
 
-use fuse_common::{cluster, runtime, sh, within, Mount};
+use fuse_common::{cluster, metric_sum, runtime, sh, within, Mount};
 use rand::{Rng, SeedableRng};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -261,6 +261,7 @@ fn seek_data_and_hole_copy_file_range_and_fallocate_modes_answer_truthfully() {
     let rt = runtime();
     let c = cluster(&rt, 2, 2);
     let meta = c.meta_addrs();
+    let data_metrics = [c.data_metrics_addr(0), c.data_metrics_addr(1)];
     let m = Mount::new(&meta);
     let p = m.path.clone();
     within("seek, copy_file_range and fallocate", LONG, move || {
@@ -294,28 +295,98 @@ fn seek_data_and_hole_copy_file_range_and_fallocate_modes_answer_truthfully() {
             Some(libc::ENXIO)
         );
 
-        // copy_file_range between two files of the mount copies the bytes exactly.
+        // copy_file_range between two files of the mount copies the bytes exactly, and
+        // the data servers do it: their copied-bytes counters grow by what was copied.
+        let copied = || -> f64 {
+            (0..2)
+                .map(|i| metric_sum(&data_metrics[i], "cirrus_data_copied_bytes_total"))
+                .sum()
+        };
+        let copy = |from: &std::fs::File,
+                    mut off_in: i64,
+                    to: &std::fs::File,
+                    mut off_out: i64,
+                    mut left: usize| {
+            while left > 0 {
+                // SAFETY: both descriptors are open; the offsets are valid i64 locals.
+                let n = unsafe {
+                    libc::copy_file_range(
+                        from.as_raw_fd(),
+                        &mut off_in,
+                        to.as_raw_fd(),
+                        &mut off_out,
+                        left,
+                        0,
+                    )
+                };
+                assert!(
+                    n > 0,
+                    "copy_file_range: {n} {}",
+                    std::io::Error::last_os_error()
+                );
+                left -= n as usize;
+            }
+        };
+        let before = copied();
         let b = p.join("b");
-        let g = std::fs::File::create(&b).unwrap();
-        let (mut off_in, mut off_out): (i64, i64) = (1000, 5);
-        let mut left = data.len() - 1000;
-        while left > 0 {
-            // SAFETY: both descriptors are open; the offsets are valid i64 locals.
-            let n = unsafe {
-                libc::copy_file_range(fd, &mut off_in, g.as_raw_fd(), &mut off_out, left, 0)
-            };
-            assert!(
-                n > 0,
-                "copy_file_range: {n} {}",
-                std::io::Error::last_os_error()
-            );
-            left -= n as usize;
-        }
+        let g = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&b)
+            .unwrap();
+        copy(&f, 1000, &g, 5, data.len() - 1000);
+        let by_servers = copied() - before;
+        assert_eq!(
+            by_servers,
+            (data.len() - 1000) as f64,
+            "every copied byte was copied by a data server"
+        );
+        let mut want_b = vec![0u8; 5];
+        want_b.extend_from_slice(&data[1000..]);
+        assert!(std::fs::read(&b).unwrap() == want_b, "copied bytes differ");
+        // Bytes not yet flushed on either side are copied and kept: pending writes go
+        // out first. Then a copy within one file, between ranges that do not overlap.
+        f.write_all_at(b"fresh source bytes", 2_000_000).unwrap();
+        g.write_all_at(b"pending in b", 100).unwrap();
+        want_b[100..112].copy_from_slice(b"pending in b");
+        copy(&f, 1_999_990, &g, 200, 40);
+        let mut want_a = data.clone();
+        want_a[2_000_000..2_000_018].copy_from_slice(b"fresh source bytes");
+        want_b[200..240].copy_from_slice(&want_a[1_999_990..2_000_030]);
+        copy(&g, 0, &g, 2_500_000, 300_000);
+        want_b.copy_within(..300_000, 2_500_000);
+        // Past the end of the destination: the file grows to the copy's end.
+        copy(&f, 0, &g, want_b.len() as i64 + 4096, 10_000);
+        want_b.resize(want_b.len() + 4096, 0);
+        want_b.extend_from_slice(&want_a[..10_000]);
         drop(g);
-        let got = std::fs::read(&b).unwrap();
-        assert_eq!(got.len(), 5 + data.len() - 1000);
-        assert!(got[..5].iter().all(|b| *b == 0));
-        assert!(got[5..] == data[1000..], "copied bytes differ");
+        assert!(
+            std::fs::read(&b).unwrap() == want_b,
+            "copies of pending bytes, within one file and past the end"
+        );
+        // Overlapping ranges of one file are EINVAL (the kernel's own rule), nothing changed.
+        let g = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&b)
+            .unwrap();
+        let (mut i, mut o): (i64, i64) = (0, 100);
+        // SAFETY: as above.
+        let r =
+            unsafe { libc::copy_file_range(g.as_raw_fd(), &mut i, g.as_raw_fd(), &mut o, 1000, 0) };
+        assert_eq!(
+            (r, std::io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::EINVAL))
+        );
+        drop(g);
+        assert!(
+            std::fs::read(&b).unwrap() == want_b,
+            "a refused copy changed the file"
+        );
+        f.write_all_at(&data[2_000_000..2_000_018], 2_000_000)
+            .unwrap();
 
         // fallocate modes Cirrus does not do are EOPNOTSUPP and change nothing.
         for (mode, what) in [

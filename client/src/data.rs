@@ -413,6 +413,46 @@ impl DataPath {
         .await
     }
 
+    /// Copies `len` bytes (at most `MAX_COPY`) of object `src` of `src_chain` at
+    /// `src_off` to `dst_off` of object `dst` of `chain`, by the head of `chain`: the
+    /// bytes go from data server to data server, not through this client. Both chains'
+    /// versions are taken afresh on every attempt (a stale one refreshes the table).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn copy(
+        &self,
+        chain: ChainId,
+        dst: ObjectKey,
+        dst_off: u64,
+        src_chain: ChainId,
+        src: ObjectKey,
+        src_off: u64,
+        len: u32,
+        deadline: Instant,
+    ) -> FsResult<()> {
+        self.with_chain("copy", chain, deadline, |c, addrs| async move {
+            let addr = Self::addr_of(&addrs, 0, &c)?;
+            let sc = self
+                .target(src_chain)
+                .ok_or_else(|| FsError::Unavailable(format!("chain {src_chain} unknown")))?
+                .chain;
+            let mut cl = self.client(&addr)?;
+            cl.copy(pb::CopyRequest {
+                cluster_id: self.cluster_id.clone(),
+                chain: Self::chain_ref(&c),
+                object: Some(dst.into()),
+                offset: dst_off,
+                src_chain: Self::chain_ref(&sc),
+                src_object: Some(src.into()),
+                src_offset: src_off,
+                len,
+            })
+            .await
+            .map_err(|s| cirrus_proto::from_status(&s))?;
+            Ok(())
+        })
+        .await
+    }
+
     /// The member servers of a chain, for status output.
     pub fn members(&self, id: ChainId) -> Vec<ServerId> {
         self.target(id).map(|t| t.chain.members).unwrap_or_default()

@@ -620,6 +620,33 @@ impl Filesystem for CirrusFs {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        self.run(
+            move |c| async move {
+                c.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+                    .await
+            },
+            move |r| match r {
+                // At most COPY_PER_CALL: fits the reply's u32.
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
     fn fsync(
         &self,
         _req: &Request,

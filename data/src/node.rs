@@ -123,12 +123,17 @@ pub struct Stats {
     pub rebuild_copied_bytes: Counter,
     pub lost_blocks: Counter,
     pub stale_rejected: Counter,
+    pub copied_bytes: Counter,
 }
 
 impl Stats {
     fn new(r: &Registry) -> Stats {
         let c = |n: &str, h: &str| r.counter(n, h, &[]);
         Stats {
+            copied_bytes: c(
+                "cirrus_data_copied_bytes_total",
+                "bytes copied between objects for a client's copy_file_range, as chain head",
+            ),
             writes: c("cirrus_data_writes_total", "chain writes applied locally"),
             write_bytes: c("cirrus_data_write_bytes_total", "bytes written locally"),
             reads: c("cirrus_data_reads_total", "reads served"),
@@ -435,6 +440,70 @@ impl Node {
         }
         self.still_at(&c)?;
         Ok(size)
+    }
+
+    /// `copy_file_range` without the bytes crossing the client: `len` bytes (at most
+    /// `MAX_COPY`) of object `src` at `src_off` of chain `src_chain`, read from this
+    /// server's own copy when it is a readable member of that chain, else from its members
+    /// tail first (each verified by its crcs; zeros past the object's end), are written at
+    /// `w.off` of `w.key` through `w.chain`, of which this server must be the head, as a
+    /// client's write: same ordering, crcs and forwarding.
+    pub async fn copy(
+        &self,
+        mut w: WriteArgs,
+        src_chain: ChainId,
+        src_version: ChainVersion,
+        src: ObjectKey,
+        src_off: u64,
+        len: u32,
+    ) -> FsResult<()> {
+        if len > cirrus_types::limits::MAX_COPY {
+            return Err(FsError::Invalid(format!(
+                "copy of {len} bytes: at most {} per call",
+                cirrus_types::limits::MAX_COPY
+            )));
+        }
+        if w.hop != 0 {
+            return Err(FsError::Invalid(
+                "a copy is sent to the head of its chain".into(),
+            ));
+        }
+        cirrus_types::limits::check_file_range(src_off, len as u64)?;
+        cirrus_types::limits::check_file_range(w.off, len as u64)?;
+        // The destination first: a stale or wrong head reads nothing.
+        let c = self.check_chain(w.chain, w.version).await?;
+        self.position(&c, 0)?;
+        let sc = self.check_chain(src_chain, src_version).await?;
+        let mut data = if sc.members.contains(&self.me) {
+            self.read(src_chain, src_version, src, src_off, len, false)
+                .await?
+                .data
+                .to_vec()
+        } else {
+            let mut last = FsError::Unavailable(format!("chain {src_chain} has no members"));
+            let mut got = None;
+            for m in sc.members.iter().rev() {
+                let Some(addr) = self.addr_of(*m) else {
+                    last = FsError::Unavailable(format!("no address known for server {m}"));
+                    continue;
+                };
+                match self.peers.read(&addr, &sc, src, src_off, len, false).await {
+                    Ok((d, _)) => {
+                        got = Some(d.to_vec());
+                        break;
+                    }
+                    Err(e @ FsError::StaleChain { .. }) => return Err(e),
+                    Err(e) => last = e,
+                }
+            }
+            got.ok_or(last)?
+        };
+        data.resize(len as usize, 0);
+        w.crcs = cirrus_types::checksum::piece_crcs(w.off, &data);
+        w.data = Bytes::from(data);
+        self.write(w).await?;
+        self.stats.copied_bytes.add(len as u64);
+        Ok(())
     }
 
     /// An unaligned write reaching a member that is still syncing. Its edge blocks may hold

@@ -179,6 +179,36 @@ impl pb::data_server::Data for DataService {
         .await)
     }
 
+    async fn copy(&self, req: Request<pb::CopyRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        st(async {
+            self.cluster(&r.cluster_id)?;
+            let (chain, version) = chain_ref(r.chain.as_ref())?;
+            let key = object_key(r.object.as_ref())?;
+            let (src_chain, src_version) = chain_ref(r.src_chain.as_ref())?;
+            let src = object_key(r.src_object.as_ref())?;
+            let w = WriteArgs {
+                chain,
+                version,
+                key,
+                off: r.offset,
+                data: Bytes::new(),
+                crcs: Vec::new(),
+                sync: false,
+                hop: 0,
+            };
+            let node = self.node.clone();
+            let (src_off, len) = (r.src_offset, r.len);
+            to_completion(async move {
+                node.copy(w, src_chain, src_version, src, src_off, len)
+                    .await
+            })
+            .await?;
+            Ok(pb::Empty {})
+        }
+        .await)
+    }
+
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
         st(async {

@@ -24,6 +24,11 @@ pub fn check_file_range(off: u64, len: u64) -> FsResult<u64> {
     }
 }
 
+/// The most bytes one data-server copy call (`copy_file_range` done by the data servers)
+/// moves: the server holds them in memory between reading the source and writing the
+/// destination, so a caller cannot make it hold more.
+pub const MAX_COPY: u32 = 1 << 20;
+
 /// Refuses a file size past [`MAX_FILE_SIZE`].
 pub fn check_file_size(size: u64) -> FsResult<()> {
     check_file_range(size, 0).map(|_| ())

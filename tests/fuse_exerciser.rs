@@ -22,7 +22,7 @@ fn random_posix_calls_agree_with_a_local_directory() {
         local.path().display()
     );
     let (mut extreme_ops, mut punch_ops) = (0, 0);
-    let (mut mknod_ops, mut lock_ops, mut lock_conflicts) = (0, 0, 0);
+    let (mut mknod_ops, mut lock_ops, mut lock_conflicts, mut copy_ops) = (0, 0, 0, 0);
     for seed in [1u64, 2, 3] {
         let (md, ld) = (
             m.path.join(format!("s{seed}")),
@@ -54,6 +54,7 @@ fn random_posix_calls_agree_with_a_local_directory() {
                 mknod_ops += rep.mknod_ops;
                 lock_ops += rep.lock_ops;
                 lock_conflicts += rep.lock_conflicts;
+                copy_ops += rep.copy_ops;
             }
             Err(e) => panic!("{e}"),
         }
@@ -72,4 +73,7 @@ fn random_posix_calls_agree_with_a_local_directory() {
     );
     eprintln!("{mknod_ops} nodes made, {lock_ops} lock calls, {lock_conflicts} lock conflicts");
     eprintln!("{punch_ops} successful PUNCH_HOLE/ZERO_RANGE calls");
+    // copy_file_range (done by the data servers on the mount) agreed with ext4's.
+    assert!(copy_ops > 0, "no seed copied bytes with copy_file_range");
+    eprintln!("{copy_ops} copy_file_range calls that copied bytes");
 }

@@ -92,6 +92,8 @@ pub struct ExerciseReport {
     /// file's lock (EAGAIN on both sides).
     pub lock_ops: usize,
     pub lock_conflicts: usize,
+    /// copy_file_range calls that copied bytes on both sides.
+    pub copy_ops: usize,
 }
 
 /// The `spawn_children` thread: spawns `true` until dropped, then reports how many ran.
@@ -272,6 +274,14 @@ enum Op {
         path: String,
         size: u64,
     },
+    /// copy_file_range from one slot's file to another's (or the same one's).
+    CopyRange {
+        from: usize,
+        to: usize,
+        off_in: u64,
+        off_out: u64,
+        len: usize,
+    },
     Fsync {
         slot: usize,
     },
@@ -428,7 +438,7 @@ fn gen_op(rng: &mut SmallRng, cfg: &ExerciseConfig, open: &[usize]) -> Op {
             // Few small ranges near the start (they collide), half of them to the end (0).
             (rng.gen_range(0..4) * 512, rng.gen_range(0..2) * 1024)
         };
-        let op = match rng.gen_range(0..114) {
+        let op = match rng.gen_range(0..118) {
             0..=9 => Op::Create {
                 slot,
                 path: pick_path(rng),
@@ -529,6 +539,18 @@ fn gen_op(rng: &mut SmallRng, cfg: &ExerciseConfig, open: &[usize]) -> Op {
             110..=113 => Op::Reopen {
                 slot: rng.gen_range(0..SLOTS),
                 from: slot,
+            },
+            // Offsets within the tree's range only: the far ones are the writes' to test.
+            114..=117 => Op::CopyRange {
+                from: slot,
+                to: if !open.is_empty() {
+                    open[rng.gen_range(0..open.len())]
+                } else {
+                    rng.gen_range(0..SLOTS)
+                },
+                off_in: rng.gen_range(0..cfg.max_offset),
+                off_out: rng.gen_range(0..cfg.max_offset),
+                len: len(rng),
             },
             _ => continue,
         };
@@ -684,6 +706,29 @@ impl Side {
                 },
                 Err(e) => e,
             },
+            Op::CopyRange {
+                from,
+                to,
+                off_in,
+                off_out,
+                len,
+            } => match (self.fd(*from), self.fd(*to)) {
+                (Ok(a), Ok(b)) => {
+                    use std::os::fd::AsRawFd;
+                    let (mut i, mut o) = (*off_in as i64, *off_out as i64);
+                    // SAFETY: both descriptors are owned by their slots; the offsets are
+                    // locals that live across the call.
+                    let n = unsafe {
+                        libc::copy_file_range(a.as_raw_fd(), &mut i, b.as_raw_fd(), &mut o, *len, 0)
+                    };
+                    if n >= 0 {
+                        Out::Count(n as usize)
+                    } else {
+                        last_err()
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => e,
+            },
             Op::Mknod { path, kind } => {
                 let (fmt, rdev) = match kind {
                     0 => (libc::S_IFIFO, 0),
@@ -782,6 +827,8 @@ impl Side {
                     return match std::fs::metadata(self.p(path)) {
                         Err(err) => errno_of(&err),
                         Ok(m) if m.is_dir() => Out::Errno(libc::EISDIR),
+                        // vfs_truncate: only a regular file has a size to set.
+                        Ok(m) if !m.is_file() => Out::Errno(libc::EINVAL),
                         Ok(_) => e,
                     };
                 }
@@ -1102,6 +1149,7 @@ pub fn run(
         match (&op, &got) {
             (Op::Write { .. }, Out::Count(n)) => rep.bytes_written += *n as u64,
             (Op::Punch { .. }, Out::Ok) => rep.punch_ops += 1,
+            (Op::CopyRange { .. }, Out::Count(n)) if *n > 0 => rep.copy_ops += 1,
             (Op::Mknod { .. }, Out::Ok) => rep.mknod_ops += 1,
             (Op::Lock { .. }, Out::Ok) => rep.lock_ops += 1,
             (Op::Lock { .. }, Out::Errno(libc::EAGAIN)) => rep.lock_conflicts += 1,

@@ -197,7 +197,14 @@ pub struct Node {
     pub cfg: NodeConfig,
     /// (rebuilding, caught up) chains, as last seen by the heartbeat loop, for Info.
     pub rebuild_view: Mutex<(Vec<u32>, Vec<u32>)>,
+    /// Copies (`copy`) in flight here, at most `MAX_COPIES`: each holds up to `MAX_COPY`
+    /// bytes that a small request made this server read.
+    copies: tokio::sync::Semaphore,
 }
+
+/// Copies one server runs at once (64 MiB of buffers at most); the next is refused as
+/// busy, and the client backs off and asks again.
+pub const MAX_COPIES: usize = 64;
 
 fn align_down(x: u64) -> u64 {
     x / BLOCK * BLOCK
@@ -234,6 +241,7 @@ impl Node {
             registry,
             cfg,
             rebuild_view: Mutex::new((Vec::new(), Vec::new())),
+            copies: tokio::sync::Semaphore::new(MAX_COPIES),
         }
     }
 
@@ -470,6 +478,9 @@ impl Node {
         }
         cirrus_types::limits::check_file_range(src_off, len as u64)?;
         cirrus_types::limits::check_file_range(w.off, len as u64)?;
+        let _slot = self.copies.try_acquire().map_err(|_| {
+            FsError::Unavailable(format!("{MAX_COPIES} copies already in flight on this server"))
+        })?;
         // The destination first: a stale or wrong head reads nothing.
         let c = self.check_chain(w.chain, w.version).await?;
         self.position(&c, 0)?;

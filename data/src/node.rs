@@ -479,7 +479,9 @@ impl Node {
         cirrus_types::limits::check_file_range(src_off, len as u64)?;
         cirrus_types::limits::check_file_range(w.off, len as u64)?;
         let _slot = self.copies.try_acquire().map_err(|_| {
-            FsError::Unavailable(format!("{MAX_COPIES} copies already in flight on this server"))
+            FsError::Unavailable(format!(
+                "{MAX_COPIES} copies already in flight on this server"
+            ))
         })?;
         // The destination first: a stale or wrong head reads nothing.
         let c = self.check_chain(w.chain, w.version).await?;

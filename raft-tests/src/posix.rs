@@ -11,7 +11,7 @@
 //! largest file (`cirrus_types::MAX_FILE_SIZE`). The local side is told that limit and
 //! answers EFBIG for a range past it without calling the kernel (its own filesystem stops
 //! elsewhere), which is what the mount must answer; sizes between 16 TiB and the limit are
-//! not drawn, as the local ext4 cannot hold them (tests/fuse_limits.rs covers them). Files
+//! not drawn, as the local ext4 cannot hold them (tests/it/fuse_limits.rs covers them). Files
 //! that grow past [`WHOLE_READ_MAX`] are compared by windows, not read whole.
 //!
 //! Used by `cirrus-exercise` (the binary) and by the FUSE tests of the root package.
@@ -49,7 +49,7 @@ pub struct ExerciseConfig {
     /// such close of a file on the mount is a FUSE FLUSH (a flush and size commit) racing
     /// the calls of the run, as every program that forks while files are open causes.
     /// The chaos harness does it by spawning its faults; the CI chaos run found a size
-    /// commit overtaken by a truncate that way (`tests/client_commit_truncate.rs`).
+    /// commit overtaken by a truncate that way (`tests/it/client_commit_truncate.rs`).
     pub spawn_children: bool,
 }
 

@@ -3,7 +3,7 @@
 //! error that changes nothing: a request of another cluster, a payload whose crcs do not
 //! match, and a frame over the size limit (after which the server goes on serving).
 
-mod data_common;
+use crate::data_common;
 
 use anyhow::{anyhow, bail, ensure, Result};
 use cirrus_proto::bulk::{BulkClient, Head, Kind, MAX_PAYLOAD, PREFACE};

@@ -4,7 +4,7 @@
 //! `EINTR` and nothing held when its caller gets a signal, and a lock dies with its
 //! holder's lease when the holder's whole mount is killed.
 
-mod fuse_common;
+use crate::fuse_common;
 
 use cirrus_raft_tests::{ClusterBuilder, TestCluster};
 use fuse_common::{runtime, sh, which, within, Mount, BIN};

@@ -6,7 +6,7 @@
 //! memory and the object's disk stay small; scrub passes over it and a member lost is
 //! rebuilt from it, each in a bounded time (the hang deadline of `wait_for`).
 
-mod data_common;
+use crate::data_common;
 
 use anyhow::{anyhow, ensure, Result};
 use cirrus_types::{FsError, MAX_FILE_SIZE};

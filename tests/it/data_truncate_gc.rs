@@ -3,7 +3,7 @@
 //! extends the object again, on each member's own copy; unlinking a file makes meta hand
 //! its objects to the data servers as garbage, and every member deletes the files.
 
-mod data_common;
+use crate::data_common;
 
 use anyhow::{anyhow, ensure, Result};
 use cirrus_raft_tests::cluster::ClusterBuilder;

@@ -4,7 +4,7 @@
 //! counters, and the file on disk is fixed. A block bad on every member is an error, never
 //! data. Scrub finds and repairs a bad block that nobody reads.
 
-mod data_common;
+use crate::data_common;
 
 use anyhow::{anyhow, ensure, Result};
 use cirrus_raft_tests::cluster::{ClusterBuilder, TestCluster};

@@ -4,8 +4,8 @@
 //! instead of serving a state another leader may have moved past
 //! (`docs/design/0001-meta-raft-storage.md`, "Read lease").
 
-mod data_common;
-mod meta_common;
+use crate::data_common;
+use crate::meta_common;
 
 use anyhow::{ensure, Result};
 use cirrus_proto::CallPolicy;

@@ -3,7 +3,7 @@
 //! Every result (errno, counts, bytes, stats, listings, xattrs) must agree, also at the
 //! extreme offsets and sizes the exerciser draws (EFBIG past the largest file).
 
-mod fuse_common;
+use crate::fuse_common;
 
 use cirrus_raft_tests::posix::{self, ExerciseConfig};
 use fuse_common::{cluster, runtime, within, Mount};

@@ -1,7 +1,7 @@
 //! Every bad input to the meta gRPC API is refused with its specific error and changes
 //! nothing: the replicated state digest is the same before and after.
 
-mod meta_common;
+use crate::meta_common;
 
 use anyhow::Result;
 use cirrus_proto::{pb, MetaConn};

@@ -3,7 +3,7 @@
 //! (inheritance of default ACLs, the mask, chmod's effect on it, removal); the kernel
 //! enforces them for a user the mode alone would refuse; and another mount sees them.
 
-mod fuse_common;
+use crate::fuse_common;
 
 use fuse_common::{cluster, runtime, sh, which, within, Mount};
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! the writes go on, and every final member holds identical bytes: the same local-only
 //! reads through each member's Data API and the same object files on each member's disk.
 
-mod data_common;
+use crate::data_common;
 
 use anyhow::{anyhow, bail, ensure, Result};
 use cirrus_raft_tests::cluster::ClusterBuilder;

@@ -2,7 +2,7 @@
 //! every result still agrees with the local directory (no wrong byte, no lost write),
 //! every call returns within the deadline, and the mount works afterwards.
 
-mod fuse_common;
+use crate::fuse_common;
 
 use cirrus_raft_tests::posix::{self, ExerciseConfig, Progress};
 use fuse_common::{cluster, runtime, Mount, MountSpec};

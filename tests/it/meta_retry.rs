@@ -5,7 +5,7 @@
 //! leader kill) is retried by `MetaConn` and answers success, not EEXIST or ENOENT.
 //! Found by the chaos soak (seeds 1005, 1008, 1012, 1013).
 
-mod meta_common;
+use crate::meta_common;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cirrus_proto::leader::{request_tag, stamp, DONE_BELOW_KEY, REQUEST_ID_KEY};

@@ -4,7 +4,7 @@
 //! must work, and SIGTERM must stop it and leave no mount behind. (The README's other
 //! command, `bash scripts/test.sh`, is what CI runs; it is not run from here.)
 
-mod fuse_common;
+use crate::fuse_common;
 
 use fuse_common::{force_unmount, is_mounted, require_fuse, sh};
 use std::io::{BufRead, BufReader};

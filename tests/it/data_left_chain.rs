@@ -4,7 +4,7 @@
 //! data disks held every chain and was full, so no rebuild could finish and a restarted
 //! server could not start.
 
-mod data_common;
+use crate::data_common;
 
 use anyhow::{anyhow, ensure, Result};
 use data_common::*;

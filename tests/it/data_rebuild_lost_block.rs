@@ -5,7 +5,7 @@
 //! fail with EIO (never wrong bytes), every other block reads correctly, and the loss is
 //! counted in `cirrus_data_lost_blocks_total`.
 
-mod data_common;
+use crate::data_common;
 
 use anyhow::{anyhow, ensure, Result};
 use cirrus_types::{ChainVersion, FsError};

@@ -3,7 +3,7 @@
 //! unreachable meta group, no /dev/fuse. SIGTERM unmounts cleanly (foreground and daemon),
 //! and `mount.cirrus` (the `mount -t cirrus` helper) mounts where it is told.
 
-mod fuse_common;
+use crate::fuse_common;
 
 use fuse_common::{
     cluster, first_line, force_unmount, is_mounted, require_fuse, runtime, which, Mount, BIN,

@@ -2,7 +2,7 @@
 //! on B sees the new size and bytes, even when B has the old bytes in its page cache or
 //! the old size in its attribute cache.
 
-mod fuse_common;
+use crate::fuse_common;
 
 use fuse_common::{cluster, runtime, within, Mount};
 use std::io::{Read, Write};

@@ -5,7 +5,7 @@
 //! another mount open a file unlinked elsewhere, and `drain_releases` (unmount) must send
 //! whatever still waits.
 
-mod data_common;
+use crate::data_common;
 
 use anyhow::{anyhow, ensure, Result};
 use cirrus_client::client::{Client, ClientConfig};

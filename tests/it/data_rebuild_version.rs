@@ -9,7 +9,7 @@
 //! report cannot arrive), the syncing server is then paused until meta drops it, a write
 //! is acknowledged by the remaining member alone, and the server resumes.
 
-mod data_common;
+use crate::data_common;
 
 use anyhow::{anyhow, ensure, Result};
 use cirrus_types::ChainVersion;

@@ -8,7 +8,7 @@
 //! xattrs at their size and count ceilings, with memory bounded and clear errors past
 //! each limit.
 
-mod fuse_common;
+use crate::fuse_common;
 
 use cirrus_meta::state::{
     XATTRS_MAX_PER_INODE, XATTR_BYTES_MAX_PER_INODE, XATTR_NAME_MAX, XATTR_VALUE_MAX,

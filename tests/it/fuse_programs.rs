@@ -1,7 +1,7 @@
 //! Real programs on a real mount of a real cluster: tar, diff, cp -a, git, and a program
 //! doing mixed pwrite/pread/ftruncate/fsync checked against a local file.
 
-mod fuse_common;
+use crate::fuse_common;
 
 use fuse_common::{cluster, metric_sum, runtime, sh, within, Mount};
 use rand::{Rng, SeedableRng};

@@ -4,7 +4,7 @@
 //!
 //! Needs root (to mount the tmpfs); fails with the reason otherwise.
 
-mod data_common;
+use crate::data_common;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cirrus_raft_tests::cluster::ClusterBuilder;

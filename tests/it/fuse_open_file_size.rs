@@ -7,7 +7,7 @@
 //! read of 60,683 bytes gave 0 bytes right after a hard link of the open file); it
 //! reproduced without any fault: `link` answered with meta's attributes.
 
-mod fuse_common;
+use crate::fuse_common;
 
 use fuse_common::{cluster, runtime, within, Mount};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};

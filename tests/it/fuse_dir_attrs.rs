@@ -5,7 +5,7 @@
 //! mkdir, mode after a chmod, at once on this mount) and another mount's change of the
 //! directory is seen within the attribute TTL, as without the cache.
 
-mod fuse_common;
+use crate::fuse_common;
 
 use fuse_common::{cluster, runtime, within, Mount};
 use std::io::{Read, Write};

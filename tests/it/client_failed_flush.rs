@@ -3,7 +3,7 @@
 //! Found by the chaos soak (seeds 1005, 1009, 1010: files read back short or empty after a
 //! data server was lost during write-back): the reopen took meta's older size.
 
-mod data_common;
+use crate::data_common;
 
 use anyhow::{anyhow, ensure, Result};
 use cirrus_client::client::{Client, ClientConfig};

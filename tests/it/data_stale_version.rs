@@ -3,7 +3,7 @@
 //! version and changes nothing; the same write with the refreshed version succeeds, and
 //! the client library refreshes its cached chain table by itself.
 
-mod data_common;
+use crate::data_common;
 
 use anyhow::{anyhow, bail, ensure, Result};
 use cirrus_data::node::WriteArgs;

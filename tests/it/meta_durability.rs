@@ -2,7 +2,7 @@
 //! operations survive a SIGKILLed leader, a SIGKILL of all three nodes, and a node whose
 //! directory was wiped rejoins (by snapshot) with the same state as the others.
 
-mod meta_common;
+use crate::meta_common;
 
 use anyhow::{anyhow, Context, Result};
 use cirrus_proto::CallPolicy;

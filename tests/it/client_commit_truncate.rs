@@ -9,30 +9,16 @@
 //! The meta group is paused while the commit is in flight, so the commit cannot land
 //! before the truncate has had every chance to overtake it.
 
+use crate::fixtures::metric_sum as metric;
 use anyhow::{anyhow, ensure, Context, Result};
 use cirrus_client::client::{Client, ClientConfig};
 use cirrus_client::meta::SetAttr;
 use cirrus_raft_tests::cluster::ClusterBuilder;
 use cirrus_types::InodeId;
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 const CUT: u64 = 3 << 20;
 const TAIL: usize = 2010;
-
-/// The sum of every series of `name` whose labels contain `label` on one daemon.
-fn metric(addr: &str, name: &str, label: &str) -> Result<f64> {
-    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    Ok(body
-        .lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
 
 /// Polls `f` every 20 ms until it holds; an error after `limit` (a hang, not a speed).
 async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {

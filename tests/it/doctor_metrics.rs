@@ -4,13 +4,12 @@
 //! a client writes and reads a file, then a data server is killed so chains degrade and
 //! are rebuilt onto the spare server.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use cirrus_client::{Client, ClientConfig};
 use cirrus_raft_tests::cluster::ClusterBuilder;
 use cirrus_types::InodeId;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Deadline for a metric to move: only there to catch "never".
 const MOVE: Duration = Duration::from_secs(60);
@@ -43,33 +42,12 @@ impl Scrape {
 }
 
 async fn scrape(addr: &str) -> Result<Scrape> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| anyhow!("connect {addr}: no answer"))??;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body))
-        .await
-        .map_err(|_| anyhow!("read {addr}/metrics: no answer"))??;
-    let (head, text) = body
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("{addr}: not HTTP: {body:?}"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{addr}/metrics: {head}");
-    }
-    let mut out = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (k, v) = line
-            .rsplit_once(' ')
-            .ok_or_else(|| anyhow!("bad line {line:?}"))?;
-        let v: f64 = v.parse().with_context(|| format!("value of {line:?}"))?;
-        out.insert(k.to_string(), v);
-    }
-    Ok(Scrape(out))
+    let text = crate::fixtures::metrics_text(addr)?;
+    Ok(Scrape(
+        crate::fixtures::samples(&text)?
+            .into_iter()
+            .collect::<BTreeMap<_, _>>(),
+    ))
 }
 
 /// Scrapes `addr` until `pred` holds; returns that scrape.

@@ -8,23 +8,13 @@
 use crate::fuse_common;
 
 use fuse_common::{cluster, runtime, within, Mount};
-use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 /// `cirrus_requests_total{op="<op>",...}` summed over every code on one daemon.
 fn requests(addr: &str, op: &str) -> f64 {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("send");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    let key = format!("cirrus_requests_total{{op=\"{op}\"");
-    body.lines()
-        .filter(|l| l.starts_with(&key))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    crate::fixtures::metric_sum(addr, "cirrus_requests_total", &format!("op=\"{op}\""))
+        .expect("scrape meta metrics")
 }
 
 #[test]

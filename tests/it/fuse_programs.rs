@@ -3,7 +3,8 @@
 
 use crate::fuse_common;
 
-use fuse_common::{cluster, metric_sum, runtime, sh, within, Mount};
+use crate::fixtures::metric_sum;
+use fuse_common::{cluster, runtime, sh, within, Mount};
 use rand::{Rng, SeedableRng};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -299,7 +300,9 @@ fn seek_data_and_hole_copy_file_range_and_fallocate_modes_answer_truthfully() {
         // the data servers do it: their copied-bytes counters grow by what was copied.
         let copied = || -> f64 {
             (0..2)
-                .map(|i| metric_sum(&data_metrics[i], "cirrus_data_copied_bytes_total"))
+                .map(|i| {
+                    metric_sum(&data_metrics[i], "cirrus_data_copied_bytes_total", "").unwrap()
+                })
                 .sum()
         };
         let copy = |from: &std::fs::File,

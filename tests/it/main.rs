@@ -1,10 +1,11 @@
 //! Every integration test in one binary (issue 25): one link of the world instead of one
 //! per file. A module per area, named as its file was (`fuse_locks`, `data_chain`, ...);
 //! the shared fixtures are `fuse_common` (real cluster and `cirrus mount` processes),
-//! `data_common` and `meta_common`. nextest still runs each test in its own process, and
+//! `data_common`, `meta_common`, and `fixtures` (one `/metrics` scrape). nextest still runs each test in its own process, and
 //! `.config/nextest.toml` runs the cluster tests of this binary one at a time.
 
 mod data_common;
+mod fixtures;
 mod fuse_common;
 mod meta_common;
 

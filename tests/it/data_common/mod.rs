@@ -242,27 +242,14 @@ pub fn read_file(p: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("read {}", p.display()))
 }
 
-/// The value of the unlabelled series `name` on a daemon's `/metrics` (0 if absent).
+/// The value of the series `name` (labels included, as `/metrics` writes them) on a
+/// daemon's `/metrics` (0 if absent).
 pub async fn metric(addr: &str, name: &str) -> Result<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| anyhow!("connect {addr}: no answer"))??;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body))
-        .await
-        .map_err(|_| anyhow!("read {addr}/metrics: no answer"))??;
-    for line in body.lines() {
-        if let Some(v) = line.strip_prefix(name).and_then(|r| r.strip_prefix(' ')) {
-            return v
-                .trim()
-                .parse()
-                .with_context(|| format!("value of {line:?} on {addr}"));
-        }
-    }
-    Ok(0.0)
+    let text = crate::fixtures::metrics_text(addr)?;
+    Ok(crate::fixtures::samples(&text)?
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map_or(0.0, |(_, v)| v))
 }
 
 /// XORs three bytes of the file at `at`, as a failing disk or a stray write would.

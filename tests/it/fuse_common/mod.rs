@@ -284,20 +284,3 @@ pub fn within<T: Send + 'static>(
         Err(_) => panic!("{what} did not return within {deadline:?} (a hang)"),
     }
 }
-
-/// The sum of every series named `name` on one daemon's `/metrics` (the value after the
-/// last space of each line).
-pub fn metric_sum(addr: &str, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s =
-        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}

@@ -558,41 +558,12 @@ impl MetaState {
         let now = cmd.now_ns().map(|t| t.max(self.last_now_ns)).unwrap_or(0);
         use Command::*;
         let result = match cmd {
-            Mknod {
-                parent,
-                name,
-                kind,
-                mode,
-                uid,
-                gid,
-                ..
-            } => self.mknod(*parent, name, *kind, *mode, *uid, *gid, None, now),
+            Create { .. } | Mkdir { .. } | Mknod { .. } => self.apply_new_inode(cmd, None, now),
             Init {
                 cluster_id,
                 replicas,
                 ..
             } => self.init(*cluster_id, *replicas, now),
-            Create {
-                parent,
-                name,
-                mode,
-                uid,
-                gid,
-                exclusive,
-                client,
-                spec,
-                ..
-            } => self.create(
-                *parent, name, *mode, *uid, *gid, *exclusive, *client, *spec, None, now,
-            ),
-            Mkdir {
-                parent,
-                name,
-                mode,
-                uid,
-                gid,
-                ..
-            } => self.mkdir(*parent, name, *mode, *uid, *gid, None, now),
             Symlink {
                 parent,
                 name,
@@ -671,7 +642,7 @@ impl MetaState {
                 end,
                 pid,
             } => self.set_lock(*ino, *owner, *kind, *start, *end, *pid),
-            Umasked { umask, cmd } => self.apply_umasked(*umask, cmd, now),
+            Umasked { umask, cmd } => self.apply_new_inode(cmd, Some(*umask), now),
             Once { .. } => Err(FsError::Invalid("nested request id".into())),
         };
         if result.is_ok() && cmd.now_ns().is_some() {
@@ -680,8 +651,9 @@ impl MetaState {
         result
     }
 
-    fn apply_umasked(&mut self, umask: u32, cmd: &Command, now: i64) -> Response {
-        let u = Some(umask);
+    /// `Create`, `Mkdir` and `Mknod`, with the caller's umask when it came in `Umasked`
+    /// (anything else under `Umasked` is refused).
+    fn apply_new_inode(&mut self, cmd: &Command, u: Option<u32>, now: i64) -> Response {
         match cmd {
             Command::Create {
                 parent,

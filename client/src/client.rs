@@ -99,11 +99,12 @@ struct InodeState {
     touched: BTreeSet<u32>,
     /// Bumped per write; a commit clears `uncommitted` only if no write came in meanwhile.
     write_gen: u64,
-    /// Bumped whenever `size` or `uncommitted` of this inode changes here (a write, a
-    /// commit, a truncate, an open or an attribute reply taken as the size): meta's
-    /// attributes fetched across a bump may predate the change. Per inode, unlike
-    /// `Client::local_gen`, so a busy mount's other files do not make it move.
-    size_gen: u64,
+    /// `Client::local_gen` when `size` or `uncommitted` of this inode last changed here (a
+    /// write, a commit, a truncate, a copy, an open, an attribute reply taken as the
+    /// size): meta's attributes from a call that started at an older generation may
+    /// predate the change. Per inode, so the other files of a busy mount do not make
+    /// every reply about this one look stale.
+    size_at: u64,
     uncommitted: bool,
     opens: usize,
     /// Meta's attributes of the inode from the last reply that carried them (open,
@@ -169,6 +170,13 @@ struct CachedAttr {
 /// The most bytes one copy_file_range call moves (a short count; callers loop), so one
 /// call stays well inside the mount's deadline.
 pub const COPY_PER_CALL: u64 = 64 << 20;
+
+/// Bytes one copy_file_range call moves: at most `COPY_PER_CALL`, and none past the
+/// source's size as this mount knows it.
+fn copy_len(src: &OpenInode, off_in: u64, len: u64) -> u64 {
+    len.min(COPY_PER_CALL)
+        .min(lock(&src.state).size.saturating_sub(off_in))
+}
 
 /// How long attributes of an open inode are served from this mount before meta is asked
 /// again (bounds how late a chmod or chown from another mount is seen by a stat here).
@@ -290,10 +298,11 @@ pub struct Client {
     /// Dirty bytes across all inodes, against `max_dirty_total`.
     dirty: Arc<Dirty>,
     next_fh: AtomicU64,
-    /// Bumped by every local change of an open inode's size (write, truncate, commit,
-    /// open, failed flush). A meta reply may replace the local size only if no change
-    /// happened while it was in flight: a getattr answered before a local write and
-    /// commit would otherwise shrink the size this mount reads up to.
+    /// Advanced by every local change of an open inode's size (`changed`): a meta reply
+    /// may replace an inode's local size only if that inode did not change while the
+    /// call was in flight (its `size_at` is not past the `gen()` taken before the call):
+    /// a getattr answered before a local write and commit would otherwise shrink the size
+    /// this mount reads up to.
     local_gen: AtomicU64,
     /// Bumped after every namespace call of this mount that can change an inode's
     /// attributes without returning them (unlink, rename, rmdir, xattrs): cached
@@ -409,8 +418,9 @@ impl Client {
         self.local_gen.load(Ordering::SeqCst)
     }
 
-    fn bump(&self) {
-        self.local_gen.fetch_add(1, Ordering::SeqCst);
+    /// Records a local change of `st`'s size or commit state (see `InodeState::size_at`).
+    fn changed(&self, st: &mut InodeState) {
+        st.size_at = self.local_gen.fetch_add(1, Ordering::SeqCst) + 1;
     }
 
     /// Attributes with this mount's unflushed size and mtime laid over. Every attribute
@@ -424,12 +434,12 @@ impl Client {
             if st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty() {
                 attr.size = st.size;
                 attr.mtime_ns = st.mtime_ns.max(attr.mtime_ns);
-            } else if self.gen() == seen {
-                // Meta is authoritative when nothing local is pending and nothing local
-                // changed while the call was in flight.
+            } else if st.size_at <= seen {
+                // Meta is authoritative when nothing local is pending and this inode did
+                // not change here while the call was in flight.
                 if st.size != attr.size {
                     st.size = attr.size;
-                    st.size_gen += 1;
+                    self.changed(&mut st);
                 }
             } else {
                 attr.size = st.size;
@@ -600,7 +610,6 @@ impl Client {
                 // them unreadable and the next close committed the short size.
                 st.size = opened.attr.size;
                 st.mtime_ns = opened.attr.mtime_ns;
-                st.size_gen += 1;
             }
             st.opens += 1;
             // Close-to-open: bytes fetched ahead before this open may predate another
@@ -612,7 +621,7 @@ impl Client {
                 at: Instant::now(),
                 ns_gen: ns,
             });
-            self.bump();
+            self.changed(&mut st);
             drop(st);
             inode
         };
@@ -725,9 +734,8 @@ impl Client {
             st.size = st.size.max(end);
             st.mtime_ns = now_ns();
             st.write_gen += 1;
-            st.size_gen += 1;
             st.uncommitted = true;
-            self.bump();
+            self.changed(&mut st);
             let go = !st.behind && !st.behind_failed && st.buf.len() >= self.cfg.flush_behind;
             if go {
                 st.behind = true;
@@ -943,13 +951,12 @@ impl Client {
         if st.write_gen == gen && st.buf.is_empty() {
             st.uncommitted = false;
         }
-        st.size_gen += 1;
         st.attr = Some(CachedAttr {
             attr: a,
             at: Instant::now(),
             ns_gen: ns,
         });
-        self.bump();
+        self.changed(&mut st);
         Ok(())
     }
 
@@ -1163,7 +1170,7 @@ impl Client {
     async fn revalidate(&self, inode: &Arc<OpenInode>) {
         const ASKS: usize = 3;
         for ask in 1..=ASKS {
-            let (ns, seen) = (self.ns(), lock(&inode.state).size_gen);
+            let (ns, seen) = (self.ns(), self.gen());
             let fresh = self.meta.getattr(inode.ino).await;
             let mut st = lock(&inode.state);
             st.ra.clear();
@@ -1172,7 +1179,7 @@ impl Client {
                 Ok(a) => {
                     let pending = st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty();
                     if !pending {
-                        if st.size_gen == seen {
+                        if st.size_at <= seen {
                             st.size = a.size;
                             st.mtime_ns = a.mtime_ns;
                         } else if ask < ASKS {
@@ -1181,7 +1188,7 @@ impl Client {
                             st.size = st.size.max(a.size);
                             st.mtime_ns = st.mtime_ns.max(a.mtime_ns);
                         }
-                        st.size_gen += 1;
+                        self.changed(&mut st);
                     }
                     st.attr = Some(CachedAttr {
                         attr: a,
@@ -1196,7 +1203,6 @@ impl Client {
             }
             break;
         }
-        self.bump();
     }
 
     /// Flush and commit, then forget the handle here; returns the flush's result and the
@@ -1523,14 +1529,13 @@ impl Client {
             st.ra.clear();
             i.recount(&mut st);
             st.size = size;
-            st.size_gen += 1;
             st.mtime_ns = a.mtime_ns;
             st.attr = Some(CachedAttr {
                 attr: a.clone(),
                 at: Instant::now(),
                 ns_gen: ns,
             });
-            self.bump();
+            self.changed(&mut st);
         }
         Ok(self.overlay_attr(a, self.gen()))
     }
@@ -1564,9 +1569,7 @@ impl Client {
             }
             r => return r,
         }
-        let n = len
-            .min(COPY_PER_CALL)
-            .min(lock(&src.state).size.saturating_sub(off_in));
+        let n = copy_len(&src, off_in, len);
         let mut done = 0;
         while done < n {
             let want = (n - done).min(cirrus_types::limits::MAX_COPY as u64) as u32;
@@ -1605,9 +1608,7 @@ impl Client {
         if !same {
             self.flush_locked(dst, deadline).await?;
         }
-        let n = len
-            .min(COPY_PER_CALL)
-            .min(lock(&src.state).size.saturating_sub(off_in));
+        let n = copy_len(src, off_in, len);
         if n == 0 {
             return Ok(0);
         }
@@ -1669,10 +1670,9 @@ impl Client {
         st.size = st.size.max(end);
         st.mtime_ns = now_ns();
         st.write_gen += 1;
-        st.size_gen += 1;
         st.uncommitted = true;
+        self.changed(&mut st);
         drop(st);
-        self.bump();
         Ok(n)
     }
 

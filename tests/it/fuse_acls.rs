@@ -5,7 +5,7 @@
 
 use crate::fuse_common;
 
-use fuse_common::{cluster, runtime, sh, which, within, Mount};
+use fuse_common::{cluster, runtime, setxattr, sh, which, within, Mount};
 use std::path::Path;
 use std::time::Duration;
 
@@ -36,29 +36,6 @@ for p in d d/f d/sub d/pipe d/masked-by-acl d/sub/deeper plain plain/masked-by-u
 done
 ls -l d d/sub plain e | sed -E 's/ +[0-9]+ [A-Z][a-z]{2} +[0-9]+ [0-9:]{4,5} / /; s/^total [0-9]+$/total/; s/^(d[rwx-]{9}\+?) +[0-9]+ root root +[0-9]+/\1 root root/'
 "#;
-
-/// setxattr(2) itself (setfattr is in another package), the errno when refused.
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), i32> {
-    use std::os::unix::ffi::OsStrExt;
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: both strings are NUL-terminated and live across the call; the value is a
-    // valid slice of `value.len()` bytes.
-    let r = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    }
-}
 
 fn as_nobody(path: &Path) -> bool {
     std::process::Command::new("setpriv")
@@ -139,10 +116,12 @@ fn acls_on_the_mount_answer_as_on_a_local_disk_are_enforced_and_seen_by_another_
             ("version 1", &v1),
             ("a named entry without a mask", &no_mask),
         ] {
-            let on_disk = set_xattr(&pl.join("e"), "system.posix_acl_access", value);
+            let on_disk = setxattr(&pl.join("e"), "system.posix_acl_access", value)
+                .map_err(|e| e.raw_os_error());
             assert!(on_disk.is_err(), "ext4 took {what}");
             assert_eq!(
-                set_xattr(&pa.join("e"), "system.posix_acl_access", value),
+                setxattr(&pa.join("e"), "system.posix_acl_access", value)
+                    .map_err(|e| e.raw_os_error()),
                 on_disk,
                 "{what}: mount (left) and ext4 (right)"
             );

@@ -14,7 +14,7 @@ use cirrus_meta::state::{
     XATTRS_MAX_PER_INODE, XATTR_BYTES_MAX_PER_INODE, XATTR_NAME_MAX, XATTR_VALUE_MAX,
 };
 use cirrus_types::MAX_FILE_SIZE;
-use fuse_common::{cluster, require_fuse, runtime, within, Mount};
+use fuse_common::{cluster, require_fuse, runtime, setxattr, within, Mount};
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
@@ -288,27 +288,6 @@ fn a_client_with_100000_open_handles_costs_every_server_bounded_memory() {
     ))
     .expect("handles released");
     drop(m);
-}
-
-fn setxattr(path: &std::path::Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
-    let n = std::ffi::CString::new(name).expect("name");
-    // SAFETY: both strings are NUL-terminated and live across the call; the value
-    // pointer and length describe one readable slice.
-    let r = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 fn getxattr(path: &std::path::Path, name: &str) -> std::io::Result<Vec<u8>> {

@@ -284,3 +284,25 @@ pub fn within<T: Send + 'static>(
         Err(_) => panic!("{what} did not return within {deadline:?} (a hang)"),
     }
 }
+
+/// setxattr(2) itself (setfattr is in another Debian package than getfacl).
+pub fn setxattr(path: &std::path::Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let n = std::ffi::CString::new(name).expect("name");
+    // SAFETY: both strings are NUL-terminated and live across the call; the value
+    // pointer and length describe one readable slice.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

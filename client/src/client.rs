@@ -1519,7 +1519,7 @@ impl Client {
         let mut set = set;
         if set.mtime.is_none() {
             // truncate(2) updates mtime and ctime, as on a local filesystem.
-            set.mtime = Some(crate::meta::SetTime::Now);
+            set.mtime = Some(crate::meta::TimeSet::Now);
         }
         let ns = self.ns();
         let a = self.meta.setattr(ino, &set, meta_handle).await?;
@@ -1707,7 +1707,7 @@ impl Client {
                 ino,
                 SetAttr {
                     size: grow,
-                    mtime: zero.then_some(crate::meta::SetTime::Now),
+                    mtime: zero.then_some(crate::meta::TimeSet::Now),
                     ..SetAttr::default()
                 },
                 Some(fh),

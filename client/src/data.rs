@@ -68,7 +68,7 @@ struct Target {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding this lock leaves plain data behind; keep going with it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    cirrus_types::sync::lock(&m)
 }
 
 impl DataPath {

@@ -10,7 +10,7 @@
 //! No FOPEN_KEEP_CACHE: every open drops the kernel's page cache of the file.
 
 use crate::client::{Buffered, Client, Fallocate};
-use crate::meta::{Attr, NewMode, SetAttr, SetTime};
+use crate::meta::{Attr, NewMode, SetAttr, TimeSet};
 use cirrus_types::{FileKind, FsError, FsResult, InodeId, LockKind};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -142,10 +142,10 @@ fn attr(reply: ReplyAttr, r: FsResult<Attr>) {
     }
 }
 
-fn set_time(t: TimeOrNow) -> SetTime {
+fn set_time(t: TimeOrNow) -> TimeSet {
     match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => SetTime::At(to_ns(t)),
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::Ns(to_ns(t)),
     }
 }
 
@@ -168,7 +168,7 @@ impl CirrusFs {
 
     fn forget_absent(&self, ino: u64, n: &[u8]) {
         if is_security_xattr(n) {
-            let mut m = self.absent_xattrs.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = cirrus_types::sync::lock(&self.absent_xattrs);
             self.xattr_gen
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             m.remove(&(ino, n.to_vec()));
@@ -841,7 +841,7 @@ impl Filesystem for CirrusFs {
         let cache = is_security_xattr(&n).then(|| self.absent_xattrs.clone());
         if let Some(c) = &cache {
             let key = (ino.0, n.clone());
-            let mut m = c.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = cirrus_types::sync::lock(&c);
             match m.get(&key) {
                 Some(until) if *until > Instant::now() => {
                     drop(m);
@@ -861,7 +861,7 @@ impl Filesystem for CirrusFs {
             move |c| async move { c.meta().getxattr(InodeId(ino.0), &n).await },
             move |r| {
                 if let (Some(c), Err(FsError::NoAttr)) = (&cache, &r) {
-                    let mut m = c.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut m = cirrus_types::sync::lock(&c);
                     if gen.load(std::sync::atomic::Ordering::SeqCst) == gen0 {
                         if m.len() >= ABSENT_XATTRS_MAX {
                             m.clear();
@@ -934,7 +934,7 @@ impl Filesystem for CirrusFs {
                     if exclusive {
                         // A file this call made has no xattrs: spare the first write's
                         // security.capability round trip.
-                        let mut m = absent.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut m = cirrus_types::sync::lock(&absent);
                         if m.len() < ABSENT_XATTRS_MAX {
                             m.insert(
                                 (a.ino.0, b"security.capability".to_vec()),

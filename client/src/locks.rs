@@ -19,7 +19,7 @@ pub struct HeldLocks {
 
 impl HeldLocks {
     fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<(InodeId, u64), BTreeSet<u64>>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        cirrus_types::sync::lock(&self.held)
     }
 
     /// `owner` asks for a lock on `ino` through handle `fh` (noted before the call, so a

@@ -8,11 +8,11 @@
 //! attributes after every create or unlink in it and asks for them again at the next
 //! permission check; without this, every file created cost one more read barrier at meta.
 
-use cirrus_proto::convert::lock_request;
+use cirrus_proto::convert::{attr, lock_request, required};
 use cirrus_proto::{pb, MetaConn};
+pub use cirrus_types::{Attr, ChainTable, DirEntry, SetAttr, Statfs, TimeSet};
 use cirrus_types::{
-    Chain, ChainId, ClientId, FileKind, FsError, FsResult, HandleId, HeldLock, InodeId, Layout,
-    LockCall, ServerId,
+    ClientId, FileKind, FsError, FsResult, HandleId, HeldLock, InodeId, Layout, LockCall,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,85 +36,6 @@ struct DirAttrs {
 /// Entries kept before the cache is cleared wholesale.
 const DIR_ATTRS_MAX: usize = 4096;
 
-/// Attributes of an inode, as the meta group holds them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attr {
-    pub ino: InodeId,
-    pub kind: FileKind,
-    /// Permission bits only (07777).
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub nlink: u32,
-    pub atime_ns: i64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-    pub crtime_ns: i64,
-}
-
-impl TryFrom<Option<&pb::Attr>> for Attr {
-    type Error = FsError;
-    fn try_from(p: Option<&pb::Attr>) -> FsResult<Self> {
-        let p = p.ok_or_else(|| FsError::Io("meta reply without attributes".into()))?;
-        let kind = FileKind::from_code(p.kind, p.rdev)
-            .ok_or_else(|| FsError::Io(format!("meta reply with unknown file kind {}", p.kind)))?;
-        if p.ino == 0 {
-            return Err(FsError::Io("meta reply with inode 0".into()));
-        }
-        Ok(Attr {
-            ino: InodeId(p.ino),
-            kind,
-            mode: p.mode & 0o7777,
-            uid: p.uid,
-            gid: p.gid,
-            size: p.size,
-            nlink: p.nlink,
-            atime_ns: p.atime_ns,
-            mtime_ns: p.mtime_ns,
-            ctime_ns: p.ctime_ns,
-            crtime_ns: p.crtime_ns,
-        })
-    }
-}
-
-/// A time to set: the leader's clock at apply, or an explicit one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SetTime {
-    Now,
-    At(i64),
-}
-
-impl From<SetTime> for pb::TimeSpec {
-    fn from(t: SetTime) -> Self {
-        match t {
-            SetTime::Now => pb::TimeSpec { now: true, ns: 0 },
-            SetTime::At(ns) => pb::TimeSpec { now: false, ns },
-        }
-    }
-}
-
-/// What a setattr changes; `None` leaves a field alone.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SetAttr {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub size: Option<u64>,
-    pub atime: Option<SetTime>,
-    pub mtime: Option<SetTime>,
-}
-
-/// One directory entry from readdir; `attr` is filled for readdirplus.
-#[derive(Clone, Debug)]
-pub struct DirEntry {
-    pub name: Vec<u8>,
-    pub ino: InodeId,
-    pub kind: FileKind,
-    pub cookie: u64,
-    pub attr: Option<Attr>,
-}
-
 /// An open handle at the meta group.
 #[derive(Clone, Debug)]
 pub struct Opened {
@@ -123,62 +44,14 @@ pub struct Opened {
     pub layout: Layout,
 }
 
-/// Capacity as reported by statfs.
-#[derive(Clone, Copy, Debug)]
-pub struct Statfs {
-    pub total_bytes: u64,
-    pub free_bytes: u64,
-    pub files: u64,
-    pub block_size: u64,
-}
-
-/// The chain table: chains by id and the data servers' addresses.
-#[derive(Clone, Debug, Default)]
-pub struct ChainTable {
-    pub chains: HashMap<ChainId, Chain>,
-    pub servers: HashMap<ServerId, ServerEntry>,
-    pub replicas: u32,
-}
-
-#[derive(Clone, Debug)]
-pub struct ServerEntry {
-    pub address: String,
-    pub alive: bool,
-    pub capacity_bytes: u64,
-    pub free_bytes: u64,
-}
-
-impl From<&pb::ChainTable> for ChainTable {
-    fn from(t: &pb::ChainTable) -> Self {
-        ChainTable {
-            chains: t
-                .chains
-                .iter()
-                .map(|c| (ChainId(c.id), Chain::from(c)))
-                .collect(),
-            servers: t
-                .servers
-                .iter()
-                .map(|s| {
-                    (
-                        ServerId(s.id),
-                        ServerEntry {
-                            address: s.address.clone(),
-                            alive: s.alive,
-                            capacity_bytes: s.capacity_bytes,
-                            free_bytes: s.free_bytes,
-                        },
-                    )
-                })
-                .collect(),
-            replicas: t.replicas,
-        }
-    }
+/// The attributes a reply must carry.
+fn reply_attr(p: Option<&pb::Attr>) -> FsResult<Attr> {
+    Ok(attr(p, "reply.attr")?)
 }
 
 fn layout(p: Option<&pb::Layout>) -> FsResult<Layout> {
-    let p = p.ok_or_else(|| FsError::Io("meta reply without layout".into()))?;
-    Layout::try_from(p).map_err(|e| FsError::Io(format!("meta sent a bad layout: {e}")))
+    let p = required(p, "layout")?;
+    Layout::try_from(p).map_err(|e| FsError::Protocol(format!("meta sent a bad layout: {e}")))
 }
 
 /// The typed meta client. Cheap to clone.
@@ -213,7 +86,7 @@ impl MetaClient {
     }
 
     fn dirs(&self) -> std::sync::MutexGuard<'_, DirAttrs> {
-        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
+        cirrus_types::sync::lock(&self.dirs)
     }
 
     /// Attributes of directory `ino` from a change this client made less than
@@ -229,7 +102,7 @@ impl MetaClient {
     /// Remembers a directory's attributes from a reply (`gen`: the generation before the
     /// call was sent, so a change that raced with it wins).
     fn note_dir(&self, a: Option<&pb::Attr>, gen: u64) {
-        let Some(a) = a.and_then(|a| Attr::try_from(Some(a)).ok()) else {
+        let Some(a) = a.and_then(|a| Attr::try_from(a).ok()) else {
             return;
         };
         if a.kind != FileKind::Dir {
@@ -272,7 +145,7 @@ impl MetaClient {
                 name: name.to_vec(),
             }
         )?;
-        Attr::try_from(r.attr.as_ref())
+        reply_attr(r.attr.as_ref())
     }
 
     pub async fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
@@ -285,7 +158,7 @@ impl MetaClient {
                 ino: ino.0,
             }
         )?;
-        Attr::try_from(r.attr.as_ref())
+        reply_attr(r.attr.as_ref())
     }
 
     pub async fn setattr(&self, ino: InodeId, set: &SetAttr, handle: u64) -> FsResult<Attr> {
@@ -309,7 +182,7 @@ impl MetaClient {
         self.dirs().by_ino.remove(&ino);
         let gen = self.dir_gen();
         self.note_dir(r.attr.as_ref(), gen);
-        Attr::try_from(r.attr.as_ref())
+        reply_attr(r.attr.as_ref())
     }
 
     /// Creates a regular file; with a client id also opens a handle.
@@ -347,7 +220,7 @@ impl MetaClient {
         self.note_dir(r.parent.as_ref(), gen);
         Ok(Opened {
             handle: HandleId(r.handle),
-            attr: Attr::try_from(r.attr.as_ref())?,
+            attr: reply_attr(r.attr.as_ref())?,
             layout: layout(r.layout.as_ref())?,
         })
     }
@@ -377,7 +250,7 @@ impl MetaClient {
             }
         )?;
         self.note_dir(r.parent.as_ref(), gen);
-        Attr::try_from(r.attr.as_ref())
+        reply_attr(r.attr.as_ref())
     }
 
     pub async fn symlink(
@@ -403,7 +276,7 @@ impl MetaClient {
             }
         )?;
         self.note_dir(r.parent.as_ref(), gen);
-        Attr::try_from(r.attr.as_ref())
+        reply_attr(r.attr.as_ref())
     }
 
     /// A FIFO, unix socket or device node (`kind.is_special()`).
@@ -435,7 +308,7 @@ impl MetaClient {
             }
         )?;
         self.note_dir(r.parent.as_ref(), gen);
-        Attr::try_from(r.attr.as_ref())
+        reply_attr(r.attr.as_ref())
     }
 
     pub async fn readlink(&self, ino: InodeId) -> FsResult<Vec<u8>> {
@@ -465,7 +338,7 @@ impl MetaClient {
             }
         )?;
         self.note_dir(r.parent.as_ref(), gen);
-        Attr::try_from(r.attr.as_ref())
+        reply_attr(r.attr.as_ref())
     }
 
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
@@ -550,19 +423,11 @@ impl MetaClient {
         )?;
         let mut out = Vec::with_capacity(r.entries.len());
         for e in &r.entries {
-            let kind = FileKind::from_code(e.kind, e.attr.as_ref().map_or(0, |a| a.rdev))
-                .ok_or_else(|| FsError::Io(format!("readdir: unknown kind {}", e.kind)))?;
-            let attr = match &e.attr {
-                Some(a) if plus => Some(Attr::try_from(Some(a))?),
-                _ => None,
-            };
-            out.push(DirEntry {
-                name: e.name.clone(),
-                ino: InodeId(e.ino),
-                kind,
-                cookie: e.cookie,
-                attr,
-            });
+            let mut e = DirEntry::try_from(e)?;
+            if !plus {
+                e.attr = None;
+            }
+            out.push(e);
         }
         Ok((out, r.eof))
     }
@@ -642,12 +507,7 @@ impl MetaClient {
                 cluster_id: String::new(),
             }
         )?;
-        Ok(Statfs {
-            total_bytes: r.total_bytes,
-            free_bytes: r.free_bytes,
-            files: r.files,
-            block_size: r.block_size,
-        })
+        Ok(Statfs::from(&r))
     }
 
     pub async fn open(&self, ino: InodeId, client: ClientId, truncate: bool) -> FsResult<Opened> {
@@ -664,7 +524,7 @@ impl MetaClient {
         )?;
         Ok(Opened {
             handle: HandleId(r.handle),
-            attr: Attr::try_from(r.attr.as_ref())?,
+            attr: reply_attr(r.attr.as_ref())?,
             layout: layout(r.layout.as_ref())?,
         })
     }
@@ -711,7 +571,7 @@ impl MetaClient {
                 mtime_ns,
             }
         )?;
-        Attr::try_from(r.attr.as_ref())
+        reply_attr(r.attr.as_ref())
     }
 
     pub async fn get_layout(&self, ino: InodeId) -> FsResult<Layout> {

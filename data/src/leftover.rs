@@ -10,14 +10,14 @@
 //! added back to the chain (as syncing, through a rebuild) keeps what it holds: a write or
 //! a rebuild copy for that chain needs the newer table first, and takes the same lock.
 
-use crate::node::ChainEntry;
 use crate::node::Node;
+use cirrus_types::Chain;
 use cirrus_types::ServerId;
 use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Whether `c` is at full R (`replicas`) without `me`: this server's copy is not needed.
-pub fn left_behind(c: &ChainEntry, me: ServerId, replicas: u32) -> bool {
+pub fn left_behind(c: &Chain, me: ServerId, replicas: u32) -> bool {
     replicas > 0
         && !c.members.contains(&me)
         && !c.syncing.contains(&me)
@@ -72,8 +72,8 @@ mod tests {
     use super::*;
     use cirrus_types::{ChainId, ChainVersion};
 
-    fn chain(members: &[u64], syncing: &[u64]) -> ChainEntry {
-        ChainEntry {
+    fn chain(members: &[u64], syncing: &[u64]) -> Chain {
+        Chain {
             id: ChainId(1),
             version: ChainVersion(7),
             members: members.iter().copied().map(ServerId).collect(),

@@ -16,7 +16,10 @@ use bytes::Bytes;
 use cirrus_proto::metrics::{Counter, Registry};
 use cirrus_proto::{pb, MetaConn};
 use cirrus_types::checksum::verify_pieces;
-use cirrus_types::{ChainId, ChainVersion, ClusterId, FsError, FsResult, ObjectKey, ServerId};
+use cirrus_types::sync::{lock, read, write};
+use cirrus_types::{
+    Chain, ChainId, ChainTable, ChainVersion, ClusterId, FsError, FsResult, ObjectKey, ServerId,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -24,65 +27,6 @@ use std::time::Duration;
 /// Largest read one request may ask for: what one reply can carry. The buffer a read
 /// allocates is bounded by this, never by the length a caller names.
 pub const MAX_READ: u32 = cirrus_proto::bulk::MAX_PAYLOAD;
-
-/// One chain as this server knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainEntry {
-    pub id: ChainId,
-    pub version: ChainVersion,
-    /// Head first, tail last; these serve reads.
-    pub members: Vec<ServerId>,
-    /// Catching up: receive writes after `members`, serve no reads.
-    pub syncing: Vec<ServerId>,
-}
-
-impl ChainEntry {
-    /// The order writes travel in: members, then syncing members.
-    pub fn route(&self) -> Vec<ServerId> {
-        self.members
-            .iter()
-            .chain(self.syncing.iter())
-            .copied()
-            .collect()
-    }
-}
-
-/// The chain table cache.
-#[derive(Clone, Debug, Default)]
-pub struct Table {
-    pub chains: HashMap<ChainId, ChainEntry>,
-    pub addrs: HashMap<ServerId, String>,
-    /// The configured replication factor R.
-    pub replicas: u32,
-}
-
-impl Table {
-    pub fn from_pb(t: &pb::ChainTable) -> Table {
-        Table {
-            chains: t
-                .chains
-                .iter()
-                .map(|c| {
-                    (
-                        ChainId(c.id),
-                        ChainEntry {
-                            id: ChainId(c.id),
-                            version: ChainVersion(c.version),
-                            members: c.members.iter().copied().map(ServerId).collect(),
-                            syncing: c.syncing.iter().copied().map(ServerId).collect(),
-                        },
-                    )
-                })
-                .collect(),
-            addrs: t
-                .servers
-                .iter()
-                .map(|s| (ServerId(s.id), s.address.clone()))
-                .collect(),
-            replicas: t.replicas,
-        }
-    }
-}
 
 /// One object of a rebuild listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,7 +130,7 @@ pub struct Node {
     pub cluster: ClusterId,
     pub me: ServerId,
     pub address: String,
-    table: RwLock<Table>,
+    table: RwLock<ChainTable>,
     meta: Option<Arc<MetaConn>>,
     refresh_lock: tokio::sync::Mutex<()>,
     pub peers: Peers,
@@ -220,7 +164,7 @@ impl Node {
         cluster: ClusterId,
         me: ServerId,
         address: String,
-        table: Table,
+        table: ChainTable,
         meta: Option<Arc<MetaConn>>,
         registry: Arc<Registry>,
         cfg: NodeConfig,
@@ -245,20 +189,18 @@ impl Node {
         }
     }
 
-    pub fn table(&self) -> Table {
-        self.table.read().map(|t| t.clone()).unwrap_or_default()
+    pub fn table(&self) -> ChainTable {
+        read(&self.table).clone()
     }
 
-    pub fn chain(&self, id: ChainId) -> Option<ChainEntry> {
-        self.table.read().ok()?.chains.get(&id).cloned()
+    pub fn chain(&self, id: ChainId) -> Option<Chain> {
+        read(&self.table).chains.get(&id).cloned()
     }
 
     /// Installs a table from meta (heartbeat or GetChains). Versions never go back: a
     /// reply from a lagging node cannot undo a newer table.
-    pub fn set_table(&self, new: Table) {
-        let Ok(mut t) = self.table.write() else {
-            return;
-        };
+    pub fn set_table(&self, new: ChainTable) {
+        let mut t = write(&self.table);
         let mut merged = new;
         for (id, old) in t.chains.iter() {
             if let Some(n) = merged.chains.get(id) {
@@ -271,7 +213,7 @@ impl Node {
     }
 
     pub fn addr_of(&self, id: ServerId) -> Option<String> {
-        self.table.read().ok()?.addrs.get(&id).cloned()
+        read(&self.table).address(id).map(str::to_string)
     }
 
     /// Asks meta for the chain table (coalescing concurrent callers).
@@ -294,13 +236,13 @@ impl Node {
                 async move { c.get_chains(req).await }
             })
             .await?;
-        self.set_table(Table::from_pb(&t));
+        self.set_table(ChainTable::from(&t));
         Ok(())
     }
 
     /// The chain at exactly `version`: older is refused with the current version, newer
     /// makes this server refresh from meta first.
-    pub async fn check_chain(&self, id: ChainId, version: ChainVersion) -> FsResult<ChainEntry> {
+    pub async fn check_chain(&self, id: ChainId, version: ChainVersion) -> FsResult<Chain> {
         for attempt in 0..2 {
             match self.chain(id) {
                 Some(c) if c.version == version => return Ok(c),
@@ -330,7 +272,7 @@ impl Node {
     /// served a rebuild listing at that version before the write landed; answering would
     /// acknowledge bytes the new syncing member never gets. The caller retries at the new
     /// version, through the whole new route.
-    fn still_at(&self, c: &ChainEntry) -> FsResult<()> {
+    fn still_at(&self, c: &Chain) -> FsResult<()> {
         match self.chain(c.id) {
             Some(now) if now.version != c.version => {
                 self.stats.stale_rejected.inc();
@@ -367,7 +309,7 @@ impl Node {
 
     /// The per-object lock used for ordering writes, truncates and rebuild copies.
     pub fn obj_lock(&self, key: ObjectKey) -> Arc<RangeLock> {
-        let mut g = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.locks);
         g.entry(key).or_default().clone()
     }
 
@@ -378,11 +320,11 @@ impl Node {
 
     /// Drops locks of idle objects (called periodically).
     pub fn gc_locks(&self) {
-        let mut g = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.locks);
         g.retain(|_, l| Arc::strong_count(l) > 1 || !l.is_idle());
     }
 
-    fn position(&self, c: &ChainEntry, hop: u32) -> FsResult<usize> {
+    fn position(&self, c: &Chain, hop: u32) -> FsResult<usize> {
         let route = c.route();
         let pos = route.iter().position(|s| *s == self.me).ok_or_else(|| {
             FsError::Invalid(format!(
@@ -399,7 +341,7 @@ impl Node {
         Ok(pos)
     }
 
-    fn next_addr(&self, c: &ChainEntry, pos: usize) -> FsResult<Option<String>> {
+    fn next_addr(&self, c: &Chain, pos: usize) -> FsResult<Option<String>> {
         let route = c.route();
         match route.get(pos + 1) {
             None => Ok(None),
@@ -525,12 +467,7 @@ impl Node {
     /// write touched. Instead the whole blocks come from the tail member: it has applied
     /// this write (members persist before forwarding) and holds the range locked until
     /// this server answers, so its blocks are exactly the state after this write.
-    async fn write_blocks_from_tail(
-        &self,
-        c: &ChainEntry,
-        w: &WriteArgs,
-        end: u64,
-    ) -> FsResult<u64> {
+    async fn write_blocks_from_tail(&self, c: &Chain, w: &WriteArgs, end: u64) -> FsResult<u64> {
         let (a, b) = (align_down(w.off), align_up(end));
         let (mut buf, _) = self.tail_blocks(c, w.key, a, b).await?;
         let at = (w.off - a) as usize;
@@ -548,7 +485,7 @@ impl Node {
     /// its object end, and the tail's size of the object.
     async fn tail_blocks(
         &self,
-        c: &ChainEntry,
+        c: &Chain,
         key: ObjectKey,
         a: u64,
         b: u64,
@@ -570,7 +507,7 @@ impl Node {
 
     /// Runs a store operation; on a checksum failure of blocks it must read (an edge
     /// block), repairs them from another member and runs it once more.
-    async fn with_repair<'a, T, F>(&'a self, c: &ChainEntry, key: ObjectKey, op: F) -> FsResult<T>
+    async fn with_repair<'a, T, F>(&'a self, c: &Chain, key: ObjectKey, op: F) -> FsResult<T>
     where
         F: Fn() -> futures::future::BoxFuture<'a, Result<T, StoreError>>,
     {
@@ -586,7 +523,7 @@ impl Node {
 
     /// Rewrites `blocks` of `key` from the first other member with a good copy.
     #[tracing::instrument(level = "debug", skip(self, c, blocks), fields(chain = %c.id, blocks = blocks.len()))]
-    pub async fn repair(&self, c: &ChainEntry, key: ObjectKey, blocks: &[u64]) -> FsResult<()> {
+    pub async fn repair(&self, c: &Chain, key: ObjectKey, blocks: &[u64]) -> FsResult<()> {
         let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut sorted = blocks.to_vec();
         sorted.sort_unstable();

@@ -3,11 +3,12 @@
 //! and rebuild copies (gRPC). One lazily connecting client of each kind per address;
 //! every call bounded by a deadline, and every returned payload checked against its crcs.
 
-use crate::node::{ChainEntry, WriteArgs};
+use crate::node::WriteArgs;
 use bytes::Bytes;
 use cirrus_proto::bulk::BulkClient;
 use cirrus_proto::{from_status, net, pb};
 use cirrus_types::checksum::verify_pieces;
+use cirrus_types::Chain;
 use cirrus_types::{ChainId, ChainVersion, ClusterId, FsError, FsResult, ObjectKey};
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,14 +40,14 @@ impl Peers {
     }
 
     fn bulk(&self, addr: &str) -> Arc<BulkClient> {
-        let mut g = self.bulk.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = cirrus_types::sync::lock(&self.bulk);
         g.entry(addr.to_string())
             .or_insert_with(|| Arc::new(BulkClient::new(addr)))
             .clone()
     }
 
     fn client(&self, addr: &str) -> FsResult<Client> {
-        let mut g = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = cirrus_types::sync::lock(&self.channels);
         let ch = match g.get(addr) {
             Some(c) => c.clone(),
             None => {
@@ -81,7 +82,7 @@ impl Peers {
         }
     }
 
-    fn chain_ref(c: &ChainEntry) -> Option<pb::ChainRef> {
+    fn chain_ref(c: &Chain) -> Option<pb::ChainRef> {
         Some(pb::ChainRef {
             id: c.id.0,
             version: c.version.0,
@@ -116,7 +117,7 @@ impl Peers {
     pub async fn read(
         &self,
         addr: &str,
-        c: &ChainEntry,
+        c: &Chain,
         key: ObjectKey,
         off: u64,
         len: u32,
@@ -145,13 +146,7 @@ impl Peers {
         Ok((r.data, r.object_size))
     }
 
-    pub async fn sync(
-        &self,
-        addr: &str,
-        c: &ChainEntry,
-        keys: &[ObjectKey],
-        hop: u32,
-    ) -> FsResult<()> {
+    pub async fn sync(&self, addr: &str, c: &Chain, keys: &[ObjectKey], hop: u32) -> FsResult<()> {
         let mut cl = self.client(addr)?;
         let req = pb::SyncRequest {
             cluster_id: self.cluster.to_string(),
@@ -166,7 +161,7 @@ impl Peers {
     pub async fn truncate(
         &self,
         addr: &str,
-        c: &ChainEntry,
+        c: &Chain,
         key: ObjectKey,
         size: u64,
         hop: u32,
@@ -187,7 +182,7 @@ impl Peers {
     pub async fn punch(
         &self,
         addr: &str,
-        c: &ChainEntry,
+        c: &Chain,
         key: ObjectKey,
         offset: u64,
         length: u64,

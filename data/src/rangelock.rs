@@ -30,7 +30,7 @@ impl RangeLock {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                let mut held = cirrus_types::sync::lock(&self.held);
                 if !held.iter().any(|&(s, e, _)| s < end && start < e) {
                     let id = self
                         .next_id
@@ -51,7 +51,7 @@ impl RangeLock {
 
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
-        let mut held = self.lock.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = cirrus_types::sync::lock(&self.lock.held);
         held.retain(|&(_, _, id)| id != self.id);
         drop(held);
         self.lock.changed.notify_waiters();

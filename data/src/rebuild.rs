@@ -29,8 +29,9 @@
 //! fail with EIO, never return wrong bytes), counted in `cirrus_data_lost_blocks_total`
 //! and logged, and the rebuild goes on: the chain gets back to full R.
 
-use crate::node::{ChainEntry, Node};
+use crate::node::Node;
 use crate::store::BLOCK;
+use cirrus_types::Chain;
 use cirrus_types::{ChainId, ChainVersion, FsError, FsResult, ObjectKey};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -80,7 +81,7 @@ impl Tracker {
         &self,
         f: impl FnOnce(&mut HashMap<ChainId, HashMap<ObjectKey, ObjTrack>>) -> T,
     ) -> T {
-        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut cirrus_types::sync::lock(&self.inner))
     }
 
     pub fn note_write(&self, chain: ChainId, key: ObjectKey, first: u64, end: u64) {
@@ -254,7 +255,7 @@ impl Rebuilds {
             }
             !h.is_finished()
         });
-        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        let mut done = cirrus_types::sync::lock(&self.done);
         // Chains we no longer sync into (promoted, or dropped), and copies made at another
         // version than the table's (the chain changed: it is copied again): forget them.
         done.retain(|id, v| syncing.get(id) == Some(v));
@@ -328,7 +329,7 @@ impl Drop for Rebuilds {
     }
 }
 
-fn current(node: &Node, id: ChainId) -> FsResult<ChainEntry> {
+fn current(node: &Node, id: ChainId) -> FsResult<Chain> {
     let c = node
         .chain(id)
         .ok_or_else(|| FsError::Unavailable(format!("chain {id} vanished")))?;
@@ -341,7 +342,7 @@ fn current(node: &Node, id: ChainId) -> FsResult<ChainEntry> {
 }
 
 /// The chain as the pass at `version` sees it; any other version ends the pass.
-fn at_version(node: &Node, id: ChainId, version: ChainVersion) -> FsResult<ChainEntry> {
+fn at_version(node: &Node, id: ChainId, version: ChainVersion) -> FsResult<Chain> {
     let c = current(node, id)?;
     if c.version != version {
         return Err(FsError::StaleChain { current: c.version });
@@ -572,7 +573,7 @@ struct Chunk {
 /// (local-only reads, so no member starts a repair of its own) or else marked lost.
 async fn read_chunk(
     node: &Arc<Node>,
-    c: &ChainEntry,
+    c: &Chain,
     src: &str,
     key: ObjectKey,
     off: u64,
@@ -650,10 +651,11 @@ async fn read_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::{NodeConfig, Table};
+    use crate::node::NodeConfig;
     use crate::store::mem::MemStore;
     use crate::store::{ChunkStore, StoreError};
     use cirrus_proto::metrics::Registry;
+    use cirrus_types::ChainTable;
     use cirrus_types::{ClusterId, InodeId, ServerId};
 
     fn key() -> ObjectKey {
@@ -670,10 +672,10 @@ mod tests {
             .write(ChainId(1), key(), 0, &[1u8; 8192])
             .await
             .expect("write");
-        let mut t = Table::default();
+        let mut t = ChainTable::default();
         t.chains.insert(
             ChainId(1),
-            ChainEntry {
+            Chain {
                 id: ChainId(1),
                 version: ChainVersion(5),
                 members: vec![ServerId(1)],

@@ -3,7 +3,7 @@
 //! heartbeat loop (chain table cache, garbage, rebuild start/stop, caught-up reports),
 //! scrub, /metrics + /healthz, and the gRPC server until SIGINT/SIGTERM.
 
-use crate::node::{Node, NodeConfig, Table};
+use crate::node::{Node, NodeConfig};
 use crate::rebuild::{RebuildConfig, Rebuilds};
 use crate::scrub::{self, ScrubConfig};
 use crate::service::DataService;
@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use cirrus_proto::leader::parse_addrs;
 use cirrus_proto::metrics::{self, Registry};
 use cirrus_proto::{net, pb, CallPolicy, MetaConn};
+use cirrus_types::ChainTable;
 use cirrus_types::{ClusterId, FsError, ServerId};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -233,7 +234,7 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
         cluster,
         me,
         advertise.clone(),
-        Table::default(),
+        ChainTable::default(),
         Some(meta.clone()),
         registry.clone(),
         NodeConfig {
@@ -366,7 +367,7 @@ async fn heartbeat_loop(
                 failures = 0;
                 last_ok.store(now_ms(), Ordering::Relaxed);
                 if let Some(t) = &reply.table {
-                    node.set_table(Table::from_pb(t));
+                    node.set_table(ChainTable::from(t));
                 }
                 // Copies of chains this server has left, once those chains are at full R
                 // elsewhere; one sweep at a time, off the heartbeat's path.

@@ -40,7 +40,7 @@ impl Identity {
     }
 
     pub fn get(&self) -> Option<ClusterId> {
-        self.id.read().ok().and_then(|g| *g)
+        *cirrus_types::sync::read(&self.id)
     }
 
     /// Records the id learned from the state machine. Persists it the first time;
@@ -49,10 +49,7 @@ impl Identity {
         if self.get() == Some(id) {
             return Ok(());
         }
-        let mut g = self
-            .id
-            .write()
-            .map_err(|_| io::Error::other("identity lock poisoned"))?;
+        let mut g = cirrus_types::sync::write(&self.id);
         match *g {
             Some(old) if old == id => Ok(()),
             Some(old) => Err(io::Error::new(

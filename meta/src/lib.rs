@@ -7,6 +7,7 @@
 
 pub mod bootstrap;
 mod frame;
+pub mod heartbeat;
 pub mod identity;
 pub mod locks;
 pub mod log_store;
@@ -150,6 +151,7 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
         replicas: args.replicas,
         server_timeout: args.server_timeout,
         client_lease: args.client_lease,
+        heartbeat_policy: heartbeat::HeartbeatPolicy::default(),
         leader: Default::default(),
         registry: registry.clone(),
         gauges,

@@ -99,7 +99,7 @@ pub struct WaitGuard<'a> {
 
 impl LockWaits {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        cirrus_types::sync::lock(&self.inner)
     }
 
     /// Starts wait `wait_id` of `owner`'s client: `Interrupted` if it was cancelled

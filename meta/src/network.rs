@@ -60,7 +60,7 @@ impl Network {
 
     /// The shared channel to `addr` (tonic reconnects it by itself after failures).
     fn channel(&self, addr: &str) -> Option<Channel> {
-        let mut g = self.channels.lock().ok()?;
+        let mut g = cirrus_types::sync::lock(&self.channels);
         if let Some(ch) = g.get(addr) {
             return Some(ch.clone());
         }

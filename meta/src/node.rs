@@ -11,6 +11,7 @@ use crate::raft_types::{Command, MetaState, NodeId, Raft};
 use crate::sm_store::Shared;
 use crate::state::Reply;
 use cirrus_proto::metrics::{Gauge, Registry};
+use cirrus_types::sync::lock;
 use cirrus_types::{ClientId, ClusterId, FsError, FsResult, InodeId, LockCall, LockKind, ServerId};
 use openraft::error::{ForwardToLeader, RaftError};
 use openraft::{BasicNode, LogId, ServerState, Vote};
@@ -92,11 +93,11 @@ impl ReadBarrier {
     }
 
     fn lease(&self) -> Option<Lease> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.held).clone()
     }
 
     fn set_lease(&self, l: Option<Lease>) {
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = l;
+        *lock(&self.held) = l;
     }
 }
 
@@ -130,6 +131,8 @@ pub struct MetaNode {
     pub replicas: u32,
     pub server_timeout: Duration,
     pub client_lease: Duration,
+    /// What a data server's heartbeat does, and how often (`crate::heartbeat`).
+    pub heartbeat_policy: crate::heartbeat::HeartbeatPolicy,
     pub leader: Mutex<LeaderMem>,
     pub registry: Arc<Registry>,
     pub gauges: Gauges,
@@ -374,7 +377,8 @@ impl MetaNode {
 
     /// Notes that a client is alive (handle open, lease renewal), if we lead.
     pub fn touch_client(&self, c: ClientId) {
-        if let Ok(mut g) = self.leader.lock() {
+        {
+            let mut g = lock(&self.leader);
             if g.term.is_some() {
                 g.client_seen.insert(c, Instant::now());
             }
@@ -383,7 +387,8 @@ impl MetaNode {
 
     /// Notes a data server heartbeat or registration, if we lead.
     pub fn touch_server(&self, s: ServerId) {
-        if let Ok(mut g) = self.leader.lock() {
+        {
+            let mut g = lock(&self.leader);
             if g.term.is_some() {
                 g.server_seen.insert(s, Instant::now());
                 g.server_seen_ms.insert(s, now_ns() / 1_000_000);
@@ -401,7 +406,8 @@ impl MetaNode {
         let leading = m.state == ServerState::Leader;
         self.gauges.is_leader.set(i64::from(leading));
         if !leading {
-            if let Ok(mut g) = self.leader.lock() {
+            {
+                let mut g = lock(&self.leader);
                 if g.term.is_some() {
                     *g = LeaderMem::default();
                 }
@@ -435,7 +441,8 @@ impl MetaNode {
         let now = Instant::now();
         let mut down = Vec::new();
         let mut lapsed = Vec::new();
-        if let Ok(mut g) = self.leader.lock() {
+        {
+            let mut g = lock(&self.leader);
             if g.term != Some(m.current_term) {
                 // Just took over: everyone gets a full grace period from now.
                 *g = LeaderMem {
@@ -447,10 +454,10 @@ impl MetaNode {
                     "leading: liveness and lease timers start now"
                 );
             }
-            for s in table.servers.iter().filter(|s| s.alive) {
-                let seen = *g.server_seen.entry(s.id).or_insert(now);
+            for (&id, _) in table.servers.iter().filter(|(_, s)| s.alive) {
+                let seen = *g.server_seen.entry(id).or_insert(now);
                 if now.duration_since(seen) > self.server_timeout {
-                    down.push(s.id);
+                    down.push(id);
                 }
             }
             for c in &clients {
@@ -473,7 +480,8 @@ impl MetaNode {
             {
                 tracing::warn!(server = %s, %e, "propose ServerDown");
             }
-            if let Ok(mut g) = self.leader.lock() {
+            {
+                let mut g = lock(&self.leader);
                 g.server_seen.remove(&s);
             }
         }
@@ -487,7 +495,8 @@ impl MetaNode {
                 .await
             {
                 Ok(_) => {
-                    if let Ok(mut g) = self.leader.lock() {
+                    {
+                        let mut g = lock(&self.leader);
                         g.client_seen.remove(&c);
                     }
                     // Its locks are gone too: waiters anywhere may take them now.

@@ -90,11 +90,11 @@ pub async fn run(node: Arc<MetaNode>, registry: Arc<Registry>, every: Duration) 
             let t = s.state.chain_table();
             let r = t.replicas as usize;
             chains.set(t.chains.len() as i64);
-            degraded.set(t.chains.iter().filter(|c| c.members.len() < r).count() as i64);
-            unavailable.set(t.chains.iter().filter(|c| c.members.is_empty()).count() as i64);
-            syncing.set(t.chains.iter().filter(|c| !c.syncing.is_empty()).count() as i64);
-            alive.set(t.servers.iter().filter(|s| s.alive).count() as i64);
-            down.set(t.servers.iter().filter(|s| !s.alive).count() as i64);
+            degraded.set(t.chains.values().filter(|c| c.members.len() < r).count() as i64);
+            unavailable.set(t.chains.values().filter(|c| c.members.is_empty()).count() as i64);
+            syncing.set(t.chains.values().filter(|c| !c.syncing.is_empty()).count() as i64);
+            alive.set(t.servers.values().filter(|s| s.alive).count() as i64);
+            down.set(t.servers.values().filter(|s| !s.alive).count() as i64);
         }
         tokio::time::sleep(every).await;
     }

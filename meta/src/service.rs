@@ -4,14 +4,16 @@
 //! linearizable read. A follower answers `NotLeader { leader_hint }` through the single
 //! error mapping in `cirrus_proto::status`. `pb::` types stop here.
 
+use crate::heartbeat::{Heartbeat, Registration};
 use crate::node::{now_ns, MetaNode};
 use crate::raft_types::Command;
-use crate::state::{self, Attr, ChainTable, Reply, SetAttr, TimeSet};
+use crate::state::{self, ChainTable, Reply, SetAttr, TimeSet};
 use cirrus_proto::leader::RequestTag;
 use cirrus_proto::pb;
 use cirrus_proto::to_status;
 use cirrus_types::check_release_batch;
 use cirrus_types::name::validate_name;
+use cirrus_types::sync::lock;
 use cirrus_types::{
     ChainId, ChainVersion, ClientId, FsError, FsResult, HandleId, InodeId, LayoutSpec, ServerId,
 };
@@ -37,27 +39,10 @@ fn ino(v: u64, what: &str) -> FsResult<InodeId> {
     Ok(InodeId(v))
 }
 
-pub fn pb_attr(a: &Attr) -> pb::Attr {
-    pb::Attr {
-        ino: a.ino.0,
-        kind: a.kind.code(),
-        mode: a.mode,
-        uid: a.uid,
-        gid: a.gid,
-        size: a.size,
-        nlink: a.nlink,
-        atime_ns: a.atime_ns,
-        mtime_ns: a.mtime_ns,
-        ctime_ns: a.ctime_ns,
-        crtime_ns: a.crtime_ns,
-        rdev: a.kind.rdev(),
-    }
-}
-
 fn attr_reply(r: Reply) -> FsResult<pb::AttrReply> {
     match r {
         Reply::Attr(a) => Ok(pb::AttrReply {
-            attr: Some(pb_attr(&a)),
+            attr: Some(pb::Attr::from(&a)),
             parent: None,
         }),
         other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
@@ -95,56 +80,23 @@ fn once(tag: Option<RequestTag>, cmd: Command) -> Command {
     }
 }
 
-fn time_set(t: Option<pb::TimeSpec>) -> Option<TimeSet> {
-    t.map(|t| {
-        if t.now {
-            TimeSet::Now
-        } else {
-            TimeSet::Ns(t.ns)
-        }
-    })
-}
-
 impl MetaNode {
     /// Attributes of `ino` in this node's applied state, without a read barrier: right
     /// after a write was applied here they are as of that write or later (the applied
     /// state only holds committed entries). For the parent attributes of a reply.
     fn applied_attr(&self, ino: InodeId) -> Option<pb::Attr> {
         let g = self.shared.read().ok()?;
-        g.state.getattr(ino).ok().map(|a| pb_attr(&a))
+        g.state.getattr(ino).ok().map(|a| pb::Attr::from(&a))
     }
 
+    /// The wire chain table, with each server's last heartbeat as this leader saw it.
     fn pb_table(&self, t: &ChainTable) -> pb::ChainTable {
-        let seen = self
-            .leader
-            .lock()
-            .map(|g| g.server_seen_ms.clone())
-            .unwrap_or_default();
-        pb::ChainTable {
-            chains: t
-                .chains
-                .iter()
-                .map(|c| pb::Chain {
-                    id: c.id.0,
-                    version: c.version.0,
-                    members: c.members.iter().map(|s| s.0).collect(),
-                    syncing: c.syncing.iter().map(|s| s.0).collect(),
-                })
-                .collect(),
-            servers: t
-                .servers
-                .iter()
-                .map(|s| pb::ServerInfo {
-                    id: s.id.0,
-                    address: s.address.clone(),
-                    capacity_bytes: s.capacity,
-                    free_bytes: s.free,
-                    alive: s.alive,
-                    last_heartbeat_ms: seen.get(&s.id).copied().unwrap_or(0),
-                })
-                .collect(),
-            replicas: t.replicas,
+        let seen = lock(&self.leader).server_seen_ms.clone();
+        let mut t = t.clone();
+        for (id, s) in t.servers.iter_mut() {
+            s.last_heartbeat_ms = seen.get(id).copied().unwrap_or(0);
         }
+        pb::ChainTable::from(&t)
     }
 
     /// Node-local view, answered without asking the leader.
@@ -206,7 +158,7 @@ impl pb::meta_server::Meta for MetaService {
                 validate_name(&r.name)?;
                 let a = n.read(|s| s.lookup(parent, &r.name)).await?;
                 Ok(pb::AttrReply {
-                    attr: Some(pb_attr(&a)),
+                    attr: Some(pb::Attr::from(&a)),
                     parent: None,
                 })
             }
@@ -223,7 +175,7 @@ impl pb::meta_server::Meta for MetaService {
                 let i = ino(r.ino, "getattr")?;
                 let a = n.read(|s| s.getattr(i)).await?;
                 Ok(pb::AttrReply {
-                    attr: Some(pb_attr(&a)),
+                    attr: Some(pb::Attr::from(&a)),
                     parent: None,
                 })
             }
@@ -247,8 +199,8 @@ impl pb::meta_server::Meta for MetaService {
                     uid: r.uid,
                     gid: r.gid,
                     size: r.size,
-                    atime: time_set(r.atime),
-                    mtime: time_set(r.mtime),
+                    atime: r.atime.map(TimeSet::from),
+                    mtime: r.mtime.map(TimeSet::from),
                 };
                 let cmd = Command::Setattr {
                     ino: ino(r.ino, "setattr")?,
@@ -298,7 +250,7 @@ impl pb::meta_server::Meta for MetaService {
                         handle,
                         ..
                     } => Ok(pb::CreateReply {
-                        attr: Some(pb_attr(&attr)),
+                        attr: Some(pb::Attr::from(&attr)),
                         handle: handle.map(|h| h.0).unwrap_or(0),
                         layout: Some((&layout).into()),
                         parent: n.applied_attr(parent),
@@ -538,16 +490,11 @@ impl pb::meta_server::Meta for MetaService {
                     let (entries, eof) = s.readdir(i, r.cookie, limit)?;
                     let entries = entries
                         .into_iter()
-                        .map(|e| pb::DirEntry {
-                            attr: if r.plus {
-                                s.getattr(e.ino).ok().map(|a| pb_attr(&a))
-                            } else {
-                                None
-                            },
-                            name: e.name,
-                            ino: e.ino.0,
-                            kind: e.kind.code(),
-                            cookie: e.cookie,
+                        .map(|mut e| {
+                            if r.plus {
+                                e.attr = s.getattr(e.ino).ok();
+                            }
+                            pb::DirEntry::from(e)
                         })
                         .collect();
                     Ok(pb::ReaddirReply { entries, eof })
@@ -639,13 +586,7 @@ impl pb::meta_server::Meta for MetaService {
         done(
             async {
                 n.check(&r.cluster_id, false)?;
-                let s = n.read(|s| Ok(s.statfs())).await?;
-                Ok(pb::StatfsReply {
-                    total_bytes: s.total_bytes,
-                    free_bytes: s.free_bytes,
-                    files: s.files,
-                    block_size: s.block_size,
-                })
+                Ok(n.read(|s| Ok(s.statfs())).await?.into())
             }
             .await,
         )
@@ -676,7 +617,7 @@ impl pb::meta_server::Meta for MetaService {
                         layout,
                     } => Ok(pb::OpenReply {
                         handle: handle.0,
-                        attr: Some(pb_attr(&attr)),
+                        attr: Some(pb::Attr::from(&attr)),
                         layout: Some((&layout).into()),
                     }),
                     other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
@@ -870,23 +811,18 @@ impl pb::meta_server::Meta for MetaService {
                         )))
                     }
                 }
-                let cmd = Command::RegisterServer {
+                let reg = Registration {
                     uuid: r.server_uuid,
                     address: r.address,
-                    capacity: r.capacity_bytes,
-                    free: r.free_bytes,
-                    now_ns: now_ns(),
+                    capacity_bytes: r.capacity_bytes,
+                    free_bytes: r.free_bytes,
                 };
-                match n.write(once(tag?, cmd)).await? {
-                    Reply::Server(id) => {
-                        n.touch_server(id);
-                        Ok(pb::RegisterServerReply {
-                            server_id: id.0,
-                            cluster_id: n.cluster_id()?.to_string(),
-                        })
-                    }
-                    other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
-                }
+                let tag = tag?;
+                let id = n.register_server(reg, |c| once(tag, c)).await?;
+                Ok(pb::RegisterServerReply {
+                    server_id: id.0,
+                    cluster_id: n.cluster_id()?.to_string(),
+                })
             }
             .await,
         )
@@ -898,109 +834,26 @@ impl pb::meta_server::Meta for MetaService {
         done(
             async {
                 n.check(&r.cluster_id, false)?;
-                let sid = ServerId(r.server_id);
-                let (info, table, garbage) = n
-                    .read(|s| {
-                        let info = s.server(sid).cloned().ok_or(FsError::NotFound)?;
-                        Ok((info, s.chain_table(), s.garbage(1024)))
-                    })
-                    .await?;
-                n.touch_server(sid);
-                let mut table = table;
-                if !info.alive {
-                    n.write(Command::ServerUp {
-                        server: sid,
-                        now_ns: now_ns(),
-                    })
-                    .await?;
-                    table = n.read(|s| Ok(s.chain_table())).await?;
-                }
-                // Only reports for the chain's current version promote (the legacy
-                // `caught_up_chains` carries none and is ignored). A refused report must
-                // not fail the heartbeat: its reply brings the table the server needs.
-                for c in &r.caught_up {
-                    let (chain, version) = (ChainId(c.id), ChainVersion(c.version));
-                    let current = table.chains.iter().any(|ch| {
-                        ch.id == chain && ch.version == version && ch.syncing.contains(&sid)
-                    });
-                    if !current {
-                        continue;
-                    }
-                    let cmd = Command::ServerCaughtUpAt {
-                        server: sid,
-                        chain,
-                        version,
-                    };
-                    match n.write(cmd).await {
-                        Ok(_) => table = n.read(|s| Ok(s.chain_table())).await?,
-                        Err(e @ (FsError::StaleChain { .. } | FsError::Invalid(_))) => {
-                            tracing::info!(server = %sid, %chain, %version, err = %e, "caught-up report refused")
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                let capacity_changed =
-                    info.capacity != r.capacity_bytes || info.free != r.free_bytes;
-                let due = n
-                    .leader
-                    .lock()
-                    .map(|mut g| {
-                        let now = std::time::Instant::now();
-                        let due = g.capacity_sent.get(&sid).is_none_or(|t| {
-                            now.duration_since(*t) > std::time::Duration::from_secs(10)
-                        });
-                        if due && capacity_changed {
-                            g.capacity_sent.insert(sid, now);
-                        }
-                        due
-                    })
-                    .unwrap_or(false);
-                if capacity_changed && due {
-                    // Throttled: capacity is for statfs and placement, not worth an entry per beat.
-                    n.write(Command::UpdateCapacity {
-                        server: sid,
-                        capacity: r.capacity_bytes,
-                        free: r.free_bytes,
-                    })
-                    .await?;
-                }
-                let mut objects = Vec::new();
-                let mut acked = Vec::new();
-                if let Ok(mut g) = n.leader.lock() {
-                    for gb in &garbage {
-                        let mut holders = std::collections::BTreeSet::new();
-                        for (idx, chain) in gb.layout.chains.iter().enumerate() {
-                            let Some(ch) = table.chains.iter().find(|c| c.id == *chain) else {
-                                continue;
-                            };
-                            holders.extend(ch.members.iter().chain(ch.syncing.iter()).copied());
-                            if ch.members.contains(&sid) || ch.syncing.contains(&sid) {
-                                objects.push(pb::ObjectRef {
-                                    ino: gb.ino.0,
-                                    index: idx as u32,
-                                });
-                            }
-                        }
-                        let told = g.garbage_told.entry(gb.ino).or_default();
-                        told.insert(sid);
-                        if holders.iter().all(|h| told.contains(h)) {
-                            acked.push(gb.ino);
-                        }
-                    }
-                    for i in &acked {
-                        g.garbage_told.remove(i);
-                    }
-                }
-                if !acked.is_empty() {
-                    // Every holder has been told; deletion on the data servers is idempotent,
-                    // and a server that was down then is cleaned up by its own scrub.
-                    if let Err(e) = n.write(Command::AckGarbage { inos: acked }).await {
-                        tracing::debug!(%e, "propose AckGarbage");
-                    }
-                }
+                // Only reports for a version promote (the legacy `caught_up_chains`
+                // carries none and is ignored).
+                let beat = Heartbeat {
+                    server: ServerId(r.server_id),
+                    capacity_bytes: r.capacity_bytes,
+                    free_bytes: r.free_bytes,
+                    caught_up: r
+                        .caught_up
+                        .iter()
+                        .map(|c| (ChainId(c.id), ChainVersion(c.version)))
+                        .collect(),
+                };
+                let answer = n.heartbeat(beat).await?;
                 Ok(pb::HeartbeatReply {
-                    table: Some(n.pb_table(&table)),
-                    garbage: objects,
+                    table: Some(n.pb_table(&answer.table)),
+                    garbage: answer
+                        .garbage
+                        .into_iter()
+                        .map(pb::ObjectRef::from)
+                        .collect(),
                 })
             }
             .await,

@@ -310,7 +310,7 @@ impl Conn {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    cirrus_types::sync::lock(&m)
 }
 
 /// Removes a call's pending entry when the call ends, however it ends.

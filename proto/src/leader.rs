@@ -202,7 +202,7 @@ impl MetaConn {
         // a late duplicate. A poisoned set is still the truth (inserts and removes do not
         // panic half way), so it is used anyway.
         let seq = {
-            let mut g = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = cirrus_types::sync::lock(&self.in_flight);
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
             g.insert(seq);
             seq
@@ -252,14 +252,12 @@ impl MetaConn {
     }
 
     pub fn set_cluster_id(&self, id: ClusterId) {
-        if let Ok(mut g) = self.cluster_id.write() {
-            *g = id.to_string();
-        }
+        *cirrus_types::sync::write(&self.cluster_id) = id.to_string();
     }
 
     /// The address currently believed to be the leader, if any.
     pub fn leader(&self) -> Option<String> {
-        self.inner.lock().ok().and_then(|g| g.leader.clone())
+        cirrus_types::sync::lock(&self.inner).leader.clone()
     }
 
     /// Asks the group for its cluster id (any node that knows it) and remembers it.
@@ -301,9 +299,7 @@ impl MetaConn {
     }
 
     fn note(&self, leader: Option<String>) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.leader = leader;
-        }
+        cirrus_types::sync::lock(&self.inner).leader = leader;
     }
 
     /// Runs `f` against the leader, following hints and retrying within the policy's

@@ -115,7 +115,7 @@ impl Registry {
         labels: &[(&str, &str)],
         make: impl FnOnce() -> Metric,
     ) -> Option<Metric> {
-        let mut g = self.families.lock().ok()?;
+        let mut g = cirrus_types::sync::lock(&self.families);
         let fam = g.entry(name.to_string()).or_insert_with(|| Family {
             help: help.to_string(),
             kind,
@@ -159,13 +159,11 @@ impl Registry {
 
     /// What `/healthz` reports: `Ok` is 200 "ok", `Err(reason)` is 503 with the reason.
     pub fn set_health(&self, f: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
-        if let Ok(mut g) = self.health.lock() {
-            *g = Some(Arc::new(f));
-        }
+        *cirrus_types::sync::lock(&self.health) = Some(Arc::new(f));
     }
 
     pub fn health(&self) -> Result<(), String> {
-        let f = self.health.lock().ok().and_then(|g| g.clone());
+        let f = cirrus_types::sync::lock(&self.health).clone();
         match f {
             Some(f) => f(),
             None => Ok(()),

@@ -161,7 +161,7 @@ impl ConnLimit {
 
     fn warn_refused(&self, peer: SocketAddr) {
         let n = self.unreported.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = cirrus_types::sync::lock(&self.last_warning);
         if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return;
         }

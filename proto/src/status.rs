@@ -38,6 +38,7 @@ fn tag(e: &FsError) -> (&'static str, Code) {
         Deadlock(_) => ("deadlock", Code::Aborted),
         Interrupted(_) => ("interrupted", Code::Cancelled),
         NoLocks(_) => ("no_locks", Code::ResourceExhausted),
+        Protocol(_) => ("protocol", Code::InvalidArgument),
     }
 }
 
@@ -139,6 +140,7 @@ fn from_tag(
         "deadlock" => FsError::Deadlock(detail("resource deadlock avoided: ")),
         "interrupted" => FsError::Interrupted(detail("interrupted: ")),
         "no_locks" => FsError::NoLocks(detail("no locks available: ")),
+        "protocol" => FsError::Protocol(detail("protocol error: ")),
         _ => return None,
     })
 }
@@ -214,6 +216,7 @@ mod tests {
             FsError::Deadlock("cycle of 2 waiters".into()),
             FsError::Interrupted("signal".into()),
             FsError::NoLocks("client 3 holds 16384".into()),
+            FsError::Protocol("message without attr".into()),
         ];
         for e in all {
             assert_eq!(from_status(&to_status(&e)), e, "{e:?}");

@@ -69,6 +69,11 @@ pub enum FsError {
     /// A per-client ceiling on lock records or lock waiters was reached (ENOLCK).
     #[error("no locks available: {0}")]
     NoLocks(String),
+    /// A message lacked a field or carried a value no domain type has
+    /// (`cirrus_proto::convert::ProtocolError`): a peer of another version or a bug, never
+    /// retried.
+    #[error("protocol error: {0}")]
+    Protocol(String),
 }
 
 /// How a failed attempt may be retried ([`FsError::retry`]).
@@ -115,6 +120,7 @@ impl FsError {
             Deadlock(_) => libc::EDEADLK,
             Interrupted(_) => libc::EINTR,
             NoLocks(_) => libc::ENOLCK,
+            Protocol(_) => libc::EIO,
         }
     }
 

@@ -5,7 +5,7 @@
 //! meta compute it identically, and `stripe_mapping_is_pinned` fixes it. Changing it
 //! means a new `LAYOUT_FN_VERSION`, never an edit of version 1.
 
-use crate::ids::{ChainId, ChainVersion, InodeId, ServerId};
+use crate::ids::{ChainId, InodeId};
 use crate::{FsError, FsResult};
 use serde::{Deserialize, Serialize};
 
@@ -176,14 +176,6 @@ impl Layout {
         let partial = if full_units % count == idx { tail } else { 0 };
         units * unit + partial
     }
-}
-
-/// A replication chain: head first, tail last.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chain {
-    pub id: ChainId,
-    pub version: ChainVersion,
-    pub members: Vec<ServerId>,
 }
 
 #[cfg(test)]

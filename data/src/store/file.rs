@@ -214,7 +214,7 @@ impl FileStore {
             }
         }
         tracing::info!(objects = loaded.len(), "loaded object store");
-        *self.objs.lock().unwrap_or_else(|p| p.into_inner()) = loaded;
+        *cirrus_types::sync::lock(&self.objs) = loaded;
         Ok(())
     }
 

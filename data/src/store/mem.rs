@@ -44,7 +44,7 @@ impl MemStore {
 
     /// Flips one byte of the stored data without updating its crc.
     pub fn corrupt(&self, key: ObjectKey, off: u64) -> bool {
-        let mut g = self.objs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = cirrus_types::sync::lock(&self.objs);
         match g.get_mut(&key).and_then(|o| o.data.get_mut(off as usize)) {
             Some(b) => {
                 *b ^= 0xff;
@@ -55,7 +55,7 @@ impl MemStore {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<ObjectKey, MemObj>) -> T) -> T {
-        f(&mut self.objs.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut cirrus_types::sync::lock(&self.objs))
     }
 
     fn obj(

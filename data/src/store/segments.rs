@@ -107,7 +107,7 @@ impl Segments {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, bool>> {
-        self.far.lock().unwrap_or_else(|p| p.into_inner())
+        cirrus_types::sync::lock(&self.far)
     }
 
     pub fn path(&self, seg: u64) -> PathBuf {

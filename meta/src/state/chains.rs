@@ -82,7 +82,7 @@ impl MetaState {
         self.next_chain += 1;
         self.chains.insert(
             chain,
-            ChainInfo {
+            Chain {
                 id: chain,
                 version: ChainVersion(0),
                 members: Vec::new(),
@@ -306,7 +306,7 @@ impl MetaState {
     }
 }
 
-fn bump(c: &mut ChainInfo) {
+fn bump(c: &mut Chain) {
     c.version = ChainVersion(c.version.0 + 1);
 }
 
@@ -316,7 +316,7 @@ mod tests {
 
     const T0: i64 = 1_700_000_000_000_000_000;
 
-    fn chain(s: &MetaState, id: u32) -> ChainInfo {
+    fn chain(s: &MetaState, id: u32) -> Chain {
         s.chain(ChainId(id)).cloned().expect("chain")
     }
 
@@ -387,7 +387,7 @@ mod tests {
             c.members = vec![ServerId(4)];
             c.syncing = vec![ServerId(1)];
         }
-        let before: Vec<ChainInfo> = (1..=4).map(|id| chain(&s, id)).collect();
+        let before: Vec<Chain> = (1..=4).map(|id| chain(&s, id)).collect();
         set(&mut s, 2, true);
         set(&mut s, 3, true);
         // Server 4 holds every chain (members never move); the four copies spread over

@@ -27,9 +27,10 @@ mod once_tests;
 #[cfg(test)]
 mod tests;
 
+pub use cirrus_types::{Attr, Chain, ChainTable, DirEntry, ServerEntry, SetAttr, Statfs, TimeSet};
 use cirrus_types::{
-    Chain, ChainId, ChainVersion, ClientId, ClusterId, FileKind, FsError, FsResult, HandleId,
-    InodeId, Layout, LayoutSpec, LockKind, LockOwner, RequestId, ServerId,
+    ChainId, ChainVersion, ClientId, ClusterId, FileKind, FsError, FsResult, HandleId, InodeId,
+    Layout, LayoutSpec, LockKind, LockOwner, RequestId, ServerId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,26 +68,6 @@ pub use cirrus_types::MAX_FILE_SIZE;
 pub const FIRST_COOKIE: u64 = 3;
 /// Block size reported by statfs.
 pub const STATFS_BLOCK_SIZE: u64 = 4096;
-
-/// A time to set: the leader's `now_ns` of the command, or an explicit value.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TimeSet {
-    Now,
-    Ns(i64),
-}
-
-/// Attributes to change in `Setattr`; `None` leaves a field alone.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct SetAttr {
-    /// Permission bits (masked to 0o7777).
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    /// Truncate or extend (regular files only); the client resizes the objects itself.
-    pub size: Option<u64>,
-    pub atime: Option<TimeSet>,
-    pub mtime: Option<TimeSet>,
-}
 
 /// One raft entry. Every mutating command carries `now_ns`, the leader's clock (ns since
 /// the Unix epoch) at propose time; apply never reads a clock. The encoding is pinned by
@@ -307,23 +288,6 @@ impl Command {
     }
 }
 
-/// Attributes of an inode, as the client API returns them.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct Attr {
-    pub ino: InodeId,
-    pub kind: FileKind,
-    /// Permission bits only (0o7777).
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub nlink: u32,
-    pub atime_ns: i64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-    pub crtime_ns: i64,
-}
-
 /// The successful result of a command.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -356,15 +320,6 @@ pub struct Dentry {
     pub kind: FileKind,
     /// Assigned at insert from the directory's counter; never changes while the entry
     /// exists. Readdir resumes with entries whose cookie is greater.
-    pub cookie: u64,
-}
-
-/// Readdir output entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DirEntry {
-    pub name: Vec<u8>,
-    pub ino: InodeId,
-    pub kind: FileKind,
     pub cookie: u64,
 }
 
@@ -464,45 +419,6 @@ pub struct ServerInfo {
     pub registered_ns: i64,
 }
 
-/// A replication chain with its members still catching up.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct ChainInfo {
-    pub id: ChainId,
-    pub version: ChainVersion,
-    /// Serving members, head first, tail last.
-    pub members: Vec<ServerId>,
-    /// Being rebuilt: they receive writes, serve no reads, and join `members` (as tail)
-    /// on `ServerCaughtUp`.
-    pub syncing: Vec<ServerId>,
-}
-
-impl ChainInfo {
-    /// The domain chain (serving members only).
-    pub fn to_chain(&self) -> Chain {
-        Chain {
-            id: self.id,
-            version: self.version,
-            members: self.members.clone(),
-        }
-    }
-}
-
-/// Everything `GetChains` and heartbeat replies carry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainTable {
-    pub chains: Vec<ChainInfo>,
-    pub servers: Vec<ServerInfo>,
-    pub replicas: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Statfs {
-    pub total_bytes: u64,
-    pub free_bytes: u64,
-    pub files: u64,
-    pub block_size: u64,
-}
-
 /// The whole replicated state. Serialized as one value (bincode) in snapshots.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetaState {
@@ -522,7 +438,7 @@ pub struct MetaState {
     garbage: BTreeMap<InodeId, Garbage>,
     servers: BTreeMap<ServerId, ServerInfo>,
     server_by_uuid: BTreeMap<String, ServerId>,
-    chains: BTreeMap<ChainId, ChainInfo>,
+    chains: BTreeMap<ChainId, Chain>,
     /// Objects (live files and unacknowledged garbage) placed on each chain. A chain with
     /// none holds no data, so it can be re-placed freely without a rebuild.
     chain_refs: BTreeMap<ChainId, u64>,
@@ -804,6 +720,7 @@ impl MetaState {
                 ino: d.ino,
                 kind: d.kind,
                 cookie: *c,
+                attr: None,
             });
             if out.len() >= limit {
                 break;
@@ -860,13 +777,28 @@ impl MetaState {
 
     pub fn chain_table(&self) -> ChainTable {
         ChainTable {
-            chains: self.chains.values().cloned().collect(),
-            servers: self.servers.values().cloned().collect(),
+            chains: self.chains.clone(),
+            servers: self
+                .servers
+                .values()
+                .map(|s| {
+                    (
+                        s.id,
+                        ServerEntry {
+                            address: s.address.clone(),
+                            alive: s.alive,
+                            capacity_bytes: s.capacity,
+                            free_bytes: s.free,
+                            last_heartbeat_ms: 0,
+                        },
+                    )
+                })
+                .collect(),
             replicas: self.replicas,
         }
     }
 
-    pub fn chain(&self, id: ChainId) -> Option<&ChainInfo> {
+    pub fn chain(&self, id: ChainId) -> Option<&Chain> {
         self.chains.get(&id)
     }
 

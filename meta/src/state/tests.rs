@@ -882,7 +882,7 @@ fn empty_chains_follow_the_ideal_placement() {
     assert_eq!(t.replicas, 2);
     let got: Vec<Vec<u64>> = t
         .chains
-        .iter()
+        .values()
         .map(|c| c.members.iter().map(|m| m.0).collect())
         .collect();
     assert_eq!(got, vec![vec![1, 2], vec![2, 3], vec![3, 1]]);

@@ -7,12 +7,12 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use cirrus_client::client::{Client, ClientConfig};
-use cirrus_data::node::ChainEntry;
+
 use cirrus_data::peer::Peers;
 use cirrus_data::server::parse_cluster;
 use cirrus_proto::pb;
 use cirrus_raft_tests::cluster::TestCluster;
-use cirrus_types::{ChainId, ChainVersion, FsError, InodeId, Layout, ObjectKey};
+use cirrus_types::{Chain, ChainId, ChainVersion, FsError, InodeId, Layout, ObjectKey};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,8 +120,8 @@ pub async fn peers(c: &TestCluster) -> Result<Peers> {
 }
 
 /// The node-side view of a chain at `version`, for peer calls.
-pub fn entry(chain: ChainId, version: ChainVersion) -> ChainEntry {
-    ChainEntry {
+pub fn entry(chain: ChainId, version: ChainVersion) -> Chain {
+    Chain {
         id: chain,
         version,
         members: Vec::new(),

@@ -1,11 +1,41 @@
-//! Conversions between wire (`pb::`) and domain (`cirrus_types`) types. Receivers use the
-//! `TryFrom`s, which validate; senders use the `From`s.
+//! Conversions between wire (`pb::`) and domain (`cirrus_types`) types, for every crate:
+//! receivers use the `TryFrom`s, which validate; senders use the `From`s. A message that
+//! lacks a field or carries one no domain value has is a [`ProtocolError`] naming the
+//! field, mapped once to `FsError::Protocol` (and from there, by `status`, to one gRPC
+//! status). Neon's page_api model.rs is the model.
+
+mod attr;
+mod chain;
+
+pub use attr::attr;
 
 use crate::pb;
 use cirrus_types::{
-    Chain, ChainId, ChainVersion, ClientId, ClusterId, FsError, FsResult, InodeId, Layout,
-    LockCall, LockKind, LockOwner, ObjectKey, ServerId,
+    ChainId, ClientId, ClusterId, FsError, FsResult, InodeId, Layout, LockCall, LockKind,
+    LockOwner, ObjectKey,
 };
+
+/// A message that does not say what its type promises.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A field the message must carry is absent (proto3 messages are all optional).
+    #[error("message without {0}")]
+    Missing(&'static str),
+    /// A field's value is no value of its domain type.
+    #[error("{0}: {1}")]
+    Invalid(&'static str, String),
+}
+
+impl From<ProtocolError> for FsError {
+    fn from(e: ProtocolError) -> Self {
+        FsError::Protocol(e.to_string())
+    }
+}
+
+/// The value of a field the message must carry.
+pub fn required<T>(v: Option<T>, field: &'static str) -> Result<T, ProtocolError> {
+    v.ok_or(ProtocolError::Missing(field))
+}
 
 impl TryFrom<&pb::Layout> for Layout {
     type Error = FsError;
@@ -26,16 +56,6 @@ impl From<&Layout> for pb::Layout {
             fn_version: l.fn_version,
             stripe_unit: l.stripe_unit,
             chains: l.chains.iter().map(|c| c.0).collect(),
-        }
-    }
-}
-
-impl From<&pb::Chain> for Chain {
-    fn from(p: &pb::Chain) -> Self {
-        Chain {
-            id: ChainId(p.id),
-            version: ChainVersion(p.version),
-            members: p.members.iter().copied().map(ServerId).collect(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! Must not depend on: cirrus-data, cirrus-client.
 
 pub mod bootstrap;
+pub mod door;
 mod frame;
 pub mod heartbeat;
 pub mod identity;

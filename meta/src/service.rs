@@ -4,19 +4,17 @@
 //! linearizable read. A follower answers `NotLeader { leader_hint }` through the single
 //! error mapping in `cirrus_proto::status`. `pb::` types stop here.
 
+use crate::door::{self, ino, Proposal, Scoped};
 use crate::heartbeat::{Heartbeat, Registration};
 use crate::node::{now_ns, MetaNode};
 use crate::raft_types::Command;
-use crate::state::{self, ChainTable, Reply, SetAttr, TimeSet};
+use crate::state::{ChainTable, Reply};
 use cirrus_proto::leader::RequestTag;
 use cirrus_proto::pb;
 use cirrus_proto::to_status;
-use cirrus_types::check_release_batch;
 use cirrus_types::name::validate_name;
 use cirrus_types::sync::lock;
-use cirrus_types::{
-    ChainId, ChainVersion, ClientId, FsError, FsResult, HandleId, InodeId, LayoutSpec, ServerId,
-};
+use cirrus_types::{ChainId, ChainVersion, ClientId, FsError, FsResult, InodeId, ServerId};
 use openraft::ServerState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,32 +30,58 @@ fn done<T>(r: FsResult<T>) -> Rpc<T> {
     r.map(Response::new).map_err(|e| to_status(&e))
 }
 
-fn ino(v: u64, what: &str) -> FsResult<InodeId> {
-    if v == 0 {
-        return Err(FsError::Invalid(format!("{what}: inode 0")));
-    }
-    Ok(InodeId(v))
-}
-
 fn attr_reply(r: Reply) -> FsResult<pb::AttrReply> {
     match r {
         Reply::Attr(a) => Ok(pb::AttrReply {
             attr: Some(pb::Attr::from(&a)),
             parent: None,
         }),
-        other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
+        other => Err(unexpected(other)),
     }
 }
 
-/// `cmd` under the caller's umask, when it sent one (see `Command::Umasked`).
-fn umasked(umask: Option<u32>, cmd: Command) -> FsResult<Command> {
-    match umask {
-        None => Ok(cmd),
-        Some(u) if u & !0o777 != 0 => Err(FsError::Invalid(format!("umask {u:#o}"))),
-        Some(umask) => Ok(Command::Umasked {
-            umask,
-            cmd: Box::new(cmd),
-        }),
+/// A reply of another shape than its command's: a bug, said as one.
+fn unexpected(r: Reply) -> FsError {
+    FsError::Io(format!("unexpected apply result {r:?}"))
+}
+
+impl MetaService {
+    /// The opening every read shares: the cluster id, then the request.
+    fn scoped<Q: Scoped>(&self, req: Request<Q>) -> FsResult<Q> {
+        let r = req.into_inner();
+        self.node.check(r.cluster_id(), false)?;
+        Ok(r)
+    }
+
+    /// The opening every mutation shares: the cluster id, the request converted into its
+    /// command (`door::Proposal`, which validates and stamps the leader's clock), the
+    /// caller's request id, one proposal.
+    async fn propose<Q: Proposal>(&self, req: Request<Q>) -> FsResult<Reply> {
+        let tag = request_tag(req.metadata());
+        let r = req.into_inner();
+        self.node.check(r.cluster_id(), false)?;
+        let cmd = r.command(now_ns())?;
+        self.node.write(once(tag?, cmd)).await
+    }
+
+    /// A call that makes a name under `parent`: its attributes, and the parent's right
+    /// after the change.
+    async fn new_entry<Q: Proposal>(
+        &self,
+        req: Request<Q>,
+        parent: InodeId,
+    ) -> FsResult<pb::AttrReply> {
+        let mut a = attr_reply(self.propose(req).await?)?;
+        a.parent = self.node.applied_attr(parent);
+        Ok(a)
+    }
+
+    /// The reply of a call that removed or moved names: the directories right after.
+    fn dirs_reply(&self, parent: InodeId, new_parent: Option<InodeId>) -> pb::DirsReply {
+        pb::DirsReply {
+            parent: self.node.applied_attr(parent),
+            new_parent: new_parent.and_then(|p| self.node.applied_attr(p)),
+        }
     }
 }
 
@@ -149,11 +173,10 @@ impl MetaNode {
 #[tonic::async_trait]
 impl pb::meta_server::Meta for MetaService {
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> Rpc<pb::AttrReply> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                let r = self.scoped(req)?;
                 let parent = ino(r.parent, "lookup parent")?;
                 validate_name(&r.name)?;
                 let a = n.read(|s| s.lookup(parent, &r.name)).await?;
@@ -167,11 +190,10 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn getattr(&self, req: Request<pb::GetattrRequest>) -> Rpc<pb::AttrReply> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                let r = self.scoped(req)?;
                 let i = ino(r.ino, "getattr")?;
                 let a = n.read(|s| s.getattr(i)).await?;
                 Ok(pb::AttrReply {
@@ -184,66 +206,18 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn setattr(&self, req: Request<pb::SetattrRequest>) -> Rpc<pb::AttrReply> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
-        done(
-            async {
-                n.check(&r.cluster_id, false)?;
-                // The door: a size past the largest file never reaches the log.
-                if let Some(size) = r.size {
-                    cirrus_types::limits::check_file_size(size)?;
-                }
-                let set = SetAttr {
-                    mode: r.mode,
-                    uid: r.uid,
-                    gid: r.gid,
-                    size: r.size,
-                    atime: r.atime.map(TimeSet::from),
-                    mtime: r.mtime.map(TimeSet::from),
-                };
-                let cmd = Command::Setattr {
-                    ino: ino(r.ino, "setattr")?,
-                    set,
-                    now_ns: now_ns(),
-                };
-                attr_reply(n.write(once(tag?, cmd)).await?)
-            }
-            .await,
-        )
+        done(async { attr_reply(self.propose(req).await?) }.await)
     }
 
     async fn create(&self, req: Request<pb::CreateRequest>) -> Rpc<pb::CreateReply> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
         let n = &self.node;
+        let parent = InodeId(req.get_ref().parent);
+        if let Some(c) = door::client(req.get_ref().client_id) {
+            n.touch_client(c);
+        }
         done(
             async {
-                n.check(&r.cluster_id, false)?;
-                validate_name(&r.name)?;
-                let spec = LayoutSpec {
-                    stripe_unit: r.stripe_unit,
-                    stripe_count: r.stripe_count,
-                };
-                spec.validate()?;
-                let client = (r.client_id != 0).then_some(ClientId(r.client_id));
-                let parent = ino(r.parent, "create parent")?;
-                let cmd = Command::Create {
-                    parent,
-                    name: r.name,
-                    mode: r.mode,
-                    uid: r.uid,
-                    gid: r.gid,
-                    exclusive: r.exclusive,
-                    client,
-                    spec,
-                    now_ns: now_ns(),
-                };
-                let cmd = umasked(r.umask, cmd)?;
-                if let Some(c) = client {
-                    n.touch_client(c);
-                }
-                match n.write(once(tag?, cmd)).await? {
+                match self.propose(req).await? {
                     Reply::Created {
                         attr,
                         layout,
@@ -255,7 +229,7 @@ impl pb::meta_server::Meta for MetaService {
                         layout: Some((&layout).into()),
                         parent: n.applied_attr(parent),
                     }),
-                    other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
+                    other => Err(unexpected(other)),
                 }
             }
             .await,
@@ -263,100 +237,25 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn mkdir(&self, req: Request<pb::MkdirRequest>) -> Rpc<pb::AttrReply> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
-        done(
-            async {
-                n.check(&r.cluster_id, false)?;
-                validate_name(&r.name)?;
-                let parent = ino(r.parent, "mkdir parent")?;
-                let cmd = Command::Mkdir {
-                    parent,
-                    name: r.name,
-                    mode: r.mode,
-                    uid: r.uid,
-                    gid: r.gid,
-                    now_ns: now_ns(),
-                };
-                let cmd = umasked(r.umask, cmd)?;
-                let mut a = attr_reply(n.write(once(tag?, cmd)).await?)?;
-                a.parent = n.applied_attr(parent);
-                Ok(a)
-            }
-            .await,
-        )
+        let parent = InodeId(req.get_ref().parent);
+        done(self.new_entry(req, parent).await)
     }
 
     async fn mknod(&self, req: Request<pb::MknodRequest>) -> Rpc<pb::AttrReply> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
-        done(
-            async {
-                n.check(&r.cluster_id, false)?;
-                validate_name(&r.name)?;
-                let parent = ino(r.parent, "mknod parent")?;
-                let kind = cirrus_types::FileKind::from_code(r.kind, r.rdev)
-                    .filter(|k| k.is_special())
-                    .ok_or_else(|| {
-                        FsError::Invalid(format!(
-                            "mknod kind {} is not a FIFO (4), socket (5) or device node (6, 7)",
-                            r.kind
-                        ))
-                    })?;
-                let cmd = Command::Mknod {
-                    parent,
-                    name: r.name,
-                    kind,
-                    mode: r.mode,
-                    uid: r.uid,
-                    gid: r.gid,
-                    now_ns: now_ns(),
-                };
-                let cmd = umasked(r.umask, cmd)?;
-                let mut a = attr_reply(n.write(once(tag?, cmd)).await?)?;
-                a.parent = n.applied_attr(parent);
-                Ok(a)
-            }
-            .await,
-        )
+        let parent = InodeId(req.get_ref().parent);
+        done(self.new_entry(req, parent).await)
     }
 
     async fn symlink(&self, req: Request<pb::SymlinkRequest>) -> Rpc<pb::AttrReply> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
-        done(
-            async {
-                n.check(&r.cluster_id, false)?;
-                validate_name(&r.name)?;
-                if r.target.len() > state::SYMLINK_MAX {
-                    return Err(FsError::NameTooLong);
-                }
-                let parent = ino(r.parent, "symlink parent")?;
-                let cmd = Command::Symlink {
-                    parent,
-                    name: r.name,
-                    target: r.target,
-                    uid: r.uid,
-                    gid: r.gid,
-                    now_ns: now_ns(),
-                };
-                let mut a = attr_reply(n.write(once(tag?, cmd)).await?)?;
-                a.parent = n.applied_attr(parent);
-                Ok(a)
-            }
-            .await,
-        )
+        let parent = InodeId(req.get_ref().parent);
+        done(self.new_entry(req, parent).await)
     }
 
     async fn readlink(&self, req: Request<pb::ReadlinkRequest>) -> Rpc<pb::ReadlinkReply> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                let r = self.scoped(req)?;
                 let i = ino(r.ino, "readlink")?;
                 let target = n.read(|s| s.readlink(i)).await?;
                 Ok(pb::ReadlinkReply { target })
@@ -366,119 +265,43 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn link(&self, req: Request<pb::LinkRequest>) -> Rpc<pb::AttrReply> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
-        done(
-            async {
-                n.check(&r.cluster_id, false)?;
-                validate_name(&r.new_name)?;
-                let new_parent = ino(r.new_parent, "link parent")?;
-                let cmd = Command::Link {
-                    ino: ino(r.ino, "link")?,
-                    new_parent,
-                    new_name: r.new_name,
-                    now_ns: now_ns(),
-                };
-                let mut a = attr_reply(n.write(once(tag?, cmd)).await?)?;
-                a.parent = n.applied_attr(new_parent);
-                Ok(a)
-            }
-            .await,
-        )
+        let parent = InodeId(req.get_ref().new_parent);
+        done(self.new_entry(req, parent).await)
     }
 
     async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Rpc<pb::DirsReply> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
+        let parent = InodeId(req.get_ref().parent);
         done(
-            async {
-                n.check(&r.cluster_id, false)?;
-                validate_name(&r.name)?;
-                let parent = ino(r.parent, "unlink parent")?;
-                let cmd = Command::Unlink {
-                    parent,
-                    name: r.name,
-                    now_ns: now_ns(),
-                };
-                n.write(once(tag?, cmd)).await?;
-                Ok(pb::DirsReply {
-                    parent: n.applied_attr(parent),
-                    new_parent: None,
-                })
-            }
-            .await,
+            self.propose(req)
+                .await
+                .map(|_| self.dirs_reply(parent, None)),
         )
     }
 
     async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Rpc<pb::DirsReply> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
+        let parent = InodeId(req.get_ref().parent);
         done(
-            async {
-                n.check(&r.cluster_id, false)?;
-                validate_name(&r.name)?;
-                let parent = ino(r.parent, "rmdir parent")?;
-                let cmd = Command::Rmdir {
-                    parent,
-                    name: r.name,
-                    now_ns: now_ns(),
-                };
-                n.write(once(tag?, cmd)).await?;
-                Ok(pb::DirsReply {
-                    parent: n.applied_attr(parent),
-                    new_parent: None,
-                })
-            }
-            .await,
+            self.propose(req)
+                .await
+                .map(|_| self.dirs_reply(parent, None)),
         )
     }
 
     async fn rename(&self, req: Request<pb::RenameRequest>) -> Rpc<pb::DirsReply> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
+        let r = req.get_ref();
+        let (parent, new_parent) = (InodeId(r.parent), InodeId(r.new_parent));
         done(
-            async {
-                n.check(&r.cluster_id, false)?;
-                validate_name(&r.name)?;
-                validate_name(&r.new_name)?;
-                if !matches!(
-                    r.flags,
-                    0 | state::RENAME_NOREPLACE | state::RENAME_EXCHANGE
-                ) {
-                    return Err(FsError::Invalid(format!("rename flags {:#x}", r.flags)));
-                }
-                let (parent, new_parent) = (
-                    ino(r.parent, "rename parent")?,
-                    ino(r.new_parent, "rename new parent")?,
-                );
-                let cmd = Command::Rename {
-                    parent,
-                    name: r.name,
-                    new_parent,
-                    new_name: r.new_name,
-                    flags: r.flags,
-                    now_ns: now_ns(),
-                };
-                n.write(once(tag?, cmd)).await?;
-                Ok(pb::DirsReply {
-                    parent: n.applied_attr(parent),
-                    new_parent: n.applied_attr(new_parent),
-                })
-            }
-            .await,
+            self.propose(req)
+                .await
+                .map(|_| self.dirs_reply(parent, Some(new_parent))),
         )
     }
 
     async fn readdir(&self, req: Request<pb::ReaddirRequest>) -> Rpc<pb::ReaddirReply> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                let r = self.scoped(req)?;
                 let i = ino(r.ino, "readdir")?;
                 // Bound one reply so a huge directory never builds a giant message.
                 let limit = if r.limit == 0 {
@@ -506,11 +329,10 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn get_xattr(&self, req: Request<pb::GetXattrRequest>) -> Rpc<pb::GetXattrReply> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                let r = self.scoped(req)?;
                 let i = ino(r.ino, "getxattr")?;
                 let v = n.read(|s| s.getxattr(i, &r.name)).await?;
                 Ok(pb::GetXattrReply { value: v })
@@ -520,39 +342,14 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn set_xattr(&self, req: Request<pb::SetXattrRequest>) -> Rpc<pb::Empty> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
-        done(
-            async {
-                n.check(&r.cluster_id, false)?;
-                // An oversized name or value never reaches the log (apply checks again).
-                if r.name.is_empty()
-                    || r.name.len() > state::XATTR_NAME_MAX
-                    || r.value.len() > state::XATTR_VALUE_MAX
-                {
-                    return Err(FsError::Range);
-                }
-                let cmd = Command::SetXattr {
-                    ino: ino(r.ino, "setxattr")?,
-                    name: r.name,
-                    value: r.value,
-                    flags: r.flags,
-                    now_ns: now_ns(),
-                };
-                n.write(once(tag?, cmd)).await?;
-                Ok(pb::Empty {})
-            }
-            .await,
-        )
+        done(self.propose(req).await.map(|_| pb::Empty {}))
     }
 
     async fn list_xattr(&self, req: Request<pb::ListXattrRequest>) -> Rpc<pb::ListXattrReply> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                let r = self.scoped(req)?;
                 let i = ino(r.ino, "listxattr")?;
                 let names = n.read(|s| s.listxattr(i)).await?;
                 Ok(pb::ListXattrReply { names })
@@ -562,30 +359,14 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn remove_xattr(&self, req: Request<pb::RemoveXattrRequest>) -> Rpc<pb::Empty> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
-        done(
-            async {
-                n.check(&r.cluster_id, false)?;
-                let cmd = Command::RemoveXattr {
-                    ino: ino(r.ino, "removexattr")?,
-                    name: r.name,
-                    now_ns: now_ns(),
-                };
-                n.write(once(tag?, cmd)).await?;
-                Ok(pb::Empty {})
-            }
-            .await,
-        )
+        done(self.propose(req).await.map(|_| pb::Empty {}))
     }
 
     async fn statfs(&self, req: Request<pb::StatfsRequest>) -> Rpc<pb::StatfsReply> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                self.scoped(req)?;
                 Ok(n.read(|s| Ok(s.statfs())).await?.into())
             }
             .await,
@@ -593,24 +374,12 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn open(&self, req: Request<pb::OpenRequest>) -> Rpc<pb::OpenReply> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
+        if let Some(c) = door::client(req.get_ref().client_id) {
+            self.node.touch_client(c);
+        }
         done(
             async {
-                n.check(&r.cluster_id, false)?;
-                if r.client_id == 0 {
-                    return Err(FsError::Invalid("open without a client id".into()));
-                }
-                let client = ClientId(r.client_id);
-                n.touch_client(client);
-                let cmd = Command::Open {
-                    ino: ino(r.ino, "open")?,
-                    client,
-                    truncate: r.truncate,
-                    now_ns: now_ns(),
-                };
-                match n.write(once(tag?, cmd)).await? {
+                match self.propose(req).await? {
                     Reply::Opened {
                         handle,
                         attr,
@@ -620,7 +389,7 @@ impl pb::meta_server::Meta for MetaService {
                         attr: Some(pb::Attr::from(&attr)),
                         layout: Some((&layout).into()),
                     }),
-                    other => Err(FsError::Io(format!("unexpected apply result {other:?}"))),
+                    other => Err(unexpected(other)),
                 }
             }
             .await,
@@ -628,62 +397,18 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Rpc<pb::Empty> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
-        done(
-            async {
-                n.check(&r.cluster_id, false)?;
-                // Refused before anything is proposed: an oversized batch never reaches the log.
-                check_release_batch(r.more.len() + 1)?;
-                let cmd = if r.more.is_empty() {
-                    Command::Release {
-                        handle: HandleId(r.handle),
-                        now_ns: now_ns(),
-                    }
-                } else {
-                    Command::ReleaseMany {
-                        handles: std::iter::once(r.handle)
-                            .chain(r.more)
-                            .map(HandleId)
-                            .collect(),
-                        now_ns: now_ns(),
-                    }
-                };
-                n.write(once(tag?, cmd)).await?;
-                Ok(pb::Empty {})
-            }
-            .await,
-        )
+        done(self.propose(req).await.map(|_| pb::Empty {}))
     }
 
     async fn commit_write(&self, req: Request<pb::CommitWriteRequest>) -> Rpc<pb::AttrReply> {
-        let tag = request_tag(req.metadata());
-        let r = req.into_inner();
-        let n = &self.node;
-        done(
-            async {
-                n.check(&r.cluster_id, false)?;
-                cirrus_types::limits::check_file_size(r.size)?;
-                let cmd = Command::CommitWrite {
-                    ino: ino(r.ino, "commit write")?,
-                    handle: (r.handle != 0).then_some(HandleId(r.handle)),
-                    size: r.size,
-                    mtime_ns: r.mtime_ns,
-                    now_ns: now_ns(),
-                };
-                attr_reply(n.write(once(tag?, cmd)).await?)
-            }
-            .await,
-        )
+        done(async { attr_reply(self.propose(req).await?) }.await)
     }
 
     async fn get_layout(&self, req: Request<pb::GetLayoutRequest>) -> Rpc<pb::LayoutReply> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                let r = self.scoped(req)?;
                 let i = ino(r.ino, "get layout")?;
                 let l = n.read(|s| s.layout(i)).await?;
                 Ok(pb::LayoutReply {
@@ -695,11 +420,10 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn get_chains(&self, req: Request<pb::GetChainsRequest>) -> Rpc<pb::ChainTable> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                self.scoped(req)?;
                 let t = n.read(|s| Ok(s.chain_table())).await?;
                 Ok(n.pb_table(&t))
             }
@@ -708,11 +432,10 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn renew_lease(&self, req: Request<pb::RenewLeaseRequest>) -> Rpc<pb::Empty> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                let r = self.scoped(req)?;
                 if r.client_id == 0 {
                     return Err(FsError::Invalid("lease for client id 0".into()));
                 }
@@ -726,11 +449,10 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn set_lock(&self, req: Request<pb::LockRequest>) -> Rpc<pb::Empty> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                let r = self.scoped(req)?;
                 let call = cirrus_proto::convert::lock_call(&r)?;
                 n.touch_client(call.owner.client);
                 if r.wait {
@@ -746,11 +468,10 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn get_lock(&self, req: Request<pb::LockRequest>) -> Rpc<pb::GetLockReply> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                let r = self.scoped(req)?;
                 let c = cirrus_proto::convert::lock_call(&r)?;
                 let kind = c
                     .kind
@@ -772,11 +493,10 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn cancel_lock_wait(&self, req: Request<pb::CancelLockWaitRequest>) -> Rpc<pb::Empty> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                let r = self.scoped(req)?;
                 if r.client_id == 0 {
                     return Err(FsError::Invalid("lock wait cancel for client id 0".into()));
                 }
@@ -829,11 +549,10 @@ impl pb::meta_server::Meta for MetaService {
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Rpc<pb::HeartbeatReply> {
-        let r = req.into_inner();
         let n = &self.node;
         done(
             async {
-                n.check(&r.cluster_id, false)?;
+                let r = self.scoped(req)?;
                 // Only reports for a version promote (the legacy `caught_up_chains`
                 // carries none and is ignored).
                 let beat = Heartbeat {

@@ -1,6 +1,6 @@
-//! `Client`: the filesystem as a library. Namespace calls go to meta through `MetaClient`;
-//! file data goes straight to the data servers through `DataPath`, striped by the file's
-//! layout. Owns the open-file table and, per open inode, the write-back buffer, the size
+//! `Client`: the filesystem as a library. Namespace calls go to meta through `MetaApi`
+//! (`MetaClient`); file data goes straight to the data servers through `DataApi`
+//! (`DataPath`), striped by the file's layout. Owns the open-file table and, per open inode, the write-back buffer, the size
 //! as this mount knows it, and which objects were written since the last sync.
 //!
 //! Consistency is close-to-open: `open` revalidates attributes at meta; `flush` (close)
@@ -44,6 +44,7 @@ pub use copy::COPY_PER_CALL;
 pub use fallocate::Fallocate;
 pub use write::Buffered;
 
+use crate::api::{DataApi, MetaApi};
 use crate::data::{DataPath, DataPolicy};
 use crate::locks::HeldLocks;
 use crate::meta::MetaClient;
@@ -122,8 +123,12 @@ fn now_ns() -> i64 {
 pub struct Client {
     /// Runs flushes behind writers and read-ahead fetches (also from FUSE threads).
     rt: tokio::runtime::Handle,
-    meta: MetaClient,
-    data: DataPath,
+    meta: Arc<dyn MetaApi>,
+    data: Arc<dyn DataApi>,
+    /// The concrete clients behind `meta` and `data` (the same objects), for callers that
+    /// need more than `Client` asks (the FUSE adapter's mkdir or statfs, tests reading
+    /// the chain table); `None` for a client built by `with_apis`.
+    servers: Option<(MetaClient, Arc<DataPath>)>,
     cfg: ClientConfig,
     client_id: ClientId,
     inodes: Mutex<HashMap<InodeId, Arc<OpenInode>>>,
@@ -173,11 +178,38 @@ impl Client {
             },
         );
         data.refresh(0).await?;
+        let data = Arc::new(data);
+        Ok(Client::build(
+            Arc::new(meta.clone()),
+            data.clone(),
+            Some((meta, data)),
+            cfg,
+        ))
+    }
+
+    /// A client over other implementations of meta and the data servers (the in-memory
+    /// ones of the unit tests). `meta()` and `data()` panic on it. Call within a tokio
+    /// runtime, which runs its flushes behind writers and read-ahead fetches.
+    pub fn with_apis(
+        meta: Arc<dyn MetaApi>,
+        data: Arc<dyn DataApi>,
+        cfg: ClientConfig,
+    ) -> Arc<Client> {
+        Client::build(meta, data, None, cfg)
+    }
+
+    fn build(
+        meta: Arc<dyn MetaApi>,
+        data: Arc<dyn DataApi>,
+        servers: Option<(MetaClient, Arc<DataPath>)>,
+        cfg: ClientConfig,
+    ) -> Arc<Client> {
         let client_id = ClientId(rand::random::<u64>() | 1);
-        Ok(Arc::new(Client {
+        Arc::new(Client {
             rt: tokio::runtime::Handle::current(),
             meta,
             data,
+            servers,
             cfg,
             client_id,
             inodes: Mutex::new(HashMap::new()),
@@ -190,15 +222,23 @@ impl Client {
             release_now: tokio::sync::Notify::new(),
             releases_idle: tokio::sync::Notify::new(),
             locks: HeldLocks::default(),
-        }))
+        })
     }
 
+    /// The meta client of a connected client. Panics on one built by `with_apis`.
     pub fn meta(&self) -> &MetaClient {
-        &self.meta
+        &self.servers().0
     }
 
+    /// The data path of a connected client. Panics on one built by `with_apis`.
     pub fn data(&self) -> &DataPath {
-        &self.data
+        &self.servers().1
+    }
+
+    fn servers(&self) -> &(MetaClient, Arc<DataPath>) {
+        self.servers
+            .as_ref()
+            .expect("meta() and data() of a client built by Client::with_apis")
     }
 
     pub fn config(&self) -> &ClientConfig {

@@ -23,5 +23,7 @@ pub mod fuse;
 pub mod locks;
 pub mod meta;
 pub mod mount;
+#[cfg(test)]
+mod testing;
 
 pub use client::{Client, ClientConfig, Fallocate};

@@ -37,6 +37,8 @@ mod open_files;
 mod read;
 mod release;
 mod setattr;
+#[cfg(test)]
+mod tests;
 mod write;
 
 pub use attrs::OPEN_ATTR_TTL;

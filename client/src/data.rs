@@ -16,6 +16,7 @@ use cirrus_proto::backoff::Backoff;
 use cirrus_proto::bulk::BulkClient;
 use cirrus_proto::{net, pb};
 use cirrus_types::checksum::{piece_crcs, verify_pieces};
+use cirrus_types::sync::lock;
 use cirrus_types::{Chain, ChainId, FsError, FsResult, ObjectKey, Retry, ServerId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -64,11 +65,6 @@ struct Target {
     chain: Chain,
     addrs: Vec<Option<String>>,
     epoch: u64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock leaves plain data behind; keep going with it.
-    cirrus_types::sync::lock(&m)
 }
 
 impl DataPath {

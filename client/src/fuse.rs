@@ -841,7 +841,7 @@ impl Filesystem for CirrusFs {
         let cache = is_security_xattr(&n).then(|| self.absent_xattrs.clone());
         if let Some(c) = &cache {
             let key = (ino.0, n.clone());
-            let mut m = cirrus_types::sync::lock(&c);
+            let mut m = cirrus_types::sync::lock(c);
             match m.get(&key) {
                 Some(until) if *until > Instant::now() => {
                     drop(m);
@@ -861,7 +861,7 @@ impl Filesystem for CirrusFs {
             move |c| async move { c.meta().getxattr(InodeId(ino.0), &n).await },
             move |r| {
                 if let (Some(c), Err(FsError::NoAttr)) = (&cache, &r) {
-                    let mut m = cirrus_types::sync::lock(&c);
+                    let mut m = cirrus_types::sync::lock(c);
                     if gen.load(std::sync::atomic::Ordering::SeqCst) == gen0 {
                         if m.len() >= ABSENT_XATTRS_MAX {
                             m.clear();

@@ -32,6 +32,7 @@ use crate::metrics::Registry;
 use crate::net::{self, ConnLimit, Limited};
 use crate::{pb, status};
 use bytes::{BufMut, Bytes, BytesMut};
+use cirrus_types::sync::lock;
 use cirrus_types::{FsError, FsResult};
 use prost::Message;
 use std::collections::HashMap;
@@ -307,10 +308,6 @@ impl Conn {
     fn ms(&self) -> u64 {
         self.opened.elapsed().as_millis() as u64
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    cirrus_types::sync::lock(&m)
 }
 
 /// Removes a call's pending entry when the call ends, however it ends.

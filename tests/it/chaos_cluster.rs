@@ -3,9 +3,8 @@
 //! a pause/resume. Every other multi-process test relies on these behaviours.
 
 use cirrus_raft_tests::cluster::ClusterBuilder;
-use std::time::Duration;
 
-const GENEROUS: Duration = Duration::from_secs(60);
+use crate::fixtures::HANG;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_starts_with_leader_and_registered_data_servers() -> anyhow::Result<()> {
@@ -39,14 +38,14 @@ async fn killed_leader_is_replaced_and_restarted_node_rejoins() -> anyhow::Resul
     let old = c.leader_index().await?;
     let old_term = c.info(old).await?.term;
     c.kill_meta(old);
-    c.wait_until("a new leader among the survivors", GENEROUS, || async {
+    c.wait_until("a new leader among the survivors", HANG, || async {
         matches!(c.leader_index().await, Ok(i) if i != old)
     })
     .await?;
     c.restart_meta(old).await?;
     c.wait_until(
         "the restarted node to follow a newer term",
-        GENEROUS,
+        HANG,
         || async {
             c.info(old)
                 .await
@@ -64,14 +63,12 @@ async fn paused_leader_is_replaced_and_resumes_as_follower() -> anyhow::Result<(
     let c = ClusterBuilder::new().start().await?;
     let old = c.leader_index().await?;
     c.stop_meta(old);
-    c.wait_until(
-        "a new leader while the old one is paused",
-        GENEROUS,
-        || async { matches!(c.leader_index().await, Ok(i) if i != old) },
-    )
+    c.wait_until("a new leader while the old one is paused", HANG, || async {
+        matches!(c.leader_index().await, Ok(i) if i != old)
+    })
     .await?;
     c.cont_meta(old);
-    c.wait_until("the resumed node to step down", GENEROUS, || async {
+    c.wait_until("the resumed node to step down", HANG, || async {
         c.info(old).await.is_ok_and(|r| r.role == "follower")
     })
     .await?;

@@ -58,7 +58,7 @@ async fn bulk_calls_share_the_data_port_and_bad_ones_are_refused_without_changin
         data.clone(),
         piece_crcs(0, &data),
     );
-    match bulk.write(other, GENEROUS).await {
+    match bulk.write(other, HANG).await {
         Err(FsError::WrongCluster { .. }) => {}
         r => bail!("a write for another cluster answered {r:?}"),
     }
@@ -71,7 +71,7 @@ async fn bulk_calls_share_the_data_port_and_bad_ones_are_refused_without_changin
     let mut bad = piece_crcs(0, &data);
     bad[1] ^= 1;
     match bulk
-        .write(write(info.cluster_id.clone(), data.clone(), bad), GENEROUS)
+        .write(write(info.cluster_id.clone(), data.clone(), bad), HANG)
         .await
     {
         Err(FsError::Checksum(_)) => {}
@@ -86,7 +86,7 @@ async fn bulk_calls_share_the_data_port_and_bad_ones_are_refused_without_changin
     // same port.
     bulk.write(
         write(info.cluster_id.clone(), data.clone(), piece_crcs(0, &data)),
-        GENEROUS,
+        HANG,
     )
     .await
     .map_err(|e| anyhow!("bulk write: {e}"))?;
@@ -98,7 +98,7 @@ async fn bulk_calls_share_the_data_port_and_bad_ones_are_refused_without_changin
         len: data.len() as u32 + 5000,
     };
     let r = bulk
-        .read(read.clone(), GENEROUS)
+        .read(read.clone(), HANG)
         .await
         .map_err(|e| anyhow!("bulk read: {e}"))?;
     ensure!(r.data[..] == data[..], "bulk read returned other bytes");
@@ -136,7 +136,7 @@ async fn bulk_calls_share_the_data_port_and_bad_ones_are_refused_without_changin
 
     // The server goes on serving, and the object is unchanged.
     let r = bulk
-        .read(read, GENEROUS)
+        .read(read, HANG)
         .await
         .map_err(|e| anyhow!("bulk read after the bad frame: {e}"))?;
     ensure!(r.data[..] == data[..], "object changed after refused input");

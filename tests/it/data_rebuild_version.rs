@@ -152,13 +152,7 @@ async fn holes_punched_during_a_rebuild_are_holes_in_the_rebuilt_copy() -> Resul
         (LEN as u64 - 5_007, 5_007),
     ] {
         cl.data()
-            .punch(
-                chain_id,
-                key,
-                off,
-                len,
-                std::time::Instant::now() + GENEROUS,
-            )
+            .punch(chain_id, key, off, len, std::time::Instant::now() + HANG)
             .await
             .map_err(|e| anyhow!("punch {off}+{len} during the rebuild: {e}"))?;
         want[off as usize..(off + len) as usize].fill(0);

@@ -37,7 +37,7 @@ async fn truncated_bytes_read_as_zeros_after_extension_and_unlinked_objects_are_
 
     // Cut inside a block, then extend far past the old end.
     cl.data()
-        .truncate(chain_id, key, 5_000, Instant::now() + GENEROUS)
+        .truncate(chain_id, key, 5_000, Instant::now() + HANG)
         .await
         .map_err(|e| anyhow!("truncate: {e}"))?;
     let tail = pattern(9, 70_000, 300);
@@ -117,7 +117,7 @@ async fn a_punched_range_reads_as_zeros_on_every_member_and_keeps_the_size() -> 
     write(&cl, chain_id, key, 0, data.clone())
         .await
         .map_err(|e| anyhow!("write: {e}"))?;
-    let deadline = Instant::now() + GENEROUS;
+    let deadline = Instant::now() + HANG;
     cl.data()
         .punch(chain_id, key, 1_000, 50_000, deadline)
         .await
@@ -196,7 +196,7 @@ async fn a_copy_by_the_data_servers_lands_on_every_member_and_bad_copies_change_
     write(&cl, dc, dst, 0, old.clone())
         .await
         .map_err(|e| anyhow!("write: {e}"))?;
-    let deadline = Instant::now() + GENEROUS;
+    let deadline = Instant::now() + HANG;
     // 100,000 bytes from 150,001: the last 49,999 exist, the rest reads as zeros.
     cl.data()
         .copy(dc, dst, 10_003, sc, src, 150_001, 100_000, deadline)

@@ -4,11 +4,13 @@
 //! a client writes and reads a file, then a data server is killed so chains degrade and
 //! are rebuilt onto the spare server.
 
-use anyhow::{anyhow, bail, Result};
+use crate::fixtures::wait_until;
+use anyhow::{anyhow, Result};
 use cirrus_client::{Client, ClientConfig};
 use cirrus_raft_tests::cluster::ClusterBuilder;
 use cirrus_types::InodeId;
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 /// Deadline for a metric to move: only there to catch "never".
@@ -52,18 +54,14 @@ async fn scrape(addr: &str) -> Result<Scrape> {
 
 /// Scrapes `addr` until `pred` holds; returns that scrape.
 async fn scrape_until(what: &str, addr: &str, pred: impl Fn(&Scrape) -> bool) -> Result<Scrape> {
-    let deadline = tokio::time::Instant::now() + MOVE;
-    let mut last: Result<Scrape> = Err(anyhow!("no scrape yet"));
-    while tokio::time::Instant::now() < deadline {
-        last = scrape(addr).await;
-        if let Ok(s) = &last {
-            if pred(s) {
-                return Ok(s.clone());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    bail!("{what}: not within {MOVE:?}; last scrape of {addr}: {last:?}")
+    // A failed scrape is waited past too: the daemon may be restarting.
+    wait_until(&format!("{what} (scraping {addr})"), MOVE, || async {
+        Ok(match scrape(addr).await {
+            Ok(s) if pred(&s) => ControlFlow::Break(s),
+            other => ControlFlow::Continue(format!("{other:?}")),
+        })
+    })
+    .await
 }
 
 /// Scrapes every address.
@@ -235,19 +233,23 @@ async fn metrics_of_meta_and_data_cover_ops_bytes_raft_chains_rebuild_and_scrub_
 
     // The objects gauge (refreshed every 2 s) shows the copies; scrub (a pass every
     // 500 ms) verifies bytes on every server that holds some.
-    let deadline = tokio::time::Instant::now() + MOVE;
-    let d2 = loop {
-        let v = scrape_all(&data_m).await?;
-        if total(&v, "cirrus_data_objects", &[]) >= 2.0
-            && total(&v, "cirrus_data_stored_bytes", &[]) >= 2.0 * data.len() as f64
-        {
-            break v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the objects gauge never showed the file's copies: {v:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let d2 = wait_until(
+        "the objects gauge to show the file's copies",
+        MOVE,
+        || async {
+            let v = scrape_all(&data_m).await?;
+            Ok(
+                if total(&v, "cirrus_data_objects", &[]) >= 2.0
+                    && total(&v, "cirrus_data_stored_bytes", &[]) >= 2.0 * data.len() as f64
+                {
+                    ControlFlow::Break(v)
+                } else {
+                    ControlFlow::Continue(format!("{v:?}"))
+                },
+            )
+        },
+    )
+    .await?;
     for (a, s) in data_m.iter().zip(&d2) {
         if s.get("cirrus_data_objects", &[]) > 0.0 {
             scrape_until("scrub verified bytes", a, |s| {
@@ -268,17 +270,17 @@ async fn metrics_of_meta_and_data_cover_ops_bytes_raft_chains_rebuild_and_scrub_
     })
     .await?;
     let before = total(&d1[..2], "cirrus_data_rebuild_bytes_total", &[]);
-    let deadline = tokio::time::Instant::now() + MOVE;
-    loop {
+    wait_until("rebuild bytes to move on the survivors", MOVE, || async {
         let v = scrape_all(&data_m[..2]).await?;
-        if total(&v, "cirrus_data_rebuild_bytes_total", &[]) > before {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("rebuild bytes never moved on the survivors: {v:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Ok(
+            if total(&v, "cirrus_data_rebuild_bytes_total", &[]) > before {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("{v:?}"))
+            },
+        )
+    })
+    .await?;
     // The spare caught up: every chain has its R members again.
     scrape_until("chains healed onto the spare", &meta_m, |s| {
         s.get("cirrus_meta_chains_degraded", &[]) == 0.0

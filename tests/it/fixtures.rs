@@ -1,7 +1,9 @@
-//! Fixtures every area shares: one scrape of a daemon's `/metrics`.
+//! Fixtures every area shares: one scrape of a daemon's `/metrics`, and one way to wait
+//! for something that must happen (`wait_until`, bounded by `HANG`).
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 /// The body of `addr`'s `/metrics` (an HTTP 200 answer), within 5 s.
@@ -47,4 +49,74 @@ pub fn metric_sum(addr: &str, name: &str, label: &str) -> Result<f64> {
         .filter(|(k, _)| k.split('{').next() == Some(name) && k.contains(label))
         .map(|(_, v)| v)
         .sum())
+}
+
+/// The one bound on how long a test waits for something that must happen: long enough
+/// for a loaded 2-core CI machine, short enough to turn a hang into a failure. It is
+/// never a claim about speed (timed assertions are forbidden; benches measure speed).
+pub const HANG: Duration = Duration::from_secs(90);
+
+/// How often the waits below look again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Polls `f` until it answers `Break(value)`, failing after `within` with `what` and the
+/// last state `f` reported (`Continue(state)`); an error from `f` ends the wait at once.
+pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<ControlFlow<T, String>>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let state = match f().await? {
+            ControlFlow::Break(v) => return Ok(v),
+            ControlFlow::Continue(state) => state,
+        };
+        if std::time::Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what}; last seen: {state}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `wait_until` for a test without a runtime (FUSE tests drive the mount from threads).
+pub fn wait_until_blocking<T>(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> Result<ControlFlow<T, String>>,
+) -> Result<T> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let state = match f()? {
+            ControlFlow::Break(v) => return Ok(v),
+            ControlFlow::Continue(state) => state,
+        };
+        if std::time::Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what}; last seen: {state}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+#[test]
+fn a_wait_ends_with_the_value_or_with_what_it_last_saw() {
+    let mut n = 0;
+    let v = wait_until_blocking("n to reach 3", HANG, || {
+        n += 1;
+        Ok(if n == 3 {
+            ControlFlow::Break(n)
+        } else {
+            ControlFlow::Continue(format!("n = {n}"))
+        })
+    })
+    .unwrap();
+    assert_eq!(v, 3);
+    let e = wait_until_blocking::<()>("never", Duration::ZERO, || {
+        Ok(ControlFlow::Continue("still 0".into()))
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("never") && e.to_string().contains("still 0"),
+        "{e}"
+    );
 }

@@ -7,9 +7,11 @@
 
 use crate::fuse_common;
 
+use crate::fixtures::wait_until_blocking;
 use fuse_common::{cluster, runtime, within, Mount};
+use std::ops::ControlFlow;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `cirrus_requests_total{op="<op>",...}` summed over every code on one daemon.
 fn requests(addr: &str, op: &str) -> f64 {
@@ -62,18 +64,19 @@ fn creating_files_asks_meta_for_no_directory_attributes_and_they_stay_right() {
 
             // Another mount's chmod is seen here within the TTL (plus slack for a loaded box).
             std::fs::set_permissions(pb.join("d"), std::fs::Permissions::from_mode(0o705)).unwrap();
-            let start = Instant::now();
-            loop {
-                let m = std::fs::metadata(&d).unwrap().mode() & 0o7777;
-                if m == 0o705 {
-                    break;
-                }
-                assert!(
-                    start.elapsed() < Duration::from_secs(10),
-                    "mount A still shows mode {m:o} 10 s after mount B's chmod"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_until_blocking(
+                "mount A to show mount B's chmod",
+                Duration::from_secs(10),
+                || {
+                    let m = std::fs::metadata(&d)?.mode() & 0o7777;
+                    Ok(if m == 0o705 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(format!("mode {m:o}"))
+                    })
+                },
+            )
+            .unwrap();
             // And a create here right after serves the new attributes, not older ones.
             std::fs::File::create(d.join("g")).unwrap();
             assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o7777, 0o705);

@@ -6,9 +6,11 @@
 
 use crate::fuse_common;
 
+use crate::fixtures::wait_until_blocking;
 use cirrus_raft_tests::{ClusterBuilder, TestCluster};
 use fuse_common::{runtime, sh, which, within, Mount, BIN};
 use std::io::{BufRead, BufReader, Write};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -212,16 +214,16 @@ fn a_lock_on_one_mount_stops_the_other_and_a_blocked_wait_is_woken_at_unlock() {
 
         // A close drops the closing process's POSIX locks: B's shell exits, A gets them.
         drop(y);
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            match x.run("lock ex 0 10 nowait").as_str() {
-                "ok" => break,
-                "err 11" if Instant::now() < until => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                other => panic!("A after B closed: {other}"),
-            }
-        }
+        wait_until_blocking(
+            "A's lock after B closed",
+            Duration::from_secs(30),
+            || match x.run("lock ex 0 10 nowait").as_str() {
+                "ok" => Ok(ControlFlow::Break(())),
+                "err 11" => Ok(ControlFlow::Continue("err 11".into())),
+                other => anyhow::bail!("A after B closed: {other}"),
+            },
+        )
+        .unwrap();
         assert_eq!(x.run("unlock 0 0"), "ok");
 
         // flock between mounts: whole file, owned by the open file.

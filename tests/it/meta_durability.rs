@@ -66,20 +66,20 @@ async fn acknowledged_creates_and_renames_survive_leader_kill_and_replicas_agree
         })
     };
 
-    c.wait_until("the client to get going", GENEROUS, || async {
+    c.wait_until("the client to get going", HANG, || async {
         acked.load(Ordering::SeqCst) >= 20
     })
     .await?;
     let old = c.leader_index().await?;
     c.kill_meta(old);
-    c.wait_until("a new leader among the survivors", GENEROUS, || async {
+    c.wait_until("a new leader among the survivors", HANG, || async {
         matches!(c.leader_index().await, Ok(i) if i != old)
     })
     .await?;
     let at_failover = acked.load(Ordering::SeqCst);
     c.wait_until(
         "the client to continue under the new leader",
-        GENEROUS,
+        HANG,
         || async { acked.load(Ordering::SeqCst) > at_failover + 10 },
     )
     .await?;
@@ -133,7 +133,7 @@ async fn namespace_is_identical_after_all_three_are_killed() -> Result<()> {
     for i in 0..3 {
         c.restart_meta(i).await?;
     }
-    c.wait_until("a leader after the full restart", GENEROUS, || async {
+    c.wait_until("a leader after the full restart", HANG, || async {
         c.leader_index().await.is_ok()
     })
     .await?;

@@ -89,7 +89,7 @@ async fn a_leader_cut_off_from_its_followers_stops_answering_reads_when_its_leas
     let stopped = Instant::now();
     let r = loop {
         match lookup(&only_leader, ROOT, b"d").await {
-            Ok(a) if stopped.elapsed() >= GENEROUS => break Ok(a),
+            Ok(a) if stopped.elapsed() >= HANG => break Ok(a),
             Ok(_) => continue,
             Err(e) => break Err(e),
         }
@@ -99,7 +99,7 @@ async fn a_leader_cut_off_from_its_followers_stops_answering_reads_when_its_leas
     }
     match r {
         Ok(a) => anyhow::bail!(
-            "the leader still answered reads (inode {}) {GENEROUS:?} after both followers \
+            "the leader still answered reads (inode {}) {HANG:?} after both followers \
              stopped: its lease never ends",
             a.ino
         ),

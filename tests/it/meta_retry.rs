@@ -350,13 +350,13 @@ async fn mkdir_retried_after_leader_change_answers_ok_not_eexist() -> Result<()>
         tokio::spawn(async move { mkdir(&conn, ROOT, b"d").await })
     };
     // The leader applied the mkdir and answered; the answer is held at the proxy.
-    let go = tokio::time::timeout(GENEROUS, lost.recv())
+    let go = tokio::time::timeout(HANG, lost.recv())
         .await
         .context("the mkdir never reached the leader")?
         .ok_or_else(|| anyhow!("proxy gone"))?;
     c.kill_meta(li);
     let _ = go.send(());
-    let attr = tokio::time::timeout(GENEROUS, call)
+    let attr = tokio::time::timeout(HANG, call)
         .await
         .context("the retried mkdir hung")??
         .context("the retried mkdir after the leader change")?;
@@ -393,12 +393,12 @@ async fn rmdir_and_rename_retried_after_a_lost_answer_answer_ok_not_enoent() -> 
             .await
         })
     };
-    let go = tokio::time::timeout(GENEROUS, lost.recv())
+    let go = tokio::time::timeout(HANG, lost.recv())
         .await
         .context("the rmdir never reached the leader")?
         .ok_or_else(|| anyhow!("proxy gone"))?;
     let _ = go.send(());
-    tokio::time::timeout(GENEROUS, call)
+    tokio::time::timeout(HANG, call)
         .await
         .context("the retried rmdir hung")??
         .context("the retried rmdir after a lost answer")?;
@@ -408,12 +408,12 @@ async fn rmdir_and_rename_retried_after_a_lost_answer_answer_ok_not_enoent() -> 
         let conn = lossy.conn()?;
         tokio::spawn(async move { rename(&conn, ROOT, b"a", ROOT, b"b", 0).await })
     };
-    let go = tokio::time::timeout(GENEROUS, lost.recv())
+    let go = tokio::time::timeout(HANG, lost.recv())
         .await
         .context("the rename never reached the leader")?
         .ok_or_else(|| anyhow!("proxy gone"))?;
     let _ = go.send(());
-    tokio::time::timeout(GENEROUS, call)
+    tokio::time::timeout(HANG, call)
         .await
         .context("the retried rename hung")??
         .context("the retried rename after a lost answer")?;

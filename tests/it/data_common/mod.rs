@@ -17,13 +17,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Deadline that only catches hangs.
-pub const GENEROUS: Duration = Duration::from_secs(60);
+pub use crate::fixtures::HANG;
 
 /// A client whose calls may span a data-server loss (server timeout + version bump).
 pub async fn client(c: &TestCluster) -> Result<Arc<Client>> {
     let cfg = ClientConfig {
-        deadline: GENEROUS,
+        deadline: HANG,
         data_per_try: Duration::from_secs(5),
         ..ClientConfig::default()
     };
@@ -71,7 +70,7 @@ pub async fn write(
     data: Vec<u8>,
 ) -> Result<(), FsError> {
     cl.data()
-        .write(chain, key, off, data.into(), Instant::now() + GENEROUS)
+        .write(chain, key, off, data.into(), Instant::now() + HANG)
         .await
 }
 
@@ -84,7 +83,7 @@ pub async fn read(
     len: u32,
 ) -> Result<Vec<u8>, FsError> {
     cl.data()
-        .read(chain, key, off, len, Instant::now() + GENEROUS)
+        .read(chain, key, off, len, Instant::now() + HANG)
         .await
         .map(|b| b.to_vec())
 }
@@ -218,22 +217,22 @@ pub fn disk_bytes(p: &std::path::Path) -> Result<u64> {
         * 512)
 }
 
-/// Polls `f` until it returns Some or `GENEROUS` passes.
+/// Polls `f` until it returns Some, within `HANG` (`fixtures::wait_until`).
 pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + GENEROUS;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
+    crate::fixtures::wait_until(what, HANG, || {
+        let next = f();
+        async move {
+            Ok(match next.await {
+                Some(v) => std::ops::ControlFlow::Break(v),
+                None => std::ops::ControlFlow::Continue("not yet".into()),
+            })
         }
-        if Instant::now() > deadline {
-            bail!("timed out after {GENEROUS:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// Reads a whole file (buffered; fine for files the server writes O_DIRECT, whose

@@ -8,9 +8,9 @@ use anyhow::{anyhow, Result};
 use cirrus_proto::{pb, MetaConn};
 use cirrus_raft_tests::cluster::TestCluster;
 use cirrus_types::{FsError, FsResult};
-use std::time::Duration;
+use std::ops::ControlFlow;
 
-pub const GENEROUS: Duration = Duration::from_secs(90);
+pub use crate::fixtures::HANG;
 pub const ROOT: u64 = 1;
 
 pub async fn create(conn: &MetaConn, parent: u64, name: &[u8]) -> FsResult<pb::CreateReply> {
@@ -145,23 +145,25 @@ pub async fn register_fake_servers(conn: &MetaConn, n: usize) -> Result<()> {
 /// Waits until every node reports the same last_applied and the same state digest;
 /// returns that (applied, digest).
 pub async fn wait_converged(c: &TestCluster) -> Result<(u64, String)> {
-    let deadline = std::time::Instant::now() + GENEROUS;
-    loop {
-        let mut infos = Vec::new();
-        for i in 0..c.meta_count() {
-            match c.info(i).await {
-                Ok(r) => infos.push((r.last_applied, r.state_digest)),
-                Err(e) => infos.push((0, format!("error: {e:#}"))),
+    crate::fixtures::wait_until(
+        "every meta node at one applied index and digest",
+        HANG,
+        || async {
+            let mut infos = Vec::new();
+            for i in 0..c.meta_count() {
+                match c.info(i).await {
+                    Ok(r) => infos.push((r.last_applied, r.state_digest)),
+                    Err(e) => infos.push((0, format!("error: {e:#}"))),
+                }
             }
-        }
-        if infos.windows(2).all(|w| w[0] == w[1]) && infos[0].0 > 0 {
-            return Ok(infos.swap_remove(0));
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(anyhow!(
-                "nodes did not converge within {GENEROUS:?}: {infos:?}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            Ok(
+                if infos.windows(2).all(|w| w[0] == w[1]) && infos[0].0 > 0 {
+                    ControlFlow::Break(infos.swap_remove(0))
+                } else {
+                    ControlFlow::Continue(format!("{infos:?}"))
+                },
+            )
+        },
+    )
+    .await
 }

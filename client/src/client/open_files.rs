@@ -122,7 +122,8 @@ pub(super) struct Handle {
 }
 
 impl Client {
-    fn register(&self, opened: Opened, ns: u64) -> (u64, Attr) {
+    /// `seen` is `gen()` from before the meta call that opened it.
+    fn register(&self, opened: Opened, ns: u64, seen: u64) -> (u64, Attr) {
         let ino = opened.attr.ino;
         let inode = {
             let mut inodes = lock(&self.inodes);
@@ -140,11 +141,16 @@ impl Client {
                 })
                 .clone();
             let mut st = lock(&inode.state);
-            if !(st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty()) {
+            let pending = st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty();
+            if !pending && st.size_at <= seen {
                 // Close-to-open: a fresh open takes meta's size. Bytes this mount still
                 // holds (a close whose flush failed keeps them for a retry) stay visible,
                 // as a local page cache keeps them: taking meta's older size here made
-                // them unreadable and the next close committed the short size.
+                // them unreadable and the next close committed the short size. Nor is
+                // meta's size taken when this inode's size or commit state changed here
+                // while the open was in flight: a commit still on its way when meta
+                // answered the open lands after the answer, and taking the answer's size
+                // cut a file this mount had just extended (exerciser seed 2, #347).
                 st.size = opened.attr.size;
                 st.mtime_ns = opened.attr.mtime_ns;
             }
@@ -170,13 +176,14 @@ impl Client {
                 meta: opened.handle,
             },
         );
-        let attr = self.overlay_attr(opened.attr, self.gen());
+        let attr = self.overlay_attr(opened.attr, seen);
         (fh, attr)
     }
 
     /// Opens a regular file; returns the local handle and fresh attributes.
     pub async fn open(&self, ino: InodeId) -> FsResult<(u64, Attr)> {
         let ns = self.ns();
+        let seen = self.gen();
         // An inode gone at meta is a stale entry of the kernel's (another mount removed
         // the name): ESTALE, on which the kernel walks the path again with a fresh
         // lookup, so an open (O_CREAT included) acts on what the name is now.
@@ -198,7 +205,7 @@ impl Client {
             let _ = self.meta.release(opened.handle).await;
             return Err(FsError::StaleHandle);
         }
-        Ok(self.register(opened, ns))
+        Ok(self.register(opened, ns, seen))
     }
 
     /// Creates (or with `exclusive == false` opens an existing) regular file and opens it.
@@ -213,6 +220,7 @@ impl Client {
         exclusive: bool,
     ) -> FsResult<(u64, Attr)> {
         let ns = self.ns();
+        let seen = self.gen();
         let opened = self
             .meta
             .create(
@@ -225,7 +233,7 @@ impl Client {
                 Some(self.client_id),
             )
             .await?;
-        Ok(self.register(opened, ns))
+        Ok(self.register(opened, ns, seen))
     }
 
     /// Creates a regular file without opening it (mknod).

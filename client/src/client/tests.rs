@@ -325,3 +325,36 @@ async fn a_lock_whose_size_check_crossed_a_local_commit_asks_meta_again() {
     assert_eq!(m.getattr(ino).await.expect("getattr").size, 100);
     assert_eq!(m.read(fh, 0, 200).await.expect("read"), data);
 }
+
+#[tokio::test]
+async fn an_open_answered_before_this_mounts_commit_landed_keeps_the_extended_size() {
+    let c = Cluster::new();
+    let m = c.mount();
+    let (fh, ino) = create(&m, b"f").await;
+    let data = bytes(5, 300);
+    m.write(fh, 0, &data).await.expect("write");
+
+    // A close of fh is committing the size 300; meta has not applied it when it answers
+    // another open of the file (size 0), and that answer arrives after the commit.
+    let mut commit = c.meta.pause("commit_write", When::Before);
+    let closing = tokio::spawn({
+        let m = m.clone();
+        async move { m.flush(fh).await }
+    });
+    commit.reached().await;
+    let mut answer = c.meta.pause("open", When::After);
+    let opening = tokio::spawn({
+        let m = m.clone();
+        async move { m.open(ino).await }
+    });
+    answer.reached().await;
+    commit.go();
+    closing.await.expect("join").expect("close");
+    answer.go();
+    let (gh, a) = opening.await.expect("join").expect("open");
+
+    assert_eq!(a.size, 300, "the kernel is told the committed size");
+    assert_eq!(m.getattr(ino).await.expect("getattr").size, 300);
+    assert_eq!(m.read(gh, 0, 400).await.expect("read"), data);
+    assert_eq!(c.meta.size(ino), Some(300), "meta's size");
+}

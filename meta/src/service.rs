@@ -172,6 +172,7 @@ impl MetaNode {
 
 #[tonic::async_trait]
 impl pb::meta_server::Meta for MetaService {
+    #[tracing::instrument(level = "debug", name = "meta.lookup", skip_all, fields(parent = req.get_ref().parent))]
     async fn lookup(&self, req: Request<pb::LookupRequest>) -> Rpc<pb::AttrReply> {
         let n = &self.node;
         done(
@@ -189,6 +190,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.getattr", skip_all, fields(ino = req.get_ref().ino))]
     async fn getattr(&self, req: Request<pb::GetattrRequest>) -> Rpc<pb::AttrReply> {
         let n = &self.node;
         done(
@@ -205,10 +207,12 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.setattr", skip_all, fields(ino = req.get_ref().ino))]
     async fn setattr(&self, req: Request<pb::SetattrRequest>) -> Rpc<pb::AttrReply> {
         done(async { attr_reply(self.propose(req).await?) }.await)
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.create", skip_all, fields(parent = req.get_ref().parent))]
     async fn create(&self, req: Request<pb::CreateRequest>) -> Rpc<pb::CreateReply> {
         let n = &self.node;
         let parent = InodeId(req.get_ref().parent);
@@ -236,21 +240,25 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.mkdir", skip_all, fields(parent = req.get_ref().parent))]
     async fn mkdir(&self, req: Request<pb::MkdirRequest>) -> Rpc<pb::AttrReply> {
         let parent = InodeId(req.get_ref().parent);
         done(self.new_entry(req, parent).await)
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.mknod", skip_all, fields(parent = req.get_ref().parent))]
     async fn mknod(&self, req: Request<pb::MknodRequest>) -> Rpc<pb::AttrReply> {
         let parent = InodeId(req.get_ref().parent);
         done(self.new_entry(req, parent).await)
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.symlink", skip_all, fields(parent = req.get_ref().parent))]
     async fn symlink(&self, req: Request<pb::SymlinkRequest>) -> Rpc<pb::AttrReply> {
         let parent = InodeId(req.get_ref().parent);
         done(self.new_entry(req, parent).await)
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.readlink", skip_all, fields(ino = req.get_ref().ino))]
     async fn readlink(&self, req: Request<pb::ReadlinkRequest>) -> Rpc<pb::ReadlinkReply> {
         let n = &self.node;
         done(
@@ -264,11 +272,13 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.link", skip_all, fields(ino = req.get_ref().ino))]
     async fn link(&self, req: Request<pb::LinkRequest>) -> Rpc<pb::AttrReply> {
         let parent = InodeId(req.get_ref().new_parent);
         done(self.new_entry(req, parent).await)
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.unlink", skip_all, fields(parent = req.get_ref().parent))]
     async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Rpc<pb::DirsReply> {
         let parent = InodeId(req.get_ref().parent);
         done(
@@ -278,6 +288,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.rmdir", skip_all, fields(parent = req.get_ref().parent))]
     async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Rpc<pb::DirsReply> {
         let parent = InodeId(req.get_ref().parent);
         done(
@@ -287,6 +298,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.rename", skip_all, fields(parent = req.get_ref().parent))]
     async fn rename(&self, req: Request<pb::RenameRequest>) -> Rpc<pb::DirsReply> {
         let r = req.get_ref();
         let (parent, new_parent) = (InodeId(r.parent), InodeId(r.new_parent));
@@ -297,6 +309,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.readdir", skip_all, fields(ino = req.get_ref().ino))]
     async fn readdir(&self, req: Request<pb::ReaddirRequest>) -> Rpc<pb::ReaddirReply> {
         let n = &self.node;
         done(
@@ -328,6 +341,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.get_xattr", skip_all, fields(ino = req.get_ref().ino))]
     async fn get_xattr(&self, req: Request<pb::GetXattrRequest>) -> Rpc<pb::GetXattrReply> {
         let n = &self.node;
         done(
@@ -341,10 +355,12 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.set_xattr", skip_all, fields(ino = req.get_ref().ino))]
     async fn set_xattr(&self, req: Request<pb::SetXattrRequest>) -> Rpc<pb::Empty> {
         done(self.propose(req).await.map(|_| pb::Empty {}))
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.list_xattr", skip_all, fields(ino = req.get_ref().ino))]
     async fn list_xattr(&self, req: Request<pb::ListXattrRequest>) -> Rpc<pb::ListXattrReply> {
         let n = &self.node;
         done(
@@ -358,10 +374,12 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.remove_xattr", skip_all, fields(ino = req.get_ref().ino))]
     async fn remove_xattr(&self, req: Request<pb::RemoveXattrRequest>) -> Rpc<pb::Empty> {
         done(self.propose(req).await.map(|_| pb::Empty {}))
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.statfs", skip_all)]
     async fn statfs(&self, req: Request<pb::StatfsRequest>) -> Rpc<pb::StatfsReply> {
         let n = &self.node;
         done(
@@ -373,6 +391,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.open", skip_all, fields(ino = req.get_ref().ino))]
     async fn open(&self, req: Request<pb::OpenRequest>) -> Rpc<pb::OpenReply> {
         if let Some(c) = door::client(req.get_ref().client_id) {
             self.node.touch_client(c);
@@ -396,14 +415,17 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.release", skip_all, fields(handle = req.get_ref().handle))]
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Rpc<pb::Empty> {
         done(self.propose(req).await.map(|_| pb::Empty {}))
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.commit_write", skip_all, fields(ino = req.get_ref().ino))]
     async fn commit_write(&self, req: Request<pb::CommitWriteRequest>) -> Rpc<pb::AttrReply> {
         done(async { attr_reply(self.propose(req).await?) }.await)
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.get_layout", skip_all, fields(ino = req.get_ref().ino))]
     async fn get_layout(&self, req: Request<pb::GetLayoutRequest>) -> Rpc<pb::LayoutReply> {
         let n = &self.node;
         done(
@@ -419,6 +441,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.get_chains", skip_all)]
     async fn get_chains(&self, req: Request<pb::GetChainsRequest>) -> Rpc<pb::ChainTable> {
         let n = &self.node;
         done(
@@ -431,6 +454,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.renew_lease", skip_all, fields(client_id = req.get_ref().client_id))]
     async fn renew_lease(&self, req: Request<pb::RenewLeaseRequest>) -> Rpc<pb::Empty> {
         let n = &self.node;
         done(
@@ -448,6 +472,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.set_lock", skip_all, fields(ino = req.get_ref().ino))]
     async fn set_lock(&self, req: Request<pb::LockRequest>) -> Rpc<pb::Empty> {
         let n = &self.node;
         done(
@@ -467,6 +492,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.get_lock", skip_all, fields(ino = req.get_ref().ino))]
     async fn get_lock(&self, req: Request<pb::LockRequest>) -> Rpc<pb::GetLockReply> {
         let n = &self.node;
         done(
@@ -492,6 +518,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.cancel_lock_wait", skip_all, fields(client_id = req.get_ref().client_id))]
     async fn cancel_lock_wait(&self, req: Request<pb::CancelLockWaitRequest>) -> Rpc<pb::Empty> {
         let n = &self.node;
         done(
@@ -509,6 +536,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.register_server", skip_all)]
     async fn register_server(
         &self,
         req: Request<pb::RegisterServerRequest>,
@@ -548,6 +576,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.heartbeat", skip_all, fields(server_id = req.get_ref().server_id))]
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Rpc<pb::HeartbeatReply> {
         let n = &self.node;
         done(
@@ -579,6 +608,7 @@ impl pb::meta_server::Meta for MetaService {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.cluster_info", skip_all)]
     async fn cluster_info(
         &self,
         _req: Request<pb::ClusterInfoRequest>,
@@ -586,6 +616,7 @@ impl pb::meta_server::Meta for MetaService {
         Ok(Response::new(self.node.cluster_info()))
     }
 
+    #[tracing::instrument(level = "debug", name = "meta.status", skip_all)]
     async fn status(&self, _req: Request<pb::ClusterInfoRequest>) -> Rpc<pb::StatusReply> {
         let n = &self.node;
         done(

@@ -259,6 +259,7 @@ pub struct ClusterBuilder {
     start_timeout: Duration,
     places: Vec<Place>,
     data_dirs: Vec<PathBuf>,
+    allowed_errors: Vec<String>,
 }
 
 /// Where one node runs: the IP it binds and, optionally, a network namespace to run in.
@@ -290,7 +291,17 @@ impl ClusterBuilder {
             start_timeout: START_TIMEOUT,
             places: Vec::new(),
             data_dirs: Vec::new(),
+            allowed_errors: Vec::new(),
         }
+    }
+
+    /// ERROR lines the test provokes on purpose (a corrupted block, an injected disk
+    /// fault): a node log's ERROR line containing one of these does not fail the test.
+    /// Every other ERROR line does, when the cluster is dropped (docs/design/0011).
+    pub fn allow_errors(mut self, patterns: &[&str]) -> Self {
+        self.allowed_errors
+            .extend(patterns.iter().map(|p| p.to_string()));
+        self
     }
 
     /// Number of data servers (default 0).
@@ -495,6 +506,7 @@ impl ClusterBuilder {
             env: self.env.clone(),
             meta,
             data,
+            allowed_errors: self.allowed_errors.clone(),
         };
         for i in 0..3 {
             let env = c.env.clone();
@@ -565,9 +577,53 @@ pub struct TestCluster {
     env: BTreeMap<String, String>,
     meta: Vec<Node>,
     data: Vec<Node>,
+    allowed_errors: Vec<String>,
+}
+
+/// The ERROR lines of a node log (the level is the second word of a line, after the
+/// timestamp; colour codes are stripped first).
+pub fn error_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.split_whitespace().nth(1) == Some("ERROR"))
+        .collect()
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ ... final byte in @..~
+            for d in chars.by_ref() {
+                if ('@'..='~').contains(&d) && d != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl TestCluster {
+    /// ERROR lines in the node logs that `ClusterBuilder::allow_errors` did not allow.
+    pub fn unexpected_errors(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in self.meta.iter().chain(self.data.iter()) {
+            let Ok(text) = std::fs::read_to_string(&n.log) else {
+                continue;
+            };
+            for l in error_lines(&text) {
+                if !self.allowed_errors.iter().any(|a| l.contains(a.as_str())) {
+                    out.push(format!("{}: {l}", n.log.display()));
+                }
+            }
+        }
+        out
+    }
+
     /// `127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`, the form `cirrus data --meta` takes.
     pub fn meta_addrs(&self) -> String {
         self.meta
@@ -937,7 +993,16 @@ impl Drop for TestCluster {
         for n in self.meta.iter_mut().chain(self.data.iter_mut()) {
             n.kill();
         }
-        let keep = std::thread::panicking() || std::env::var_os("CIRRUS_KEEP_TEST_DIR").is_some();
+        // A node that logged an ERROR nobody expected fails the test (log-level policy,
+        // docs/design/0011), unless the test is failing already.
+        let unexpected = if std::thread::panicking() {
+            Vec::new()
+        } else {
+            self.unexpected_errors()
+        };
+        let keep = std::thread::panicking()
+            || !unexpected.is_empty()
+            || std::env::var_os("CIRRUS_KEEP_TEST_DIR").is_some();
         if keep {
             if let Some(t) = self.tmp.take() {
                 let p = t.keep();
@@ -946,6 +1011,14 @@ impl Drop for TestCluster {
                     p.display()
                 );
             }
+        }
+        if !unexpected.is_empty() {
+            panic!(
+                "{} unexpected ERROR line(s) in the node logs (allow a provoked one with \
+                 ClusterBuilder::allow_errors):\n{}",
+                unexpected.len(),
+                unexpected.join("\n")
+            );
         }
     }
 }
@@ -1032,5 +1105,22 @@ mod tests {
         // SAFETY: probing a reaped pid with signal 0; ESRCH expected.
         let alive = unsafe { libc::kill(pid, 0) } == 0;
         assert!(!alive, "child {pid} still alive after kill");
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::error_lines;
+
+    #[test]
+    fn error_lines_are_found_by_level_with_or_without_colour() {
+        let log = "2026-12-07T12:00:00.1Z  INFO cirrus_meta: leading\n\
+                   \u{1b}[2m2026-12-07T12:00:01.2Z\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m \u{1b}[2mcirrus_data::scrub\u{1b}[0m: scrub: checksum mismatch\n\
+                   2026-12-07T12:00:02.3Z  WARN cirrus_data: an ERROR word in a warning\n\
+                   2026-12-07T12:00:03.4Z ERROR cirrus_meta: raft core stopped\n";
+        let e = error_lines(log);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("scrub: checksum mismatch") && !e[0].contains('\u{1b}'));
+        assert!(e[1].contains("raft core stopped"));
     }
 }

@@ -4,20 +4,33 @@
 #   2. terraform validate (module and examples/basic), with the AWS provider taken from a
 #      local plugin directory (found on this machine, never hard-coded)
 #   3. terraform test (tests/*.tftest.hcl, mock_provider "aws")
-#   4. checkov over deploy/terraform: every skipped check is justified inline in the .tf
-# When terraform is absent, steps 1-3 print a loud SKIPPED line and the script goes on;
-# when checkov cannot be installed (no PyPI), step 4 says so loudly. Any real failure
-# exits non-zero. Work happens in a temporary copy, so the tree stays clean.
+#   4. terraform apply, then destroy, of examples/basic with the real AWS provider against
+#      moto_server (an AWS API emulator on 127.0.0.1, fake credentials; nothing reaches
+#      AWS), each followed by deploy/terraform/tests/emulator/check_apply.py, which reads
+#      back through the emulator's API what exists (instances per role, subnets and AZ
+#      spread, every security group rule, IMDSv2, encrypted root volumes, the role's
+#      policy) and, after destroy, that nothing is left. Between the two, a drift check
+#      (tests/emulator/drift.py): one security group rule is removed through the
+#      emulator's API, terraform plan must create exactly that rule again, and the
+#      applied plan must pass the check again. Prints the apply and destroy wall times
+#      and the resource count. The provider overrides are generated into the
+#      temporary copy from tests/emulator/*_override.tf.in (each setting explained there
+#      and in deploy/terraform/README.md).
+#   5. checkov over deploy/terraform: every skipped check is justified inline in the .tf
+# When terraform is absent, steps 1-4 print a loud SKIPPED line and the script goes on;
+# when checkov or moto cannot be installed (no PyPI), steps 5 and 4 say so loudly. Any
+# real failure exits non-zero. Work happens in a temporary copy, so the tree stays clean;
+# the emulator is killed on exit.
 #
 # Environment: TF_PLUGIN_DIR (folder holding registry.terraform.io/...) to skip the
-# search; CHECKOV (path of a checkov executable); CIRRUS_CACHE_DIR (where checkov's
-# virtualenv is kept, default ~/.cache/cirrus).
+# search; CHECKOV (path of a checkov executable); CIRRUS_CACHE_DIR (where the checkov and
+# moto virtualenvs, checkov-venv and moto-venv, are kept, default ~/.cache/cirrus).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 module="$root/deploy/terraform"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work"' EXIT # replaced by cleanup (below), which also stops the emulator
 failed=0
 
 banner() { printf '\n=== %s\n' "$*"; }
@@ -50,8 +63,179 @@ find_plugin_dir() {
 	[[ "$d" != "/" ]] && dirname "$d"
 }
 
+# moto (server mode) and boto3: from a virtualenv this script makes once (PyPI) under the
+# cache dir; prints its path, or nothing when it cannot be made.
+find_moto_venv() {
+	local venv="${CIRRUS_CACHE_DIR:-$HOME/.cache/cirrus}/moto-venv"
+	if [[ ! -x "$venv/bin/moto_server" ]] || ! "$venv/bin/python" -c 'import moto, boto3' >/dev/null 2>&1; then
+		echo "installing moto[server] and boto3 from PyPI into $venv (once)" >&2
+		rm -rf "$venv"
+		if ! { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]' boto3; } >"$work/pip-moto.log" 2>&1; then
+			tail -n 20 "$work/pip-moto.log" >&2
+			rm -rf "$venv"
+			return
+		fi
+	fi
+	echo "$venv"
+}
+
+moto_pid=""
+cleanup() {
+	if [[ -n "$moto_pid" ]]; then
+		kill "$moto_pid" 2>/dev/null || true
+		wait "$moto_pid" 2>/dev/null || true
+	fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+now() { date +%s%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f s", (b - a) / 1e9 }'; }
+
+# terraform apply, check, destroy, check of examples/basic with the real AWS provider
+# against moto_server (the emulator's API; nothing reaches AWS). The overrides and the
+# fake Debian AMIs come from deploy/terraform/tests/emulator; the reasons for each
+# setting are in the override files and the README.
+emulator_check() {
+	if ! command -v python3 >/dev/null 2>&1; then
+		skipped "python3 is not installed: the apply/destroy against the moto emulator was NOT run"
+		return 0
+	fi
+	local venv
+	venv=$(find_moto_venv || true)
+	if [[ -z "$venv" ]]; then
+		skipped "moto could not be installed (pip install 'moto[server]' boto3 failed: no PyPI?): the apply/destroy against the emulator was NOT run"
+		return 0
+	fi
+	local py="$venv/bin/python" tests="$module/tests/emulator" dir="$work/emulator/examples/basic"
+	echo "moto $("$py" -c 'import moto; print(moto.__version__)') from $venv"
+
+	# The example's variables for this run, given to terraform and to the check alike.
+	# data_count and client_count differ from the example's defaults on purpose: the
+	# counts must follow the variables.
+	local name=cirrus-demo region=eu-west-1 zones=eu-west-1a,eu-west-1b,eu-west-1c
+	local admin_cidr=198.51.100.7/32 data_count=4 client_count=2
+	local binary_s3=cirrus-emulator-releases/v0.1.0/cirrus ami=ami-0de12a0000000new0
+	cat >"$work/emulator.tfvars" <<-EOF
+		region             = "$region"
+		availability_zones = ["${zones//,/\", \"}"]
+		admin_cidr         = "$admin_cidr"
+		ssh_key_name       = "ops"
+		cirrus_binary_url  = "https://downloads.example.com/cirrus/v0.1.0/cirrus"
+		data_count         = $data_count
+		client_count       = $client_count
+	EOF
+	local tfvars=("-var-file=$work/emulator.tfvars")
+
+	local port
+	port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	local endpoint="http://127.0.0.1:$port"
+	# MOTO_AMIS_PATH: moto knows only these images (Debian's account id, decoys included),
+	# so the module's own aws_ami lookup runs unchanged.
+	MOTO_AMIS_PATH="$tests/amis.json" "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
+	moto_pid=$!
+	if ! "$py" - "$endpoint" "$moto_pid" <<-'PY'; then
+		import os, sys, time, urllib.request
+		url, pid, end = sys.argv[1] + "/moto-api/", int(sys.argv[2]), time.time() + 30
+		while time.time() < end:
+		    try:
+		        os.kill(pid, 0)
+		    except OSError:
+		        sys.exit("moto_server exited")
+		    try:
+		        urllib.request.urlopen(url, timeout=2)
+		        sys.exit(0)
+		    except Exception:
+		        time.sleep(0.2)
+		sys.exit("moto_server did not answer within 30 s")
+		PY
+		tail -n 20 "$work/moto.log"
+		echo "FAIL: could not start moto_server on $endpoint"
+		return 1
+	fi
+	echo "moto_server on $endpoint (pid $moto_pid)"
+
+	cp -r "$module" "$work/emulator"
+	rm -rf "$work/emulator/.terraform" "$work/emulator/.terraform.lock.hcl" "$dir/.terraform" "$dir/.terraform.lock.hcl" "$dir"/terraform.tfstate*
+	sed "s|@ENDPOINT@|$endpoint|g" "$tests/example_override.tf.in" >"$dir/emulator_override.tf"
+	cp "$tests/module_override.tf.in" "$work/emulator/emulator_override.tf"
+	if ! terraform fmt -check -diff "$dir/emulator_override.tf" "$work/emulator/emulator_override.tf"; then
+		echo "FAIL: terraform fmt of deploy/terraform/tests/emulator/*_override.tf.in"
+		return 1
+	fi
+
+	# Drift: remove one security group rule through the emulator's API (not Terraform),
+	# show that terraform plan wants to create exactly that rule again, apply the plan and
+	# check everything again. Runs in the subshell below (cwd, credentials).
+	emulator_drift() {
+		local rule='module.cirrus.aws_vpc_security_group_ingress_rule.cluster["meta_grpc_from_data"]'
+		terraform show -json >"$work/state.json" &&
+			"$py" "$tests/drift.py" revoke "$work/state.json" "$rule" --endpoint "$endpoint" --region "$region" &&
+			terraform plan -out="$work/drift.plan" -input=false -no-color "${tfvars[@]}" >"$work/drift-plan.log" 2>&1 &&
+			terraform show -json "$work/drift.plan" >"$work/drift-plan.json" &&
+			"$py" "$tests/drift.py" expect-create "$work/drift-plan.json" "$rule" &&
+			terraform apply -auto-approve -input=false -no-color "$work/drift.plan" >"$work/drift-apply.log" 2>&1 &&
+			grep '^Apply complete' "$work/drift-apply.log" &&
+			"${check[@]}" apply >"$work/drift-check.log" 2>&1 &&
+			tail -n 1 "$work/drift-check.log" && return 0
+		for f in drift-plan.log drift-apply.log drift-check.log; do
+			[[ -s "$work/$f" ]] && grep -v 'Still \|Refreshing' "$work/$f" | tail -n 30
+		done
+		echo "FAIL: drift of $rule (removed through the emulator) was not detected and repaired"
+		return 1
+	}
+
+	(
+		# Fake credentials, and nothing of the user's AWS configuration or any instance
+		# metadata service: nothing here may reach (or authenticate to) real AWS.
+		export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION="$region" AWS_DEFAULT_REGION="$region"
+		export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
+		unset AWS_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN
+		cd "$dir"
+		local init=(-input=false)
+		[[ -n "$plugin_dir" ]] && init+=("-plugin-dir=$plugin_dir")
+		if ! terraform init "${init[@]}" >"$work/init-emulator.log" 2>&1; then
+			cat "$work/init-emulator.log"
+			echo "FAIL: terraform init of examples/basic (emulator)"
+			exit 1
+		fi
+		local check=("$py" "$tests/check_apply.py" --endpoint "$endpoint" --region "$region" --name "$name"
+			--zones "$zones" --admin-cidr "$admin_cidr" --data-count "$data_count"
+			--client-count "$client_count" --binary-s3 "$binary_s3" --ami "$ami")
+		local t0 t1 t2 t3 rc=0
+		t0=$(now)
+		if ! terraform apply -auto-approve -input=false -no-color "${tfvars[@]}" >"$work/apply.log" 2>&1; then
+			t1=$(now)
+			grep -v 'Still creating' "$work/apply.log" | tail -n 40
+			grep -h 'NotImplementedError' "$work/moto.log" | sort | uniq -c || true
+			echo "FAIL: terraform apply against the emulator (after $(elapsed "$t0" "$t1"))"
+			rc=1
+		else
+			t1=$(now)
+			grep '^Apply complete' "$work/apply.log"
+			local managed
+			managed=$(terraform state list | grep -cvE '(^|\.)data\.' || true)
+			echo "apply: $(elapsed "$t0" "$t1"), $managed resources in the state"
+			"${check[@]}" apply || rc=1
+			[[ "$rc" -eq 0 ]] && { emulator_drift || rc=1; }
+		fi
+		t2=$(now)
+		if ! terraform destroy -auto-approve -input=false -no-color "${tfvars[@]}" >"$work/destroy.log" 2>&1; then
+			t3=$(now)
+			grep -v 'Still destroying' "$work/destroy.log" | tail -n 40
+			echo "FAIL: terraform destroy against the emulator (after $(elapsed "$t2" "$t3"))"
+			exit 1
+		fi
+		t3=$(now)
+		grep '^Destroy complete' "$work/destroy.log"
+		echo "destroy: $(elapsed "$t2" "$t3"), $(terraform state list | wc -l) resources left in the state"
+		"${check[@]}" destroy || rc=1
+		exit "$rc"
+	) || return 1
+}
+
 if ! command -v terraform >/dev/null 2>&1; then
-	skipped "terraform is not installed: fmt, validate and terraform test of deploy/terraform were NOT run"
+	skipped "terraform is not installed: fmt, validate, terraform test and the apply/destroy against the moto emulator of deploy/terraform were NOT run"
 else
 	banner "terraform $(terraform version | head -n 1)"
 
@@ -93,6 +277,9 @@ else
 		echo "FAIL: terraform init of examples/basic"
 		failed=1
 	fi
+
+	banner "terraform apply + destroy of examples/basic against the moto AWS emulator"
+	emulator_check || failed=1
 fi
 
 # checkov: from PATH, $CHECKOV, or a virtualenv this script makes once (PyPI).

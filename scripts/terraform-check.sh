@@ -16,13 +16,22 @@
 #      and the resource count. The provider overrides are generated into the
 #      temporary copy from tests/emulator/*_override.tf.in (each setting explained there
 #      and in deploy/terraform/README.md).
+#      Before the destroy, the boot check (tests/emulator/boot.py, as root only): every
+#      instance's user data, read back from the emulator, is booted for real in its own
+#      network namespace at its private address (this build's binary instead of the
+#      download, a unit runner instead of systemd, a directory instead of the NVMe disk,
+#      a stand-in IMDS); cirrus doctor --ready must pass on every host, the output's
+#      mount command must mount on a client and a file written there must read back on
+#      the second client. Prints the boot-to-mounted time.
 #   5. checkov over deploy/terraform: every skipped check is justified inline in the .tf
 # When terraform is absent, steps 1-4 print a loud SKIPPED line and the script goes on;
 # when checkov or moto cannot be installed (no PyPI), steps 5 and 4 say so loudly. Any
 # real failure exits non-zero. Work happens in a temporary copy, so the tree stays clean;
 # the emulator is killed on exit.
 #
-# Environment: TF_PLUGIN_DIR (folder holding registry.terraform.io/...) to skip the
+# Environment: CIRRUS_BIN (the cirrus binary the boot check installs on every host,
+# default $CARGO_TARGET_DIR/debug/cirrus, else target/debug/cirrus; scripts/test.sh
+# builds it first; absent: the boot check is SKIPPED loudly); TF_PLUGIN_DIR (folder holding registry.terraform.io/...) to skip the
 # search; CHECKOV (path of a checkov executable); CIRRUS_CACHE_DIR (where the checkov and
 # moto virtualenvs, checkov-venv and moto-venv, are kept, default ~/.cache/cirrus).
 set -euo pipefail
@@ -185,6 +194,39 @@ emulator_check() {
 		return 1
 	}
 
+	# Boot: run every instance's user data for real, each in its own network namespace
+	# "host" (tests/emulator/boot.py; what it substitutes and why is in its docstring and
+	# the README). Needs root (namespaces, mounts, FUSE) and the cirrus binary of this
+	# build; without either it is SKIPPED loudly. Runs in the subshell below.
+	emulator_boot() {
+		local bin="${CIRRUS_BIN:-${CARGO_TARGET_DIR:-target}/debug/cirrus}"
+		[[ "$bin" = /* ]] || bin="$root/$bin"
+		if [[ "$(id -u)" != 0 ]]; then
+			skipped "not root: the boot check (user data booted in network namespaces, cirrus doctor, a mount read back across clients) was NOT run"
+			return 0
+		fi
+		if [[ ! -x "$bin" ]]; then
+			skipped "no cirrus binary at $bin (set CIRRUS_BIN, or cargo build first): the boot check (user data booted in network namespaces, cirrus doctor, a mount read back across clients) was NOT run"
+			return 0
+		fi
+		local missing=()
+		for tool in ip unshare nsenter findmnt fusermount3 curl; do
+			command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+		done
+		if [[ ${#missing[@]} -gt 0 || ! -e /dev/fuse ]]; then
+			skipped "missing ${missing[*]:-} $([[ -e /dev/fuse ]] || echo /dev/fuse): the boot check was NOT run"
+			return 0
+		fi
+		local mount_command
+		mount_command=$(terraform output -raw mount_command) || return 1
+		echo "boot check: $bin ($("$bin" --version))"
+		if ! timeout -s INT 240 "$py" "$tests/boot.py" run --endpoint "$endpoint" --region "$region" --name "$name" \
+			--bin "$bin" --mount-command "$mount_command" --timeout 150; then
+			echo "FAIL: the boot check: the user data did not boot into a working cluster (journal of each unit above)"
+			return 1
+		fi
+	}
+
 	(
 		# Fake credentials, and nothing of the user's AWS configuration or any instance
 		# metadata service: nothing here may reach (or authenticate to) real AWS.
@@ -218,6 +260,7 @@ emulator_check() {
 			echo "apply: $(elapsed "$t0" "$t1"), $managed resources in the state"
 			"${check[@]}" apply || rc=1
 			[[ "$rc" -eq 0 ]] && { emulator_drift || rc=1; }
+			[[ "$rc" -eq 0 ]] && { emulator_boot || rc=1; }
 		fi
 		t2=$(now)
 		if ! terraform destroy -auto-approve -input=false -no-color "${tfvars[@]}" >"$work/destroy.log" 2>&1; then

@@ -18,6 +18,7 @@ mod probe;
 mod report;
 
 use cirrus_proto::{net, pb, CallPolicy, MetaConn};
+use cirrus_types::{ChainTable, DataInfo, MetaInfo, ServerEntry, ServerId};
 use probe::{ConnectError, Health};
 use report::{Finding, Report};
 use std::collections::{BTreeMap, BTreeSet};
@@ -109,15 +110,15 @@ struct Endpoint {
     /// "--meta", "member list of the meta group", "--data", "meta group's registry".
     source: &'static str,
     /// The registry's entry, for data servers learned from it.
-    server: Option<pb::ServerInfo>,
+    server: Option<(ServerId, ServerEntry)>,
 }
 
 /// What one endpoint answered.
 #[derive(Default)]
 struct Answer {
     findings: Vec<Finding>,
-    meta: Option<pb::ClusterInfoReply>,
-    data: Option<pb::DataInfoReply>,
+    meta: Option<MetaInfo>,
+    data: Option<DataInfo>,
 }
 
 #[derive(Clone, Copy)]
@@ -226,7 +227,7 @@ async fn remote(args: &DoctorArgs, opts: Opts, told: Vec<String>, rep: &mut Repo
     rep.meta_endpoints = meta_answers.iter().map(|(e, _)| e.addr.clone()).collect();
 
     // 2. The group as a whole.
-    let infos: Vec<(&Endpoint, &pb::ClusterInfoReply)> = meta_answers
+    let infos: Vec<(&Endpoint, &MetaInfo)> = meta_answers
         .iter()
         .filter_map(|(e, a)| a.meta.as_ref().map(|i| (e, i)))
         .collect();
@@ -264,12 +265,12 @@ async fn remote(args: &DoctorArgs, opts: Opts, told: Vec<String>, rep: &mut Repo
                         .strict(args.ready),
                     );
                 }
-                for s in table.servers {
+                for (id, s) in table.servers {
                     data_eps.push(Endpoint {
                         kind: Kind::Data,
                         addr: s.address.clone(),
                         source: "meta group's registry",
-                        server: Some(s),
+                        server: Some((id, s)),
                     });
                 }
             }
@@ -319,7 +320,7 @@ async fn registry(
     told: &[String],
     cluster_id: &str,
     timeout: Duration,
-) -> Result<pb::ChainTable, String> {
+) -> Result<ChainTable, String> {
     let conn = MetaConn::new(
         told.to_vec(),
         CallPolicy {
@@ -340,6 +341,7 @@ async fn registry(
         async move { c.get_chains(req).await }
     })
     .await
+    .map(|t| ChainTable::from(&t))
     .map_err(|e| e.to_string())
 }
 
@@ -504,7 +506,7 @@ fn fmt_ms(d: Duration) -> String {
 }
 
 /// What a handshake returned: the node's clock and its info reply.
-type Handshake = (i64, Option<pb::ClusterInfoReply>, Option<pb::DataInfoReply>);
+type Handshake = (i64, Option<MetaInfo>, Option<DataInfo>);
 
 /// The gRPC handshake (ClusterInfo or Data.Info) and the clock check.
 async fn handshake(
@@ -542,7 +544,7 @@ async fn handshake(
                     )),
                     Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
                     Ok(Ok(r)) => {
-                        let i = r.into_inner();
+                        let i = MetaInfo::from(&r.into_inner());
                         Ok((i.now_ms, Some(i), None))
                     }
                 },
@@ -560,7 +562,7 @@ async fn handshake(
                     )),
                     Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
                     Ok(Ok(r)) => {
-                        let i = r.into_inner();
+                        let i = DataInfo::from(&r.into_inner());
                         Ok((i.now_ms, None, Some(i)))
                     }
                 },
@@ -643,10 +645,7 @@ fn clock(
 
 /// Cluster id agreement, the leader, and the addresses as the group knows them. Returns
 /// the group's cluster id (the majority's, if they disagree).
-fn analyse_meta(
-    infos: &[(&Endpoint, &pb::ClusterInfoReply)],
-    ready: bool,
-) -> (Option<String>, Vec<Finding>) {
+fn analyse_meta(infos: &[(&Endpoint, &MetaInfo)], ready: bool) -> (Option<String>, Vec<Finding>) {
     let mut out = Vec::new();
     if infos.is_empty() {
         out.push(Finding::fail(
@@ -785,7 +784,7 @@ fn analyse_meta(
 /// Cluster id, registration, heartbeat, advertised address and O_DIRECT of one data server.
 fn analyse_data(
     ep: &Endpoint,
-    info: Option<&pb::DataInfoReply>,
+    info: Option<&DataInfo>,
     meta_cluster: Option<&str>,
     meta_hosts_local: bool,
     ready: bool,
@@ -793,13 +792,13 @@ fn analyse_data(
     let mut out = Vec::new();
     let target = format!("data {}", ep.addr);
     let (host, port) = probe::split_host_port(&ep.addr).unwrap_or((ep.addr.clone(), 0));
-    if let Some(s) = &ep.server {
+    if let Some((id, s)) = &ep.server {
         if !s.alive {
             out.push(
                 Finding::fail(
                     "server",
                     target.clone(),
-                    format!("the meta group has no recent heartbeat from data server {} ({})", s.id, s.address),
+                    format!("the meta group has no recent heartbeat from data server {} ({})", id, s.address),
                     format!("is it running on {host}? It must reach the meta nodes' gRPC port (7001/tcp) to heartbeat"),
                 )
                 .at(&host, Some(port))
@@ -811,7 +810,7 @@ fn analyse_data(
                 Finding::fail(
                     "address",
                     target.clone(),
-                    format!("data server {} registered the address {}, which other machines cannot reach", s.id, s.address),
+                    format!("data server {} registered the address {}, which other machines cannot reach", id, s.address),
                     "start it with --advertise HOST:PORT (its reachable address) or --listen on that address",
                 )
                 .at(&host, Some(port)),
@@ -927,6 +926,7 @@ async fn local_checks(args: &DoctorArgs, rep: &mut Report) {
 mod tests {
     use super::report::Status;
     use super::*;
+    use cirrus_types::MetaMember;
 
     fn ep(addr: &str) -> Endpoint {
         Endpoint {
@@ -937,13 +937,8 @@ mod tests {
         }
     }
 
-    fn info(
-        node: u64,
-        cluster: &str,
-        leader: u64,
-        members: &[(u64, &str)],
-    ) -> pb::ClusterInfoReply {
-        pb::ClusterInfoReply {
+    fn info(node: u64, cluster: &str, leader: u64, members: &[(u64, &str)]) -> MetaInfo {
+        MetaInfo {
             cluster_id: cluster.into(),
             node_id: node,
             leader_id: leader,
@@ -955,7 +950,7 @@ mod tests {
             term: 3,
             members: members
                 .iter()
-                .map(|(id, a)| pb::MetaMember {
+                .map(|(id, a)| MetaMember {
                     id: *id,
                     address: a.to_string(),
                 })
@@ -1025,7 +1020,7 @@ mod tests {
             source: "--data",
             server: None,
         };
-        let i = pb::DataInfoReply {
+        let i = DataInfo {
             cluster_id: B.into(),
             server_id: 4,
             address: "10.0.1.12:7101".into(),
@@ -1048,12 +1043,16 @@ mod tests {
             kind: Kind::Data,
             addr: "127.0.0.1:7101".into(),
             source: "meta group's registry",
-            server: Some(pb::ServerInfo {
-                id: 2,
-                address: "127.0.0.1:7101".into(),
-                alive: false,
-                ..Default::default()
-            }),
+            server: Some((
+                ServerId(2),
+                ServerEntry {
+                    address: "127.0.0.1:7101".into(),
+                    alive: false,
+                    capacity_bytes: 0,
+                    free_bytes: 0,
+                    last_heartbeat_ms: 0,
+                },
+            )),
         };
         let f = analyse_data(&e, None, Some(A), false, false);
         assert!(

@@ -117,7 +117,11 @@ locals {
 
   # The mount is guarded by doctor: it does not start (and says why in the journal)
   # while an endpoint is unreachable, the cluster ids differ, or the mount point is bad.
-  # A dead FUSE mount left by a crash is lazily unmounted first.
+  # A dead FUSE mount left by a crash is lazily unmounted first. `cirrus mount` runs with
+  # --foreground: without it the command returns once mounted and serves the mount from
+  # a background process, so systemd (Type=simple) would see the main process exit, run
+  # ExecStopPost (umount) and kill the unit's processes, then restart it, for ever
+  # (found by the boot check, tests/emulator/boot.py).
   mount_unit = <<-UNIT
     [Unit]
     Description=Cirrus client mount at ${var.mountpoint}
@@ -131,7 +135,7 @@ locals {
     ExecStartPre=-/bin/umount -l ${var.mountpoint}
     ExecStartPre=/bin/mkdir -p ${var.mountpoint}
     ExecStartPre=${local.bin} doctor --role client --meta ${local.meta_addrs} --mountpoint ${var.mountpoint} --timeout 5s
-    ExecStart=${local.bin} mount ${local.meta_addrs} ${var.mountpoint}
+    ExecStart=${local.bin} mount ${local.meta_addrs} ${var.mountpoint} --foreground
     ExecStopPost=-/bin/umount -l ${var.mountpoint}
     Restart=always
     RestartSec=5

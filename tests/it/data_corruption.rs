@@ -61,6 +61,7 @@ async fn setup(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_block_is_reported_read_correctly_and_repaired_and_never_served() -> Result<()> {
     let c = ClusterBuilder::new()
+        .allow_errors(cirrus_raft_tests::cluster::CORRUPTION_ERRORS)
         .data_servers(2)
         .replicas(2)
         .start()
@@ -129,6 +130,7 @@ async fn corrupted_block_is_reported_read_correctly_and_repaired_and_never_serve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrub_finds_and_repairs_a_corrupt_block_nobody_reads() -> Result<()> {
     let c = ClusterBuilder::new()
+        .allow_errors(cirrus_raft_tests::cluster::CORRUPTION_ERRORS)
         .data_servers(2)
         .replicas(2)
         .data_args(vec!["--scrub-interval".into(), "300ms".into()])

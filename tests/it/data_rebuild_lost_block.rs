@@ -17,7 +17,10 @@ const BAD_BLOCK: u64 = 5;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_from_a_source_with_a_bad_block_finishes_and_that_block_reads_eio_while_the_rest_reads_correctly(
 ) -> Result<()> {
-    let mut c = r2_rebuild_cluster().start().await?;
+    let mut c = r2_rebuild_cluster()
+        .allow_errors(cirrus_raft_tests::cluster::CORRUPTION_ERRORS)
+        .start()
+        .await?;
     let data = pattern(3, 0, LEN);
     let Written {
         cl,

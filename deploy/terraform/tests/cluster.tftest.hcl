@@ -211,8 +211,8 @@ run "user_data_installs_binary_units_and_doctor" {
   }
 
   assert {
-    condition     = strcontains(aws_instance.client[0].user_data, "ExecStartPre=/usr/local/bin/cirrus doctor --role client --meta 10.42.0.10:7001,10.42.1.11:7001,10.42.2.12:7001 --mountpoint /mnt/cirrus --timeout 5s") && strcontains(aws_instance.client[0].user_data, "ExecStart=/usr/local/bin/cirrus mount 10.42.0.10:7001,10.42.1.11:7001,10.42.2.12:7001 /mnt/cirrus")
-    error_message = "the client mount must be guarded by `cirrus doctor` in ExecStartPre"
+    condition     = strcontains(aws_instance.client[0].user_data, "ExecStartPre=/usr/local/bin/cirrus doctor --role client --meta 10.42.0.10:7001,10.42.1.11:7001,10.42.2.12:7001 --mountpoint /mnt/cirrus --timeout 5s") && strcontains(aws_instance.client[0].user_data, "ExecStart=/usr/local/bin/cirrus mount 10.42.0.10:7001,10.42.1.11:7001,10.42.2.12:7001 /mnt/cirrus --foreground\n")
+    error_message = "the client mount must be guarded by `cirrus doctor` in ExecStartPre, and `cirrus mount` must stay in the foreground (Type=simple)"
   }
 
   assert {

@@ -6,6 +6,7 @@
 
 mod attr;
 mod chain;
+mod info;
 
 pub use attr::attr;
 

@@ -870,6 +870,8 @@ pub async fn run(opts: Options) -> Result<(RunRecord, bool)> {
 
     // ---- cluster
     let mut b = ClusterBuilder::new()
+        // The corrupt fault flips blocks on disk; finding them is the point.
+        .allow_errors(crate::cluster::CORRUPTION_ERRORS)
         .data_servers(opts.data_servers)
         .replicas(opts.replicas)
         .server_timeout(Duration::from_secs(3))

@@ -12,6 +12,7 @@ pub mod scrub;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod transport;
 pub mod uring;
 
 use std::path::PathBuf;

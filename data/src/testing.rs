@@ -4,7 +4,9 @@
 //! write runs head to tail in microseconds. To stage the races chaos runs found, an
 //! address can be made unreachable (the call never arrives), lose its replies (the call
 //! runs to completion, the caller sees a timeout) or be paused (calls wait before they
-//! arrive until the test resumes them, and the test can wait until they have).
+//! arrive until the test resumes them, and the test can wait until they have); the
+//! replies of one kind of call to an address can be held the same way, after the call
+//! ran (a read that returns bytes older than a write that lands meanwhile).
 //!
 //! Mutations are spawned and run to completion like `service::to_completion` does, so a
 //! caller that gives up does not cancel the receiver half way. Reads are checked against
@@ -45,6 +47,13 @@ pub struct Pause {
 }
 
 impl Pause {
+    fn new() -> Arc<Pause> {
+        Arc::new(Pause {
+            open: watch::Sender::new(false),
+            arrived: watch::Sender::new(0),
+        })
+    }
+
     /// Waits until `n` calls in all have come to this pause.
     pub async fn arrived(&self, n: usize) {
         let mut rx = self.arrived.subscribe();
@@ -74,6 +83,7 @@ pub struct Net {
     nodes: Mutex<HashMap<String, Weak<Node>>>,
     faults: Mutex<HashMap<String, Fault>>,
     pauses: Mutex<HashMap<String, Arc<Pause>>>,
+    held_replies: Mutex<HashMap<(String, &'static str), Arc<Pause>>>,
     delivered: Mutex<Vec<Delivery>>,
 }
 
@@ -96,13 +106,19 @@ impl Net {
         lock(&self.faults).remove(addr);
     }
 
-    /// Holds calls to `addr` before they arrive, until the returned pause is resumed.
+    /// Holds calls to `addr` before they arrive, until the returned pause is resumed
+    /// (after which it lets every call through).
     pub fn pause(&self, addr: &str) -> Arc<Pause> {
-        let p = Arc::new(Pause {
-            open: watch::Sender::new(false),
-            arrived: watch::Sender::new(0),
-        });
+        let p = Pause::new();
         lock(&self.pauses).insert(addr.to_string(), p.clone());
+        p
+    }
+
+    /// Lets `op` calls to `addr` run, then holds their replies until the returned pause
+    /// is resumed.
+    pub fn hold_replies(&self, addr: &str, op: &'static str) -> Arc<Pause> {
+        let p = Pause::new();
+        lock(&self.held_replies).insert((addr.to_string(), op), p.clone());
         p
     }
 
@@ -111,9 +127,8 @@ impl Net {
         lock(&self.delivered).clone()
     }
 
-    /// The node at `addr` once a call to it gets through, and the fault to apply to its
-    /// reply.
-    async fn arrive(&self, addr: &str, op: &'static str) -> FsResult<(Arc<Node>, Option<Fault>)> {
+    /// The node at `addr` once a call to it gets through, and what happens to its reply.
+    async fn arrive(&self, addr: &str, op: &'static str) -> FsResult<(Arc<Node>, Reply)> {
         let pause = lock(&self.pauses).get(addr).cloned();
         if let Some(p) = pause {
             p.hold().await;
@@ -131,7 +146,18 @@ impl Net {
                 FsError::Unavailable(format!("{op} to data server {addr}: no node there"))
             })?;
         lock(&self.delivered).push((addr.to_string(), op));
-        Ok((node, fault))
+        let held = lock(&self.held_replies)
+            .get(&(addr.to_string(), op))
+            .cloned();
+        Ok((
+            node,
+            Reply {
+                addr: addr.to_string(),
+                op,
+                fault,
+                held,
+            },
+        ))
     }
 
     /// Delivers a mutation and runs it to completion whatever the caller does.
@@ -145,20 +171,34 @@ impl Net {
         T: Send + 'static,
         Fut: Future<Output = FsResult<T>> + Send + 'static,
     {
-        let (node, fault) = self.arrive(addr, op).await?;
+        let (node, reply) = self.arrive(addr, op).await?;
         let r = tokio::spawn(f(node))
             .await
-            .map_err(|e| FsError::Io(format!("{op} task at {addr} failed: {e}")))?;
-        reply(addr, op, fault, r)
+            .map_err(|e| FsError::Io(format!("{op} task at {addr} failed: {e}")));
+        reply.send(r.and_then(|r| r)).await
     }
 }
 
-fn reply<T>(addr: &str, op: &str, fault: Option<Fault>, r: FsResult<T>) -> FsResult<T> {
-    match fault {
-        Some(Fault::ReplyLost) => Err(FsError::Timeout(format!(
-            "{op} to data server {addr}: reply lost (test network)"
-        ))),
-        _ => r,
+/// The way back of one delivered call.
+struct Reply {
+    addr: String,
+    op: &'static str,
+    fault: Option<Fault>,
+    held: Option<Arc<Pause>>,
+}
+
+impl Reply {
+    async fn send<T>(self, r: FsResult<T>) -> FsResult<T> {
+        if let Some(p) = self.held {
+            p.hold().await;
+        }
+        match self.fault {
+            Some(Fault::ReplyLost) => Err(FsError::Timeout(format!(
+                "{} to data server {}: reply lost (test network)",
+                self.op, self.addr
+            ))),
+            _ => r,
+        }
     }
 }
 
@@ -178,9 +218,9 @@ impl ChainTransport for Net {
         local_only: bool,
     ) -> BoxFuture<'a, FsResult<(Bytes, u64)>> {
         Box::pin(async move {
-            let (n, fault) = self.arrive(addr, "read").await?;
+            let (n, reply) = self.arrive(addr, "read").await?;
             let r = n.read(c.id, c.version, key, off, len, local_only).await;
-            let out = reply(addr, "read", fault, r)?;
+            let out = reply.send(r).await?;
             if out.data.len() > len as usize {
                 return Err(FsError::Io(format!(
                     "{addr} returned {} bytes for a {len}-byte read",
@@ -241,9 +281,9 @@ impl ChainTransport for Net {
         version: ChainVersion,
     ) -> BoxFuture<'a, FsResult<Vec<Listed>>> {
         Box::pin(async move {
-            let (n, fault) = self.arrive(addr, "list").await?;
+            let (n, reply) = self.arrive(addr, "list").await?;
             let r = n.list_objects(chain, version).await;
-            reply(addr, "list", fault, r)
+            reply.send(r).await
         })
     }
 }

@@ -385,3 +385,94 @@ async fn an_unaligned_write_gives_a_syncing_member_whole_blocks_from_the_tail() 
         "the syncing member holds other bytes around the write than the tail"
     );
 }
+
+/// The same race for truncate and punch: the kept bytes of a partial edge block on a
+/// syncing member come from the tail, which has applied the operation.
+#[tokio::test]
+async fn an_unaligned_truncate_or_punch_gives_a_syncing_member_its_edge_blocks_from_the_tail() {
+    let c = chain(1, 3, &[1, 2], &[]);
+    let cl = Cluster::new(3, std::slice::from_ref(&c));
+    let (tk, pk) = (key(), ObjectKey { index: 1, ..key() });
+    for k in [tk, pk] {
+        cl.node(1)
+            .write(write_args(&c, k, 0, &pattern(3 * 4096, 1)))
+            .await
+            .expect("write before server 3 joins");
+    }
+    let c4 = chain(1, 4, &[1, 2], &[3]);
+    cl.set_chain_everywhere(&c4);
+    let size = BLOCK + 100;
+    cl.node(1)
+        .truncate(c4.id, c4.version, tk, size, 0)
+        .await
+        .expect("truncate through the syncing member");
+    let (got, got_size) = contents(cl.store(3), tk).await;
+    let (want, _) = contents(cl.store(2), tk).await;
+    assert_eq!(got_size, size);
+    assert!(
+        got[BLOCK as usize..] == want[BLOCK as usize..],
+        "the kept head of the last block differs from the tail's"
+    );
+    // Both edges partial: [100, 8100) in blocks 0 and 1.
+    cl.node(1)
+        .punch(c4.id, c4.version, pk, 100, 8000, 0)
+        .await
+        .expect("punch through the syncing member");
+    let (got, _) = contents(cl.store(3), pk).await;
+    let (want, _) = contents(cl.store(2), pk).await;
+    assert!(
+        got.len() >= 2 * 4096 && got[..2 * 4096] == want[..2 * 4096],
+        "the punched edge blocks differ from the tail's"
+    );
+}
+
+#[tokio::test]
+async fn a_copy_reads_the_source_chain_tail_first_and_writes_through_the_destination_chain() {
+    let dst = chain(1, 3, &[1, 2, 3], &[]);
+    // Server 1, the destination head, holds no copy of the source chain.
+    let src = chain(2, 5, &[2, 3], &[]);
+    let cl = Cluster::new(3, &[dst.clone(), src.clone()]);
+    let from = ObjectKey {
+        inode: InodeId(8),
+        index: 0,
+    };
+    let data = pattern(3 * 4096, 4);
+    cl.node(2)
+        .write(write_args(&src, from, 0, &data))
+        .await
+        .expect("source write");
+    // The source tail is unreachable: the copy reads the source head instead.
+    cl.net.fault("s3", Fault::Unreachable);
+    let before = cl.net.delivered().len();
+    // 2 blocks from 2.5 blocks in: half of it past the source's end, copied as zeros.
+    let (src_off, len) = (2 * BLOCK + BLOCK / 2, 2 * BLOCK as u32);
+    let w = write_args(&dst, key(), 0, &[]);
+    let r = cl
+        .node(1)
+        .copy(w.clone(), src.id, src.version, from, src_off, len)
+        .await;
+    assert!(
+        matches!(r, Err(FsError::Unavailable(_))),
+        "a copy the destination tail never got was answered {r:?}"
+    );
+    let reads: Vec<_> = cl.net.delivered()[before..]
+        .iter()
+        .filter(|(_, op)| *op == "read")
+        .cloned()
+        .collect();
+    assert_eq!(reads, [("s2".to_string(), "read")], "source read from s2");
+    cl.net.heal("s3");
+    let before = cl.net.delivered().len();
+    cl.node(1)
+        .copy(w, src.id, src.version, from, src_off, len)
+        .await
+        .expect("copy");
+    assert_eq!(
+        cl.net.delivered()[before],
+        ("s3".to_string(), "read"),
+        "source read from its tail first"
+    );
+    let mut model = data[src_off as usize..].to_vec();
+    model.resize(len as usize, 0);
+    assert_everywhere(&cl, &[1, 2, 3], &model).await;
+}

@@ -815,6 +815,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_block_bad_at_the_source_is_taken_from_another_member_else_kept_as_lost() {
+        use crate::testing::{chain, contents, write_args, Cluster};
+        let c = chain(1, 3, &[1, 2], &[]);
+        let cl = Cluster::new(3, std::slice::from_ref(&c));
+        let (k, both) = (obj(7, 0), obj(7, 1));
+        let data = pattern(3 * 4096, 1);
+        for o in [k, both] {
+            cl.node(1)
+                .write(write_args(&c, o, 0, &data))
+                .await
+                .expect("write");
+        }
+        // The source (the tail, server 2) has block 1 of each bad; the head has one good.
+        assert!(cl.store(2).corrupt(k, 4096 + 3));
+        assert!(cl.store(2).corrupt(both, 4096 + 3));
+        assert!(cl.store(1).corrupt(both, 4096 + 4));
+        cl.set_chain_everywhere(&chain(1, 4, &[1, 2], &[3]));
+        let dir = tempfile::tempdir().expect("tempdir");
+        rebuild_chain(cl.node(3), &cfg(&dir), ChainId(1))
+            .await
+            .expect("a pass finishes despite a block no member has good");
+        assert!(
+            contents(cl.store(3), k).await.0 == data,
+            "block 1 not taken from the head"
+        );
+        match cl.store(3).read(both, 4096, 4096).await {
+            Err(StoreError::Corrupt { blocks, .. }) => assert_eq!(blocks, vec![1]),
+            other => panic!(
+                "a block bad everywhere was copied: {:?}",
+                other.map(|r| r.size)
+            ),
+        }
+        let around = cl
+            .store(3)
+            .read(both, 2 * 4096, 4096)
+            .await
+            .expect("block 2");
+        assert!(around.data[..] == data[2 * 4096..]);
+        assert_eq!(cl.node(3).stats.lost_blocks.get(), 1);
+    }
+
+    #[tokio::test]
     async fn a_lost_block_fails_every_read_until_a_whole_block_write_replaces_it() {
         let s = MemStore::new();
         s.write(ChainId(1), key(), 0, &[3u8; 3 * 4096])

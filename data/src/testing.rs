@@ -40,7 +40,8 @@ pub enum Fault {
     ReplyLost,
 }
 
-/// Calls to a paused address wait here before they arrive.
+/// A gate where calls to a paused address (or the replies `Net::hold_replies` holds)
+/// wait until the test resumes it.
 pub struct Pause {
     open: watch::Sender<bool>,
     arrived: watch::Sender<usize>,
@@ -401,7 +402,8 @@ pub fn write_args(c: &Chain, key: ObjectKey, off: u64, data: &[u8]) -> WriteArgs
     }
 }
 
-/// The whole object at `node` as its store holds it (verified), and its size.
+/// The whole of object `key` as `store` holds it (read under its crcs), and its size;
+/// empty and 0 when the store has no such object.
 pub async fn contents(store: &MemStore, key: ObjectKey) -> (Vec<u8>, u64) {
     let info = store.list().into_iter().find(|o| o.key == key);
     let Some(info) = info else {

@@ -12,6 +12,9 @@ pub mod scrub;
 pub mod server;
 pub mod service;
 pub mod store;
+#[cfg(test)]
+pub mod testing;
+pub mod transport;
 pub mod uring;
 
 use std::path::PathBuf;

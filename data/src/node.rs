@@ -12,6 +12,7 @@ use crate::peer::Peers;
 use crate::rangelock::RangeLock;
 use crate::rebuild::Tracker;
 use crate::store::{ChunkStore, ReadOut, StoreError, BLOCK};
+use crate::transport::ChainTransport;
 use bytes::Bytes;
 use cirrus_proto::metrics::{Counter, Registry};
 use cirrus_proto::{pb, MetaConn};
@@ -133,7 +134,9 @@ pub struct Node {
     table: RwLock<ChainTable>,
     meta: Option<Arc<MetaConn>>,
     refresh_lock: tokio::sync::Mutex<()>,
-    pub peers: Peers,
+    /// How this server reaches the other members: `Peers` in a server, an in-process
+    /// network in unit tests (`testing::Net`).
+    pub peers: Arc<dyn ChainTransport>,
     locks: Mutex<HashMap<ObjectKey, Arc<RangeLock>>>,
     pub tracker: Tracker,
     pub stats: Stats,
@@ -178,7 +181,7 @@ impl Node {
             table: RwLock::new(table),
             meta,
             refresh_lock: tokio::sync::Mutex::new(()),
-            peers: Peers::new(cluster, cfg.forward_timeout),
+            peers: Arc::new(Peers::new(cluster, cfg.forward_timeout)),
             locks: Mutex::new(HashMap::new()),
             tracker: Tracker::default(),
             stats,
@@ -187,6 +190,12 @@ impl Node {
             rebuild_view: Mutex::new((Vec::new(), Vec::new())),
             copies: tokio::sync::Semaphore::new(MAX_COPIES),
         }
+    }
+
+    /// The same node reaching the other members through `t` instead of `Peers`.
+    pub fn with_transport(mut self, t: Arc<dyn ChainTransport>) -> Node {
+        self.peers = t;
+        self
     }
 
     pub fn table(&self) -> ChainTable {
@@ -745,3 +754,6 @@ impl Node {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,14 +2,17 @@
 //! the bulk protocol, the payload passed on from the buffer it arrived in), repair reads
 //! and rebuild copies (gRPC). One lazily connecting client of each kind per address;
 //! every call bounded by a deadline, and every returned payload checked against its crcs.
+//! `Peers` is the `ChainTransport` a server's node runs on.
 
 use crate::node::WriteArgs;
+use crate::transport::ChainTransport;
 use bytes::Bytes;
 use cirrus_proto::bulk::BulkClient;
 use cirrus_proto::{from_status, net, pb};
 use cirrus_types::checksum::verify_pieces;
 use cirrus_types::Chain;
 use cirrus_types::{ChainId, ChainVersion, ClusterId, FsError, FsResult, ObjectKey};
+use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -234,6 +237,67 @@ impl Peers {
                 })
             })
             .collect()
+    }
+}
+
+/// The transport a server runs: each call goes to the inherent method of the same name.
+impl ChainTransport for Peers {
+    fn write<'a>(&'a self, addr: &'a str, w: &'a WriteArgs) -> BoxFuture<'a, FsResult<u64>> {
+        Box::pin(Peers::write(self, addr, w))
+    }
+
+    fn read<'a>(
+        &'a self,
+        addr: &'a str,
+        c: &'a Chain,
+        key: ObjectKey,
+        off: u64,
+        len: u32,
+        local_only: bool,
+    ) -> BoxFuture<'a, FsResult<(Bytes, u64)>> {
+        Box::pin(Peers::read(self, addr, c, key, off, len, local_only))
+    }
+
+    fn sync<'a>(
+        &'a self,
+        addr: &'a str,
+        c: &'a Chain,
+        keys: &'a [ObjectKey],
+        hop: u32,
+    ) -> BoxFuture<'a, FsResult<()>> {
+        Box::pin(Peers::sync(self, addr, c, keys, hop))
+    }
+
+    fn truncate<'a>(
+        &'a self,
+        addr: &'a str,
+        c: &'a Chain,
+        key: ObjectKey,
+        size: u64,
+        hop: u32,
+    ) -> BoxFuture<'a, FsResult<()>> {
+        Box::pin(Peers::truncate(self, addr, c, key, size, hop))
+    }
+
+    fn punch<'a>(
+        &'a self,
+        addr: &'a str,
+        c: &'a Chain,
+        key: ObjectKey,
+        off: u64,
+        len: u64,
+        hop: u32,
+    ) -> BoxFuture<'a, FsResult<()>> {
+        Box::pin(Peers::punch(self, addr, c, key, off, len, hop))
+    }
+
+    fn list<'a>(
+        &'a self,
+        addr: &'a str,
+        chain: ChainId,
+        version: ChainVersion,
+    ) -> BoxFuture<'a, FsResult<Vec<crate::node::Listed>>> {
+        Box::pin(Peers::list(self, addr, chain, version))
     }
 }
 

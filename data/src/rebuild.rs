@@ -719,6 +719,143 @@ mod tests {
         assert_eq!(at(0).await.expect("unchecked").len(), 1);
     }
 
+    fn obj(inode: u64, index: u32) -> ObjectKey {
+        ObjectKey {
+            inode: InodeId(inode),
+            index,
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i / 4096) as u8)
+            .collect()
+    }
+
+    fn cfg(dir: &tempfile::TempDir) -> RebuildConfig {
+        RebuildConfig {
+            dir: dir.path().to_path_buf(),
+            rate: 1 << 40,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_pass_makes_the_syncing_member_a_copy_of_the_tail() {
+        use crate::testing::{chain, contents, write_args, Cluster};
+        let c = chain(1, 3, &[1, 2], &[]);
+        let cl = Cluster::new(3, std::slice::from_ref(&c));
+        let (dense, sparse) = (obj(7, 0), obj(7, 1));
+        let w = |k, off, d: &[u8]| cl.node(1).write(write_args(&c, k, off, d));
+        w(dense, 0, &pattern(3 * 4096 + 100, 1))
+            .await
+            .expect("dense");
+        w(sparse, 0, &pattern(10, 2)).await.expect("sparse head");
+        w(sparse, 5 * BLOCK + 1, &pattern(10, 3))
+            .await
+            .expect("sparse tail");
+        // A stale copy of an object deleted while server 3 was away.
+        let gone = obj(9, 0);
+        cl.store(3)
+            .write(ChainId(1), gone, 0, &[5u8; 100])
+            .await
+            .expect("stale copy");
+        let c4 = chain(1, 4, &[1, 2], &[3]);
+        cl.set_chain_everywhere(&c4);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = rebuild_chain(cl.node(3), &cfg(&dir), ChainId(1))
+            .await
+            .expect("pass");
+        assert_eq!(v, ChainVersion(4));
+        for k in [dense, sparse] {
+            assert!(
+                contents(cl.store(3), k).await == contents(cl.store(2), k).await,
+                "{k:?} differs from the tail after the pass"
+            );
+        }
+        assert_eq!(cl.store(3).size(gone), None, "a deleted object was kept");
+    }
+
+    /// A copy step reads the source, then takes the object's lock to write; a chain
+    /// write landing between the two must not be overwritten by the older bytes read.
+    #[tokio::test]
+    async fn a_chain_write_landing_during_a_copy_step_is_not_overwritten_by_older_bytes() {
+        use crate::testing::{chain, contents, write_args, Cluster};
+        let c = chain(1, 3, &[1, 2], &[]);
+        let cl = Cluster::new(3, std::slice::from_ref(&c));
+        let k = obj(7, 0);
+        cl.node(1)
+            .write(write_args(&c, k, 0, &pattern(2 * 4096, 1)))
+            .await
+            .expect("before server 3 joins");
+        let c4 = chain(1, 4, &[1, 2], &[3]);
+        cl.set_chain_everywhere(&c4);
+        let reads = cl.net.hold_replies("s2", "read");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (node, cfg) = (cl.node(3).clone(), cfg(&dir));
+        let pass = tokio::spawn(async move { rebuild_chain(&node, &cfg, ChainId(1)).await });
+        tokio::time::timeout(Duration::from_secs(5), reads.arrived(1))
+            .await
+            .expect("the pass reads the source");
+        // The source has answered with the old block 0; a write replaces it meanwhile.
+        cl.node(1)
+            .write(write_args(&c4, k, 0, &pattern(4096, 9)))
+            .await
+            .expect("write during the pass");
+        reads.resume();
+        let v = tokio::time::timeout(Duration::from_secs(5), pass)
+            .await
+            .expect("the pass ends")
+            .expect("pass task")
+            .expect("pass");
+        assert_eq!(v, ChainVersion(4));
+        assert!(
+            contents(cl.store(3), k).await == contents(cl.store(1), k).await,
+            "the rebuilt copy lost the write that landed during its copy step"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_block_bad_at_the_source_is_taken_from_another_member_else_kept_as_lost() {
+        use crate::testing::{chain, contents, write_args, Cluster};
+        let c = chain(1, 3, &[1, 2], &[]);
+        let cl = Cluster::new(3, std::slice::from_ref(&c));
+        let (k, both) = (obj(7, 0), obj(7, 1));
+        let data = pattern(3 * 4096, 1);
+        for o in [k, both] {
+            cl.node(1)
+                .write(write_args(&c, o, 0, &data))
+                .await
+                .expect("write");
+        }
+        // The source (the tail, server 2) has block 1 of each bad; the head has one good.
+        assert!(cl.store(2).corrupt(k, 4096 + 3));
+        assert!(cl.store(2).corrupt(both, 4096 + 3));
+        assert!(cl.store(1).corrupt(both, 4096 + 4));
+        cl.set_chain_everywhere(&chain(1, 4, &[1, 2], &[3]));
+        let dir = tempfile::tempdir().expect("tempdir");
+        rebuild_chain(cl.node(3), &cfg(&dir), ChainId(1))
+            .await
+            .expect("a pass finishes despite a block no member has good");
+        assert!(
+            contents(cl.store(3), k).await.0 == data,
+            "block 1 not taken from the head"
+        );
+        match cl.store(3).read(both, 4096, 4096).await {
+            Err(StoreError::Corrupt { blocks, .. }) => assert_eq!(blocks, vec![1]),
+            other => panic!(
+                "a block bad everywhere was copied: {:?}",
+                other.map(|r| r.size)
+            ),
+        }
+        let around = cl
+            .store(3)
+            .read(both, 2 * 4096, 4096)
+            .await
+            .expect("block 2");
+        assert!(around.data[..] == data[2 * 4096..]);
+        assert_eq!(cl.node(3).stats.lost_blocks.get(), 1);
+    }
+
     #[tokio::test]
     async fn a_lost_block_fails_every_read_until_a_whole_block_write_replaces_it() {
         let s = MemStore::new();

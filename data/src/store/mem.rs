@@ -19,9 +19,11 @@ struct MemObj {
 }
 
 impl MemObj {
+    /// Recomputes the crcs of blocks `[first, end)`. Blocks the object grew by without
+    /// being written (the gap a write past the end leaves) hold zeros: a hole's crc.
     fn recrc(&mut self, first: u64, end: u64) {
         let n = self.data.len().div_ceil(BLOCK as usize);
-        self.crcs.resize(n, 0);
+        self.crcs.resize(n, super::zero_block_crc());
         for b in first..end.min(n as u64) {
             let s = (b * BLOCK) as usize;
             let mut blk = vec![0u8; BLOCK as usize];
@@ -298,5 +300,45 @@ impl ChunkStore for MemStore {
 
     fn space(&self) -> (u64, u64) {
         (1 << 40, 1 << 40)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cirrus_types::InodeId;
+
+    #[tokio::test]
+    async fn the_gap_a_write_past_the_end_leaves_reads_as_zeros() {
+        let s = MemStore::new();
+        let key = ObjectKey {
+            inode: InodeId(1),
+            index: 0,
+        };
+        s.write(ChainId(1), key, 0, &[1u8; 100])
+            .await
+            .expect("write");
+        let far = 3 * BLOCK + 5;
+        s.write(ChainId(1), key, far, &[2u8; 10])
+            .await
+            .expect("far write");
+        s.put_blocks(
+            ChainId(1),
+            key,
+            6 * BLOCK,
+            &[3u8; BLOCK as usize],
+            7 * BLOCK,
+        )
+        .await
+        .expect("far blocks");
+        let r = s
+            .read(key, 0, 7 * BLOCK as usize)
+            .await
+            .expect("holes read under a hole's crc");
+        let mut want = vec![0u8; 7 * BLOCK as usize];
+        want[..100].fill(1);
+        want[far as usize..far as usize + 10].fill(2);
+        want[6 * BLOCK as usize..].fill(3);
+        assert!(r.data[..] == want[..]);
     }
 }

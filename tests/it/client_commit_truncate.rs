@@ -10,10 +10,10 @@
 //! before the truncate has had every chance to overtake it.
 
 use crate::fixtures::metric_sum as metric;
+use crate::fixtures::{client_with, deadline, single_server};
 use anyhow::{anyhow, ensure, Context, Result};
-use cirrus_client::client::{Client, ClientConfig};
+use cirrus_client::client::ClientConfig;
 use cirrus_client::meta::SetAttr;
-use cirrus_raft_tests::cluster::ClusterBuilder;
 use cirrus_types::InodeId;
 use std::time::{Duration, Instant};
 
@@ -33,22 +33,10 @@ async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> Result<bool>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncate_waits_for_a_commit_in_flight_and_the_file_keeps_the_truncated_size(
 ) -> Result<()> {
-    let c = ClusterBuilder::new()
-        .data_servers(1)
-        .replicas(1)
-        .start()
-        .await?;
+    let c = single_server().await?;
     let data_metrics = c.data_metrics_addr(0);
     // Deadlines long enough to outlast the paused meta group.
-    let cfg = ClientConfig {
-        deadline: Duration::from_secs(60),
-        ..ClientConfig::default()
-    };
-    let cl = std::sync::Arc::new(
-        Client::connect(&c.meta_addrs(), cfg)
-            .await
-            .map_err(|e| anyhow!("connect: {e}"))?,
-    );
+    let cl = client_with(&c, deadline(Duration::from_secs(60))).await?;
     let (fh, attr) = cl
         .create(InodeId::ROOT, b"f", 0o644, 0, 0, true)
         .await
@@ -117,9 +105,7 @@ async fn a_truncate_waits_for_a_commit_in_flight_and_the_file_keeps_the_truncate
     cl.release(fh).await.map_err(|e| anyhow!("release: {e}"))?;
 
     // Meta's size, as another mount sees it.
-    let other = Client::connect(&c.meta_addrs(), ClientConfig::default())
-        .await
-        .map_err(|e| anyhow!("connect a second client: {e}"))?;
+    let other = client_with(&c, ClientConfig::default()).await?;
     let size = other
         .getattr(attr.ino)
         .await

@@ -4,10 +4,10 @@
 //! data server was lost during write-back): the reopen took meta's older size.
 
 use crate::data_common;
+use crate::fixtures::{client_with, single_server};
 
 use anyhow::{anyhow, ensure, Result};
-use cirrus_client::client::{Client, ClientConfig};
-use cirrus_raft_tests::cluster::ClusterBuilder;
+use cirrus_client::client::ClientConfig;
 use cirrus_types::InodeId;
 use data_common::pattern;
 use std::time::Duration;
@@ -15,20 +15,14 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopen_after_a_failed_close_sees_the_pending_bytes_and_the_next_close_commits_them(
 ) -> Result<()> {
-    let c = ClusterBuilder::new()
-        .data_servers(1)
-        .replicas(1)
-        .start()
-        .await?;
+    let c = single_server().await?;
     // Short deadlines so the close fails quickly while the data server is paused.
     let cfg = ClientConfig {
         deadline: Duration::from_secs(3),
         data_per_try: Duration::from_secs(1),
         ..ClientConfig::default()
     };
-    let cl = Client::connect(&c.meta_addrs(), cfg)
-        .await
-        .map_err(|e| anyhow!("connect: {e}"))?;
+    let cl = client_with(&c, cfg).await?;
     let (fh, attr) = cl
         .create(InodeId::ROOT, b"f", 0o644, 0, 0, true)
         .await
@@ -78,9 +72,7 @@ async fn reopen_after_a_failed_close_sees_the_pending_bytes_and_the_next_close_c
         .map_err(|e| anyhow!("close after the data server is back: {e}"))?;
 
     // Another client (another mount) now sees every byte.
-    let other = Client::connect(&c.meta_addrs(), ClientConfig::default())
-        .await
-        .map_err(|e| anyhow!("connect a second client: {e}"))?;
+    let other = client_with(&c, ClientConfig::default()).await?;
     let (fh3, attr3) = other
         .open(attr.ino)
         .await

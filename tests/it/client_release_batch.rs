@@ -6,10 +6,10 @@
 //! whatever still waits.
 
 use crate::data_common;
+use crate::fixtures::{client_with, single_server};
 
 use anyhow::{anyhow, ensure, Result};
-use cirrus_client::client::{Client, ClientConfig};
-use cirrus_raft_tests::cluster::ClusterBuilder;
+use cirrus_client::client::ClientConfig;
 use cirrus_types::{FsError, InodeId};
 use data_common::{metric, pattern};
 use std::time::Duration;
@@ -18,19 +18,13 @@ const FILES: usize = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closes_release_in_batches_and_every_unlinked_file_is_gone_after_the_drain() -> Result<()> {
-    let c = ClusterBuilder::new()
-        .data_servers(1)
-        .replicas(1)
-        .start()
-        .await?;
+    let c = single_server().await?;
     // A long gathering window, so the batching does not depend on this machine's speed.
     let cfg = ClientConfig {
         release_delay: Duration::from_millis(500),
         ..ClientConfig::default()
     };
-    let cl = Client::connect(&c.meta_addrs(), cfg)
-        .await
-        .map_err(|e| anyhow!("connect: {e}"))?;
+    let cl = client_with(&c, cfg).await?;
     let release_calls = || async {
         let mut n = 0.0;
         for i in 0..3 {
@@ -96,16 +90,8 @@ async fn closes_release_in_batches_and_every_unlinked_file_is_gone_after_the_dra
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_of_a_file_unlinked_elsewhere_is_stale_while_a_handle_still_keeps_it() -> Result<()>
 {
-    let c = ClusterBuilder::new()
-        .data_servers(1)
-        .replicas(1)
-        .start()
-        .await?;
-    let connect = || async {
-        Client::connect(&c.meta_addrs(), ClientConfig::default())
-            .await
-            .map_err(|e| anyhow!("connect: {e}"))
-    };
+    let c = single_server().await?;
+    let connect = || client_with(&c, ClientConfig::default());
     let (a, b) = (connect().await?, connect().await?);
     let (held, attr) = b
         .create(InodeId::ROOT, b"f", 0o644, 0, 0, true)

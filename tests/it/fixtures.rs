@@ -2,8 +2,11 @@
 //! for something that must happen (`wait_until`, bounded by `HANG`).
 
 use anyhow::{anyhow, bail, Context, Result};
+use cirrus_client::{Client, ClientConfig};
+use cirrus_raft_tests::cluster::{ClusterBuilder, TestCluster};
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The body of `addr`'s `/metrics` (an HTTP 200 answer), within 5 s.
@@ -119,4 +122,28 @@ fn a_wait_ends_with_the_value_or_with_what_it_last_saw() {
         e.to_string().contains("never") && e.to_string().contains("still 0"),
         "{e}"
     );
+}
+
+/// The smallest whole cluster: three meta nodes and one data server, R = 1.
+pub async fn single_server() -> Result<TestCluster> {
+    ClusterBuilder::new()
+        .data_servers(1)
+        .replicas(1)
+        .start()
+        .await
+}
+
+/// A client library of `c` with `cfg` (a test's own deadlines, release window...).
+pub async fn client_with(c: &TestCluster, cfg: ClientConfig) -> Result<Arc<Client>> {
+    Client::connect(&c.meta_addrs(), cfg)
+        .await
+        .map_err(|e| anyhow!("connect the client library to {}: {e}", c.meta_addrs()))
+}
+
+/// The default client configuration with every call bounded by `deadline`.
+pub fn deadline(deadline: Duration) -> ClientConfig {
+    ClientConfig {
+        deadline,
+        ..ClientConfig::default()
+    }
 }

@@ -6,7 +6,7 @@
 //! every async call returns a boxed future borrowing its arguments.
 
 use crate::data::DataPath;
-use crate::meta::{Attr, DirEntry, MetaClient, NewMode, Opened, SetAttr};
+use crate::meta::{Attr, CreateArgs, DirEntry, MetaClient, Opened, SetAttr};
 use bytes::Bytes;
 use cirrus_types::{
     ChainId, ClientId, FsResult, HandleId, HeldLock, InodeId, Layout, LockCall, ObjectKey,
@@ -27,17 +27,7 @@ pub trait MetaApi: Send + Sync {
         set: &'a SetAttr,
         handle: u64,
     ) -> BoxFuture<'a, FsResult<Attr>>;
-    #[allow(clippy::too_many_arguments)]
-    fn create<'a>(
-        &'a self,
-        parent: InodeId,
-        name: &'a [u8],
-        mode: NewMode,
-        uid: u32,
-        gid: u32,
-        exclusive: bool,
-        client: Option<ClientId>,
-    ) -> BoxFuture<'a, FsResult<Opened>>;
+    fn create<'a>(&'a self, args: &'a CreateArgs) -> BoxFuture<'a, FsResult<Opened>>;
     fn link<'a>(
         &'a self,
         ino: InodeId,
@@ -167,17 +157,8 @@ impl MetaApi for MetaClient {
     ) -> BoxFuture<'a, FsResult<Attr>> {
         MetaClient::setattr(self, ino, set, handle).boxed()
     }
-    fn create<'a>(
-        &'a self,
-        parent: InodeId,
-        name: &'a [u8],
-        mode: NewMode,
-        uid: u32,
-        gid: u32,
-        exclusive: bool,
-        client: Option<ClientId>,
-    ) -> BoxFuture<'a, FsResult<Opened>> {
-        MetaClient::create(self, parent, name, mode, uid, gid, exclusive, client).boxed()
+    fn create<'a>(&'a self, args: &'a CreateArgs) -> BoxFuture<'a, FsResult<Opened>> {
+        MetaClient::create(self, args).boxed()
     }
     fn link<'a>(
         &'a self,

@@ -10,7 +10,7 @@
 
 use cirrus_proto::convert::{attr, lock_request, required};
 use cirrus_proto::{pb, MetaConn};
-pub use cirrus_types::{Attr, ChainTable, DirEntry, SetAttr, Statfs, TimeSet};
+pub use cirrus_types::{Attr, ChainTable, CreateArgs, DirEntry, SetAttr, Statfs, TimeSet};
 use cirrus_types::{
     ClientId, FileKind, FsError, FsResult, HandleId, HeldLock, InodeId, Layout, LockCall,
 };
@@ -186,37 +186,9 @@ impl MetaClient {
     }
 
     /// Creates a regular file; with a client id also opens a handle.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn create(
-        &self,
-        parent: InodeId,
-        name: &[u8],
-        mode: impl Into<NewMode>,
-        uid: u32,
-        gid: u32,
-        exclusive: bool,
-        client: Option<ClientId>,
-    ) -> FsResult<Opened> {
+    pub async fn create(&self, args: &CreateArgs) -> FsResult<Opened> {
         let gen = self.dir_gen();
-        let m = mode.into();
-        let r = rpc!(
-            self,
-            "create",
-            create,
-            pb::CreateRequest {
-                cluster_id: String::new(),
-                parent: parent.0,
-                name: name.to_vec(),
-                mode: m.mode,
-                uid,
-                gid,
-                exclusive,
-                client_id: client.map(|c| c.0).unwrap_or(0),
-                stripe_unit: 0,
-                stripe_count: 0,
-                umask: m.umask,
-            }
-        )?;
+        let r = rpc!(self, "create", create, pb::CreateRequest::from(args))?;
         self.note_dir(r.parent.as_ref(), gen);
         Ok(Opened {
             handle: HandleId(r.handle),

@@ -9,7 +9,7 @@
 
 use crate::api::{DataApi, MetaApi};
 use crate::client::{Client, ClientConfig};
-use crate::meta::{Attr, DirEntry, NewMode, Opened, SetAttr};
+use crate::meta::{Attr, CreateArgs, DirEntry, Opened, SetAttr};
 use bytes::Bytes;
 use cirrus_meta::state::{Command, MetaState, Reply};
 use cirrus_types::{
@@ -234,30 +234,21 @@ impl MetaApi for FakeMeta {
             .boxed()
     }
 
-    fn create<'a>(
-        &'a self,
-        parent: InodeId,
-        name: &'a [u8],
-        mode: NewMode,
-        uid: u32,
-        gid: u32,
-        exclusive: bool,
-        client: Option<ClientId>,
-    ) -> BoxFuture<'a, FsResult<Opened>> {
+    fn create<'a>(&'a self, a: &'a CreateArgs) -> BoxFuture<'a, FsResult<Opened>> {
         self.hooks
             .call("create", move || {
                 let cmd = Command::Create {
-                    parent,
-                    name: name.to_vec(),
-                    mode: mode.mode,
-                    uid,
-                    gid,
-                    exclusive,
-                    client,
+                    parent: a.parent,
+                    name: a.name.clone(),
+                    mode: a.mode,
+                    uid: a.uid,
+                    gid: a.gid,
+                    exclusive: a.exclusive,
+                    client: a.client,
                     spec: LayoutSpec::default(),
                     now_ns: self.now(),
                 };
-                let cmd = match mode.umask {
+                let cmd = match a.umask {
                     Some(umask) => Command::Umasked {
                         umask,
                         cmd: Box::new(cmd),

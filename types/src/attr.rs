@@ -63,3 +63,21 @@ pub struct Statfs {
     pub files: u64,
     pub block_size: u64,
 }
+
+/// A new regular file: where, its name, its mode and owner, and who opens it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CreateArgs {
+    pub parent: InodeId,
+    pub name: Vec<u8>,
+    /// Permission bits asked for.
+    pub mode: u32,
+    /// The caller's umask, applied unless the parent has a default ACL; `None` when the
+    /// caller applied it already.
+    pub umask: Option<u32>,
+    pub uid: u32,
+    pub gid: u32,
+    /// Fail with `Exists` if the name exists (O_EXCL); else open what is there.
+    pub exclusive: bool,
+    /// The client that holds the new file open; `None` creates it closed (mknod).
+    pub client: Option<crate::ids::ClientId>,
+}

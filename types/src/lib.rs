@@ -18,7 +18,7 @@ pub mod lock;
 pub mod name;
 pub mod sync;
 
-pub use attr::{Attr, DirEntry, SetAttr, Statfs, TimeSet};
+pub use attr::{Attr, CreateArgs, DirEntry, SetAttr, Statfs, TimeSet};
 pub use chain::{Chain, ChainTable, ServerEntry};
 pub use error::{FsError, FsResult, Retry};
 pub use ids::*;

@@ -6,7 +6,7 @@ use super::attrs::CachedAttr;
 use super::read::ReadAhead;
 use super::{lock, Client};
 use crate::buffer::WriteBuffer;
-use crate::meta::{Attr, NewMode, Opened};
+use crate::meta::{Attr, CreateArgs, NewMode, Opened};
 use cirrus_types::{FileKind, FsError, FsResult, HandleId, InodeId, Layout};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -221,18 +221,18 @@ impl Client {
     ) -> FsResult<(u64, Attr)> {
         let ns = self.ns();
         let seen = self.gen();
-        let opened = self
-            .meta
-            .create(
-                parent,
-                name,
-                mode.into().perms(),
-                uid,
-                gid,
-                exclusive,
-                Some(self.client_id),
-            )
-            .await?;
+        let m = mode.into().perms();
+        let args = CreateArgs {
+            parent,
+            name: name.to_vec(),
+            mode: m.mode,
+            umask: m.umask,
+            uid,
+            gid,
+            exclusive,
+            client: Some(self.client_id),
+        };
+        let opened = self.meta.create(&args).await?;
         Ok(self.register(opened, ns, seen))
     }
 
@@ -245,10 +245,18 @@ impl Client {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
-        let o = self
-            .meta
-            .create(parent, name, mode.into().perms(), uid, gid, true, None)
-            .await?;
+        let m = mode.into().perms();
+        let args = CreateArgs {
+            parent,
+            name: name.to_vec(),
+            mode: m.mode,
+            umask: m.umask,
+            uid,
+            gid,
+            exclusive: true,
+            client: None,
+        };
+        let o = self.meta.create(&args).await?;
         Ok(o.attr)
     }
 }

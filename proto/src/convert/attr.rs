@@ -2,7 +2,7 @@
 
 use super::{required, ProtocolError};
 use crate::pb;
-use cirrus_types::{Attr, DirEntry, FileKind, InodeId, Statfs, TimeSet};
+use cirrus_types::{Attr, CreateArgs, DirEntry, FileKind, InodeId, Statfs, TimeSet};
 
 impl TryFrom<&pb::Attr> for Attr {
     type Error = ProtocolError;
@@ -122,6 +122,25 @@ impl From<Statfs> for pb::StatfsReply {
             free_bytes: s.free_bytes,
             files: s.files,
             block_size: s.block_size,
+        }
+    }
+}
+
+impl From<&CreateArgs> for pb::CreateRequest {
+    /// The cluster id is filled in by `MetaConn`; the layout is the cluster default.
+    fn from(a: &CreateArgs) -> Self {
+        pb::CreateRequest {
+            cluster_id: String::new(),
+            parent: a.parent.0,
+            name: a.name.clone(),
+            mode: a.mode,
+            uid: a.uid,
+            gid: a.gid,
+            exclusive: a.exclusive,
+            client_id: a.client.map_or(0, |c| c.0),
+            stripe_unit: 0,
+            stripe_count: 0,
+            umask: a.umask,
         }
     }
 }

@@ -76,8 +76,14 @@ impl LockWorkload {
         let mut inos = Vec::new();
         for i in 0..n {
             let name = format!("lock-{i}");
+            let args = cirrus_types::CreateArgs {
+                parent: InodeId(dir),
+                name: name.clone().into_bytes(),
+                mode: 0o644,
+                ..Default::default()
+            };
             let f = meta
-                .create(InodeId(dir), name.as_bytes(), 0o644, 0, 0, false, None)
+                .create(&args)
                 .await
                 .map_err(|e| anyhow::anyhow!("create {name}: {e}"))?;
             inos.push(f.attr.ino.0);

@@ -4,7 +4,7 @@
 //! linearizable read. A follower answers `NotLeader { leader_hint }` through the single
 //! error mapping in `cirrus_proto::status`. `pb::` types stop here.
 
-use crate::door::{self, ino, Proposal, Scoped};
+use crate::door::{self, ino, HasClient, Proposal, Scoped};
 use crate::heartbeat::{Heartbeat, Registration};
 use crate::node::{now_ns, MetaNode};
 use crate::raft_types::Command;
@@ -62,6 +62,16 @@ impl MetaService {
         self.node.check(r.cluster_id(), false)?;
         let cmd = r.command(now_ns())?;
         self.node.write(once(tag?, cmd)).await
+    }
+
+    /// Renews the lease of the client a request of this cluster names (an open or a
+    /// create counts as a sign of life); a request for another cluster renews nothing.
+    fn touch_client<Q: Scoped + HasClient>(&self, r: &Q) {
+        if self.node.check(r.cluster_id(), false).is_ok() {
+            if let Some(c) = door::client(r.client_id()) {
+                self.node.touch_client(c);
+            }
+        }
     }
 
     /// A call that makes a name under `parent`: its attributes, and the parent's right
@@ -216,9 +226,7 @@ impl pb::meta_server::Meta for MetaService {
     async fn create(&self, req: Request<pb::CreateRequest>) -> Rpc<pb::CreateReply> {
         let n = &self.node;
         let parent = InodeId(req.get_ref().parent);
-        if let Some(c) = door::client(req.get_ref().client_id) {
-            n.touch_client(c);
-        }
+        self.touch_client(req.get_ref());
         done(
             async {
                 match self.propose(req).await? {
@@ -393,9 +401,7 @@ impl pb::meta_server::Meta for MetaService {
 
     #[tracing::instrument(level = "debug", name = "meta.open", skip_all, fields(ino = req.get_ref().ino))]
     async fn open(&self, req: Request<pb::OpenRequest>) -> Rpc<pb::OpenReply> {
-        if let Some(c) = door::client(req.get_ref().client_id) {
-            self.node.touch_client(c);
-        }
+        self.touch_client(req.get_ref());
         done(
             async {
                 match self.propose(req).await? {

@@ -22,7 +22,10 @@
 #      download, a unit runner instead of systemd, a directory instead of the NVMe disk,
 #      a stand-in IMDS); cirrus doctor --ready must pass on every host, the output's
 #      mount command must mount on a client and a file written there must read back on
-#      the second client. Prints the boot-to-mounted time.
+#      the second client. Prints the boot-to-mounted time. Then one port is closed (the
+#      rule opening 7101/tcp to the clients, revoked in the emulator, plus an iptables DROP
+#      between the namespaces): doctor and cirrus-ready on the first client must fail
+#      naming the port, the peer and the fix, and pass again once the rule is back.
 #   5. checkov over deploy/terraform: every skipped check is justified inline in the .tf
 # When terraform is absent, steps 1-4 print a loud SKIPPED line and the script goes on;
 # when checkov or moto cannot be installed (no PyPI), steps 5 and 4 say so loudly. Any

@@ -33,7 +33,9 @@ instance's private address, and inside it a private mount namespace in which /et
 Then it waits for /run/cirrus/ready (written by cirrus-ready: `cirrus doctor --ready`
 passed) on every host, runs the module's mount command (terraform output mount_command)
 on the first client at a second mount point, writes a file there and reads it back
-through the second client's boot mount, and prints the boot-to-mounted time.
+through the second client's boot mount, and prints the boot-to-mounted time. Last, the
+firewall check (Boot.firewall_check): one rule closed (emulator and iptables), doctor and
+cirrus-ready must name it and fail, then pass again once it is restored.
 Everything (processes, mounts, namespaces, bridge, directories) is removed on exit.
 """
 
@@ -275,6 +277,98 @@ class Boot:
         self.in_host(c1, "umount", second)
         return t_mounted
 
+    def firewall_check(self):
+        """A closed port is named, not waited on: with the cluster up and read-back done,
+        the rule that opens the data servers' 7101/tcp to the client group is removed from
+        the emulator and the same drop applied between the namespaces (on the first data
+        host's INPUT, from the first client); doctor, exactly as cirrus-ready runs it,
+        must fail within its own timeouts naming the port, the peer and the fix, and so
+        must the cirrus-ready script; then the rule is restored and doctor passes again."""
+        import boto3
+
+        t0 = time.time()
+        client = next(h for h in self.hosts if h["role"] == "client")
+        data = next(h for h in self.hosts if h["role"] == "data")
+        port = 7101
+        ec2 = boto3.session.Session(region_name=self.args.region).client("ec2", endpoint_url=self.args.endpoint)
+        sgs = {g["GroupName"]: g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+        data_sg, client_sg = sgs[f"{self.args.name}-data"], sgs[f"{self.args.name}-client"]
+        rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [data_sg]}])["SecurityGroupRules"]
+        match = [
+            r for r in rules
+            if not r["IsEgress"] and r.get("IpProtocol") == "tcp" and r.get("FromPort") == port
+            and r.get("ReferencedGroupInfo", {}).get("GroupId", "").split("/")[-1] == client_sg
+        ]
+        if len(match) != 1:
+            sys.exit(f"boot: FAIL: firewall check: expected one rule {port}/tcp from {client_sg} into {data_sg}, found {len(match)}")
+        rule = match[0]
+        ec2.revoke_security_group_ingress(GroupId=data_sg, SecurityGroupRuleIds=[rule["SecurityGroupRuleId"]])
+        self.log(f"firewall: removed data_grpc_from_client ({rule['SecurityGroupRuleId']}, {port}/tcp from {client_sg} into {data_sg}) through the emulator's API")
+        drop = ["iptables", "-p", "tcp", "--dport", str(port), "-s", client["ip"], "-j", "DROP"]
+        self.in_host(data, drop[0], "-I", "INPUT", *drop[1:], check=True)
+        self.log(f"firewall: {data['name']} ({data['ip']}) drops {port}/tcp from {client['name']} ({client['ip']}): iptables -I INPUT {' '.join(drop[1:])}")
+        script = self.in_host(client, "cat", "/usr/local/sbin/cirrus-ready", capture_output=True, text=True, check=True).stdout
+        unit = Unit("cirrus-ready.service", self.in_host(client, "cat", "/etc/systemd/system/cirrus-ready.service", capture_output=True, text=True, check=True).stdout)
+        if unit.one("Service", "ExecStart") != "/usr/local/sbin/cirrus-ready":
+            sys.exit(f"boot: FAIL: firewall check: cirrus-ready.service runs {unit.one('Service', 'ExecStart')!r}, not /usr/local/sbin/cirrus-ready")
+        m = re.search(r"^\s*if (/usr/local/bin/cirrus doctor --ready [^>]*?) >/run/cirrus/doctor.txt", script, re.M)
+        if not m:
+            sys.exit("boot: FAIL: firewall check: no `cirrus doctor --ready ...` line in /usr/local/sbin/cirrus-ready")
+        doctor = shlex.split(m.group(1))
+        restored = False
+        try:
+            t = time.time()
+            r = self.in_host(client, *doctor, capture_output=True, text=True, timeout=60)
+            took = time.time() - t
+            out = r.stdout + r.stderr
+            want = [f"{port}/tcp on {data['ip']} timed out", f"fix:   a firewall or security group drops {port}/tcp to {data['ip']}: open {port}/tcp"]
+            if r.returncode == 0 or any(w not in out for w in want):
+                self.dump(client)
+                sys.exit(f"boot: FAIL: firewall check: `{' '.join(doctor)}` on {client['name']} exited {r.returncode} without naming {want}:\n{out}")
+            self.log(f"firewall: `{' '.join(doctor)}` on {client['name']} exits {r.returncode} after {took:.1f} s (its own --timeout per check), saying:")
+            for line in out.splitlines():
+                if str(port) in line and data["ip"] in line or line.startswith(("FAILED", "PASS")):
+                    print(f"    | {line}", flush=True)
+            # The unit's ExecStart, the script itself, with its deadline (ready_timeout_seconds)
+            # cut to 0 so that the first failed doctor is the last: what journalctl shows.
+            short, n = re.subn(r"^deadline=\$\(\( \$\(date \+%s\) \+ \d+ \)\)$", "deadline=$(( $(date +%s) + 0 ))", script, flags=re.M)
+            if n != 1:
+                sys.exit("boot: FAIL: firewall check: no deadline=... line in /usr/local/sbin/cirrus-ready")
+            t = time.time()
+            r = self.in_host(client, "sh", "-c", short, "cirrus-ready", capture_output=True, text=True, timeout=60)
+            took = time.time() - t
+            out = r.stdout + r.stderr
+            if r.returncode == 0 or any(w not in out for w in want) or "NOT ready" not in out:
+                sys.exit(f"boot: FAIL: firewall check: cirrus-ready on {client['name']} exited {r.returncode} without the doctor report:\n{out}")
+            self.log(f"firewall: cirrus-ready.service's ExecStart (its deadline cut to 0 s) exits {r.returncode} after {took:.1f} s, its journal naming the port: "
+                     f"`systemctl start` fails, so ready.tf's wait exits 2 at once and prints it (no silent timeout):")
+            for line in out.splitlines():
+                if "NOT ready" in line:
+                    print(f"    | {line}", flush=True)
+            # Restore: the rule in the emulator, the path between the namespaces.
+            self.in_host(data, drop[0], "-D", "INPUT", *drop[1:], check=True)
+            perm = {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "UserIdGroupPairs": [{"GroupId": client_sg}]}
+            if rule.get("Description"):
+                perm["UserIdGroupPairs"][0]["Description"] = rule["Description"]
+            ec2.authorize_security_group_ingress(GroupId=data_sg, IpPermissions=[perm])
+            restored = True
+            self.log(f"firewall: restored ({port}/tcp from {client_sg} into {data_sg} authorized again, iptables rule deleted)")
+            end = time.time() + 20
+            while True:
+                r = self.in_host(client, *doctor, capture_output=True, text=True, timeout=60)
+                if r.returncode == 0:
+                    break
+                if time.time() > end:
+                    sys.exit(f"boot: FAIL: firewall check: doctor still fails on {client['name']} after the rule came back:\n{r.stdout}{r.stderr}")
+                time.sleep(1)
+            r = self.in_host(client, "/usr/local/sbin/cirrus-ready", capture_output=True, text=True, timeout=60)
+            if r.returncode != 0 or not os.path.exists(os.path.join(client["dir"], "run", "cirrus", "ready")):
+                sys.exit(f"boot: FAIL: firewall check: cirrus-ready on {client['name']} exited {r.returncode} after the rule came back:\n{r.stdout}{r.stderr}")
+            self.log(f"firewall: OK: doctor and cirrus-ready pass again on {client['name']}; the step took {time.time() - t0:.1f} s")
+        finally:
+            if not restored:
+                self.in_host(data, drop[0], "-D", "INPUT", *drop[1:], check=False, stderr=subprocess.DEVNULL)
+
     def cleanup(self):
         for p in self.procs:
             if p.poll() is None:
@@ -333,6 +427,7 @@ def cmd_run(args):
             if ts:
                 b.log(f"{len(ts)} {role} host(s): cirrus doctor --ready passed after {min(ts):.1f}-{max(ts):.1f} s")
         t_mounted = b.check_mounts(t0)
+        b.firewall_check()
         counts = ", ".join(f"{roles[r]} {r}" for r in ROLES_ORDER if r in roles)
         print(f"boot: OK: {len(hosts)} hosts ({counts}) booted from their user data: every node ready (cirrus doctor --ready) {t_ready:.1f} s after boot, mount command from the outputs mounted and a file read back across clients {t_mounted:.1f} s after boot")
         return 0

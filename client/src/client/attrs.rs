@@ -43,12 +43,7 @@ impl Client {
     pub(super) fn overlay_attr(&self, mut attr: Attr, seen: u64) -> Attr {
         if let Some(inode) = lock(&self.inodes).get(&attr.ino) {
             let mut st = lock(&inode.state);
-            if st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty() {
-                attr.size = st.size;
-                attr.mtime_ns = st.mtime_ns.max(attr.mtime_ns);
-            } else if st.size_at <= seen {
-                // Meta is authoritative when nothing local is pending and this inode did
-                // not change here while the call was in flight.
+            if st.meta_size_applies(seen) {
                 if st.size != attr.size {
                     st.size = attr.size;
                     self.changed(&mut st);
@@ -103,7 +98,7 @@ impl Client {
         }
         let mut a = c.attr.clone();
         a.size = st.size;
-        if st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty() {
+        if st.pending() {
             a.mtime_ns = st.mtime_ns.max(a.mtime_ns);
         }
         Some(a)
@@ -137,9 +132,8 @@ impl Client {
             inode.recount(&mut st);
             match fresh {
                 Ok(a) => {
-                    let pending = st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty();
-                    if !pending {
-                        if st.size_at <= seen {
+                    if !st.pending() {
+                        if st.meta_size_applies(seen) {
                             st.size = a.size;
                             st.mtime_ns = a.mtime_ns;
                         } else if ask < ASKS {

@@ -57,6 +57,21 @@ pub(super) struct InodeState {
     pub(super) ra_counted: usize,
 }
 
+impl InodeState {
+    /// Bytes or a size this mount holds that meta does not have yet.
+    pub(super) fn pending(&self) -> bool {
+        self.uncommitted || !self.buf.is_empty() || !self.inflight.is_empty()
+    }
+
+    /// The per-inode stamp rule: a meta reply from a call that started at generation
+    /// `seen` may replace this inode's size only if nothing local is pending and the
+    /// inode did not change here while the call was in flight. Every path that takes a
+    /// size from meta (attribute replies, opens, revalidation after a lock) asks this.
+    pub(super) fn meta_size_applies(&self, seen: u64) -> bool {
+        !self.pending() && self.size_at <= seen
+    }
+}
+
 /// An inode with at least one open handle in this mount.
 pub(super) struct OpenInode {
     pub(super) ino: InodeId,
@@ -141,8 +156,7 @@ impl Client {
                 })
                 .clone();
             let mut st = lock(&inode.state);
-            let pending = st.uncommitted || !st.buf.is_empty() || !st.inflight.is_empty();
-            if !pending && st.size_at <= seen {
+            if st.meta_size_applies(seen) {
                 // Close-to-open: a fresh open takes meta's size. Bytes this mount still
                 // holds (a close whose flush failed keeps them for a retry) stay visible,
                 // as a local page cache keeps them: taking meta's older size here made

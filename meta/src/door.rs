@@ -58,23 +58,6 @@ scoped!(
     pb::HeartbeatRequest,
 );
 
-/// A request that names the client making it (0: none).
-pub trait HasClient {
-    fn client_id(&self) -> u64;
-}
-
-impl HasClient for pb::CreateRequest {
-    fn client_id(&self) -> u64 {
-        self.client_id
-    }
-}
-
-impl HasClient for pb::OpenRequest {
-    fn client_id(&self) -> u64 {
-        self.client_id
-    }
-}
-
 /// A request that becomes exactly one raft command.
 pub trait Proposal: Scoped {
     /// The command, validated; `now_ns` is the leader's clock at propose time.

@@ -4,7 +4,7 @@
 //! linearizable read. A follower answers `NotLeader { leader_hint }` through the single
 //! error mapping in `cirrus_proto::status`. `pb::` types stop here.
 
-use crate::door::{self, ino, HasClient, Proposal, Scoped};
+use crate::door::{self, ino, Proposal, Scoped};
 use crate::heartbeat::{Heartbeat, Registration};
 use crate::node::{now_ns, MetaNode};
 use crate::raft_types::Command;
@@ -66,9 +66,9 @@ impl MetaService {
 
     /// Renews the lease of the client a request of this cluster names (an open or a
     /// create counts as a sign of life); a request for another cluster renews nothing.
-    fn touch_client<Q: Scoped + HasClient>(&self, r: &Q) {
-        if self.node.check(r.cluster_id(), false).is_ok() {
-            if let Some(c) = door::client(r.client_id()) {
+    fn touch_client(&self, cluster_id: &str, client_id: u64) {
+        if self.node.check(cluster_id, false).is_ok() {
+            if let Some(c) = door::client(client_id) {
                 self.node.touch_client(c);
             }
         }
@@ -124,11 +124,12 @@ impl MetaNode {
     }
 
     /// The wire chain table, with each server's last heartbeat as this leader saw it.
-    fn pb_table(&self, t: &ChainTable) -> pb::ChainTable {
-        let seen = lock(&self.leader).server_seen_ms.clone();
-        let mut t = t.clone();
-        for (id, s) in t.servers.iter_mut() {
-            s.last_heartbeat_ms = seen.get(id).copied().unwrap_or(0);
+    fn pb_table(&self, mut t: ChainTable) -> pb::ChainTable {
+        {
+            let g = lock(&self.leader);
+            for (id, s) in t.servers.iter_mut() {
+                s.last_heartbeat_ms = g.server_seen_ms.get(id).copied().unwrap_or(0);
+            }
         }
         pb::ChainTable::from(&t)
     }
@@ -226,7 +227,7 @@ impl pb::meta_server::Meta for MetaService {
     async fn create(&self, req: Request<pb::CreateRequest>) -> Rpc<pb::CreateReply> {
         let n = &self.node;
         let parent = InodeId(req.get_ref().parent);
-        self.touch_client(req.get_ref());
+        self.touch_client(&req.get_ref().cluster_id, req.get_ref().client_id);
         done(
             async {
                 match self.propose(req).await? {
@@ -401,7 +402,7 @@ impl pb::meta_server::Meta for MetaService {
 
     #[tracing::instrument(level = "debug", name = "meta.open", skip_all, fields(ino = req.get_ref().ino))]
     async fn open(&self, req: Request<pb::OpenRequest>) -> Rpc<pb::OpenReply> {
-        self.touch_client(req.get_ref());
+        self.touch_client(&req.get_ref().cluster_id, req.get_ref().client_id);
         done(
             async {
                 match self.propose(req).await? {
@@ -454,7 +455,7 @@ impl pb::meta_server::Meta for MetaService {
             async {
                 self.scoped(req)?;
                 let t = n.read(|s| Ok(s.chain_table())).await?;
-                Ok(n.pb_table(&t))
+                Ok(n.pb_table(t))
             }
             .await,
         )
@@ -602,7 +603,7 @@ impl pb::meta_server::Meta for MetaService {
                 };
                 let answer = n.heartbeat(beat).await?;
                 Ok(pb::HeartbeatReply {
-                    table: Some(n.pb_table(&answer.table)),
+                    table: Some(n.pb_table(answer.table)),
                     garbage: answer
                         .garbage
                         .into_iter()
@@ -632,7 +633,7 @@ impl pb::meta_server::Meta for MetaService {
                     .await?;
                 Ok(pb::StatusReply {
                     leader: Some(n.cluster_info()),
-                    table: Some(n.pb_table(&t)),
+                    table: Some(n.pb_table(t)),
                     inodes,
                     open_handles: handles,
                 })

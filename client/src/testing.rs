@@ -11,10 +11,11 @@ use crate::api::{DataApi, MetaApi};
 use crate::client::{Client, ClientConfig};
 use crate::meta::{Attr, CreateArgs, DirEntry, Opened, SetAttr};
 use bytes::Bytes;
+use cirrus_meta::door::Proposal;
 use cirrus_meta::state::{Command, MetaState, Reply};
 use cirrus_types::{
-    ChainId, ClientId, ClusterId, FsError, FsResult, HandleId, HeldLock, InodeId, Layout,
-    LayoutSpec, LockCall, ObjectKey,
+    ChainId, ClientId, ClusterId, FsError, FsResult, HandleId, HeldLock, InodeId, Layout, LockCall,
+    ObjectKey,
 };
 use futures::future::{BoxFuture, FutureExt};
 use std::collections::HashMap;
@@ -237,24 +238,8 @@ impl MetaApi for FakeMeta {
     fn create<'a>(&'a self, a: &'a CreateArgs) -> BoxFuture<'a, FsResult<Opened>> {
         self.hooks
             .call("create", move || {
-                let cmd = Command::Create {
-                    parent: a.parent,
-                    name: a.name.clone(),
-                    mode: a.mode,
-                    uid: a.uid,
-                    gid: a.gid,
-                    exclusive: a.exclusive,
-                    client: a.client,
-                    spec: LayoutSpec::default(),
-                    now_ns: self.now(),
-                };
-                let cmd = match a.umask {
-                    Some(umask) => Command::Umasked {
-                        umask,
-                        cmd: Box::new(cmd),
-                    },
-                    None => cmd,
-                };
+                // The request the real client sends, through meta's own door.
+                let cmd = cirrus_proto::pb::CreateRequest::from(a).command(self.now())?;
                 match self.apply(cmd)? {
                     Reply::Created {
                         attr: a,

@@ -1,6 +1,6 @@
 //! `cirrus`: one binary, one subcommand per role. This file only parses arguments and
 //! dispatches; each role's logic lives in its crate (or a module beside this file for
-//! the commands that orchestrate several roles: `up`, `doctor`).
+//! the commands that orchestrate several roles: `up`, `doctor`, `upgrade`).
 
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
@@ -8,6 +8,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod doctor;
 mod up;
+mod upgrade;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +37,9 @@ enum Cmd {
     Status(cirrus_client::cli::StatusArgs),
     /// Check every endpoint and local prerequisite; name what is broken and the fix.
     Doctor(doctor::DoctorArgs),
+    /// Rolling upgrade helpers: the restart order (`plan`) and the health gate to pass
+    /// before and after each node's restart (`wait`).
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 fn init_tracing() {
@@ -94,6 +98,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Up(a) => up::run(a).await,
             Cmd::Status(a) => cirrus_client::cli::run_status(a).await,
             Cmd::Doctor(a) => doctor::run(a).await,
+            Cmd::Upgrade(a) => upgrade::run(a).await,
         }
     });
     // A FUSE session thread may still sit in a blocking read after a lazy unmount: do not

@@ -213,6 +213,29 @@ impl Node {
         }
     }
 
+    /// SIGTERM, then polls for the exit until `within` passes (then SIGKILL and an error).
+    async fn terminate(&mut self, within: Duration) -> Result<String> {
+        if self.child.is_none() {
+            bail!("{} is not running", self.name());
+        }
+        self.signal(libc::SIGTERM);
+        let until = Instant::now() + within;
+        loop {
+            if let Some(st) = self.exited() {
+                return Ok(st);
+            }
+            if Instant::now() > until {
+                self.kill();
+                bail!(
+                    "{} did not exit within {within:?} of SIGTERM (killed); log tail:\n{}",
+                    self.name(),
+                    log_tail(&self.log, 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `Some(status)` if the child has exited (and is reaped), `None` if running or absent.
     fn exited(&mut self) -> Option<String> {
         let c = self.child.as_mut()?;
@@ -862,6 +885,22 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The binary every later (re)start runs: a rolling upgrade's new build.
+    pub fn set_bin(&mut self, bin: impl Into<PathBuf>) {
+        self.bin = bin.into();
+    }
+
+    /// SIGTERM to meta node `i`, as a service manager stops it, and waits up to `within`
+    /// for it to exit; returns its exit status. The node stays down until `restart_meta`.
+    pub async fn terminate_meta(&mut self, i: usize, within: Duration) -> Result<String> {
+        self.meta[i].terminate(within).await
+    }
+
+    /// SIGTERM to data server `i` and waits up to `within` for it to exit.
+    pub async fn terminate_data(&mut self, i: usize, within: Duration) -> Result<String> {
+        self.data[i].terminate(within).await
     }
 
     /// Whether meta node `i` has a live (not exited, not killed) process.

@@ -41,3 +41,4 @@ mod meta_read_lease;
 mod meta_retry;
 mod mount_errors;
 mod readme_commands;
+mod upgrade_rolling;

@@ -26,6 +26,11 @@
 #      rule opening 7101/tcp to the clients, revoked in the emulator, plus an iptables DROP
 #      between the namespaces): doctor and cirrus-ready on the first client must fail
 #      naming the port, the peer and the fix, and pass again once the rule is back.
+#      Last, the rolling upgrade: deploy/terraform/scripts/rolling-upgrade.sh replaces the
+#      binary on every host in `cirrus upgrade plan` order (meta followers, the leader,
+#      data servers one at a time, then the clients) while a workload on a client writes,
+#      fsyncs, reads back and unlinks files: no error, progress during every step, every
+#      server process on the new file, a remounted client reading the workload's files.
 #   5. checkov over deploy/terraform: every skipped check is justified inline in the .tf
 # When terraform is absent, steps 1-4 print a loud SKIPPED line and the script goes on;
 # when checkov or moto cannot be installed (no PyPI), steps 5 and 4 say so loudly. Any
@@ -223,7 +228,7 @@ emulator_check() {
 		local mount_command
 		mount_command=$(terraform output -raw mount_command) || return 1
 		echo "boot check: $bin ($("$bin" --version))"
-		if ! timeout -s INT 240 "$py" "$tests/boot.py" run --endpoint "$endpoint" --region "$region" --name "$name" \
+		if ! timeout -s INT 480 "$py" "$tests/boot.py" run --endpoint "$endpoint" --region "$region" --name "$name" \
 			--bin "$bin" --mount-command "$mount_command" --timeout 150; then
 			echo "FAIL: the boot check: the user data did not boot into a working cluster (journal of each unit above)"
 			return 1

@@ -164,12 +164,25 @@ locals {
     })
   } }
 
+  # The host's step of a rolling upgrade (scripts/rolling-upgrade.sh drives the order).
+  upgrade_file = { for role, svc in { meta = "cirrus-meta.service", data = "cirrus-data.service", client = "" } : role => {
+    path        = "/usr/local/sbin/cirrus-upgrade"
+    permissions = "0755"
+    content = templatefile("${path.module}/templates/cirrus-upgrade.sh.tftpl", {
+      role       = role
+      service    = svc
+      timeout    = var.ready_timeout_seconds
+      mountpoint = var.mountpoint
+    })
+  } }
+
   cloud_config = {
     meta = [for i in range(var.meta_count) : {
       package_update = true
       packages       = ["curl", "chrony"]
       write_files = concat(local.common_files, [
         local.ready_file.meta,
+        local.upgrade_file.meta,
         { path = "/etc/systemd/system/cirrus-meta.service", permissions = "0644", content = local.meta_unit[i] },
         { path = "/etc/systemd/system/cirrus-ready.service", permissions = "0644", content = local.ready_unit.meta },
       ])
@@ -186,6 +199,7 @@ locals {
       packages       = ["curl", "chrony", "xfsprogs", "mdadm"]
       write_files = concat(local.common_files, [
         local.ready_file.data,
+        local.upgrade_file.data,
         { path = "/usr/local/sbin/cirrus-node-env", permissions = "0755", content = file("${path.module}/templates/cirrus-node-env.sh") },
         { path = "/usr/local/sbin/cirrus-data-disk", permissions = "0755", content = templatefile("${path.module}/templates/cirrus-data-disk.sh.tftpl", { mode = var.data_storage, mount = local.data_mount }) },
         { path = "/etc/systemd/system/cirrus-node-env.service", permissions = "0644", content = local.node_env_unit },
@@ -206,6 +220,7 @@ locals {
       packages       = ["curl", "chrony", "fuse3"]
       write_files = concat(local.common_files, [
         local.ready_file.client,
+        local.upgrade_file.client,
         { path = "/etc/systemd/system/cirrus-mount.service", permissions = "0644", content = local.mount_unit },
         { path = "/etc/systemd/system/cirrus-ready.service", permissions = "0644", content = local.ready_unit.client },
       ])

@@ -228,6 +228,16 @@ run "user_data_installs_binary_units_and_doctor" {
     ])
     error_message = "cirrus-ready (doctor) must be the final step of cloud-init"
   }
+
+  # The rolling upgrade's host step: servers wait for health, restart their own unit and
+  # wait again; a client only installs (its mount moves at the next remount).
+  assert {
+    condition = alltrue([
+      for pair in [[aws_instance.meta[0].user_data, "cirrus-meta.service"], [aws_instance.data[0].user_data, "cirrus-data.service"]] :
+      strcontains(pair[0], "/usr/local/sbin/cirrus-upgrade") && strcontains(pair[0], "systemctl restart ${pair[1]}") && strcontains(pair[0], "upgrade wait --meta \"$meta\" --timeout 900s --settle 5s")
+    ]) && strcontains(aws_instance.client[0].user_data, "/usr/local/sbin/cirrus-upgrade") && !strcontains(aws_instance.client[0].user_data, "\n    systemctl restart")
+    error_message = "every role must carry /usr/local/sbin/cirrus-upgrade: meta and data restart their own unit between two health waits, a client restarts nothing"
+  }
 }
 
 run "ebs_storage_s3_binary_without_placement_group" {

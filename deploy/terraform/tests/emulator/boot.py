@@ -35,7 +35,11 @@ passed) on every host, runs the module's mount command (terraform output mount_c
 on the first client at a second mount point, writes a file there and reads it back
 through the second client's boot mount, and prints the boot-to-mounted time. Last, the
 firewall check (Boot.firewall_check): one rule closed (emulator and iptables), doctor and
-cirrus-ready must name it and fail, then pass again once it is restored.
+cirrus-ready must name it and fail, then pass again once it is restored. Then the rolling
+upgrade (Boot.upgrade_check): deploy/terraform/scripts/rolling-upgrade.sh replaces the
+binary on every host (ssh replaced by a shell in the host; `systemctl restart` inside a
+host reaches this file's unit runner through a socket) under a client workload that must
+see no error.
 Everything (processes, mounts, namespaces, bridge, directories) is removed on exit.
 """
 
@@ -244,6 +248,7 @@ class Boot:
         if argv[:2] != ["cirrus", "mount"] or len(argv) != 4:
             sys.exit(f"boot: FAIL: unexpected mount_command output: {self.args.mount_command!r}")
         boot_mnt = argv[3]
+        self.boot_mnt = boot_mnt
         for c in clients:
             r = self.in_host(c, "findmnt", "-n", "-o", "FSTYPE", boot_mnt, capture_output=True, text=True)
             if r.returncode != 0:
@@ -369,6 +374,119 @@ class Boot:
             if not restored:
                 self.in_host(data, drop[0], "-D", "INPUT", *drop[1:], check=False, stderr=subprocess.DEVNULL)
 
+    def upgrade_check(self):
+        """The rolling upgrade, as an operator runs it: deploy/terraform/scripts/
+        rolling-upgrade.sh with a new binary file, its --remote being HOSTEXEC (ssh's
+        stand-in: a shell in the host whose address it is given), while a workload on
+        the first client writes, fsyncs, reads back, lists and unlinks files on the boot
+        mount. The workload must see no error and make progress during every server's
+        step; afterwards every meta and data process runs the newly installed file (none
+        runs a deleted one), the second client is remounted onto it by the documented
+        `systemctl restart cirrus-mount.service`, and there reads back what the first wrote."""
+        import json
+
+        t0 = time.time()
+        clients = [h for h in self.hosts if h["role"] == "client"]
+        c1, c2 = clients[0], clients[1]
+        meta = next(h for h in self.hosts if h["role"] == "meta")
+        os.makedirs(os.path.join(self.root, "pids"))
+        for h in self.hosts:
+            with open(os.path.join(self.root, "pids", h["ip"]), "w") as f:
+                f.write(str(h["proc"].pid))
+        hostexec = os.path.join(self.root, "hostexec")
+        with open(hostexec, "w") as f:
+            f.write(HOSTEXEC.format(root=self.root))
+        os.chmod(hostexec, 0o755)
+        new_bin = os.path.join(self.root, "cirrus-next")
+        shutil.copy2(self.bin, new_bin)
+
+        load_dir = f"{self.boot_mnt}/upgrade-load-{self.run_id}"
+        status = os.path.join(c1["dir"], "run", "upgrade-load.json")
+        stop = os.path.join(c1["dir"], "run", "upgrade-load.stop")
+        load = subprocess.Popen(
+            ["nsenter", "-t", str(c1["proc"].pid), "-n", "-m", "--", sys.executable, "-c", WORKLOAD,
+             load_dir, "/run/upgrade-load.stop", "/run/upgrade-load.json"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+        def progress():
+            try:
+                with open(status) as f:
+                    return json.load(f)
+            except (OSError, ValueError):
+                return {"ok": 0, "errors": [], "slowest": 0.0}
+
+        try:
+            end = time.time() + 30
+            while progress()["ok"] < 5:
+                if time.time() > end or load.poll() is not None:
+                    sys.exit(f"boot: FAIL: upgrade check: the workload on {c1['name']} did not start: {progress()} {load.stdout.read() if load.poll() is not None else ''}")
+                time.sleep(0.2)
+            driver = [os.path.join(os.path.dirname(HERE), "..", "..", "scripts", "rolling-upgrade.sh"),
+                      "--bin", new_bin, "--meta-host", meta["ip"], "--client", c1["ip"], "--client", c2["ip"],
+                      "--remote", hostexec, "--sudo", ""]
+            shown = ["deploy/terraform/scripts/rolling-upgrade.sh"] + [a.replace(self.root, "$BOOT") for a in driver[1:]]
+            self.log(f"upgrade: {shlex.join(shown)} ($BOOT/hostexec stands in for ssh), with the workload running on {c1['name']}:{load_dir}")
+            t = time.time()
+            d = subprocess.Popen(driver, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            marks = [progress()["ok"]]
+            for line in d.stdout:
+                print(f"    | {line.rstrip()}", flush=True)
+                if ": done in " in line and "client" not in line.split(":")[1]:
+                    marks.append(progress()["ok"])
+            rc = d.wait()
+            took = time.time() - t
+            if rc != 0:
+                for h in self.hosts:
+                    self.dump(h)
+                sys.exit(f"boot: FAIL: upgrade check: rolling-upgrade.sh exited {rc}")
+            servers = sum(1 for h in self.hosts if h["role"] in ("meta", "data"))
+            if len(marks) != servers + 1:
+                sys.exit(f"boot: FAIL: upgrade check: {len(marks) - 1} server steps done, the cluster has {servers} servers")
+            stalled = [i + 1 for i in range(servers) if marks[i + 1] <= marks[i]]
+            if stalled:
+                sys.exit(f"boot: FAIL: upgrade check: the workload made no progress during server step(s) {stalled} (ops done at each step's end: {marks})")
+        finally:
+            open(stop, "w").close()
+            try:
+                out, _ = load.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                load.kill()
+                out, _ = load.communicate()
+        p = progress()
+        if load.returncode != 0 or p["errors"]:
+            sys.exit(f"boot: FAIL: upgrade check: the workload on {c1['name']} saw {len(p['errors'])} error(s) during the upgrade: {p['errors'][:10]}\n{out}")
+        self.log(f"upgrade: the workload on {c1['name']} ran {p['ok']} rounds (write+fsync, 3 read-backs, stat, readdir, unlink) with no error; "
+                 f"rounds done at the end of each server step: {marks}; slowest round {p['slowest']:.1f} s")
+        # Every server process runs the new file: a process still on the replaced binary
+        # shows its executable as deleted.
+        for h in self.hosts:
+            if h["role"] not in ("meta", "data"):
+                continue
+            unit = f"cirrus-{h['role']}.service"
+            exes = {os.readlink(f"/proc/{pid}/exe") for pid in marked("CIRRUS_BOOT_UNIT", f"{self.run_id}:{h['name']}:{unit}")}
+            if exes != {"/usr/local/bin/cirrus"}:
+                sys.exit(f"boot: FAIL: upgrade check: {h['name']} {unit} runs {exes or 'nothing'}, not the new /usr/local/bin/cirrus")
+        self.log("upgrade: every meta and data process runs the new /usr/local/bin/cirrus (none runs the deleted old one)")
+        mounts = {os.readlink(f"/proc/{pid}/exe") for pid in marked("CIRRUS_BOOT_UNIT", f"{self.run_id}:{c2['name']}:cirrus-mount.service")}
+        r = self.in_host(c2, "systemctl", "restart", "cirrus-mount.service", env=dict(os.environ, PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"))
+        if r.returncode != 0:
+            self.fail(c2, "systemctl restart cirrus-mount.service failed")
+        end = time.time() + 60
+        while True:
+            r = self.in_host(c2, "sh", "-c", 'sha256sum "$1"/*', "sh", load_dir, capture_output=True, text=True)
+            got = dict(reversed(line.split(None, 1)) for line in r.stdout.splitlines())
+            if r.returncode == 0 and got == p["files"]:
+                break
+            if time.time() > end:
+                self.fail(c2, f"after its remount, {load_dir} does not read back as {c1['name']} wrote it: {got} != {p['files']} ({r.stderr.strip()})")
+            time.sleep(0.5)
+        now = {os.readlink(f"/proc/{pid}/exe") for pid in marked("CIRRUS_BOOT_UNIT", f"{self.run_id}:{c2['name']}:cirrus-mount.service")}
+        if now != {"/usr/local/bin/cirrus"}:
+            sys.exit(f"boot: FAIL: upgrade check: {c2['name']}'s mount runs {now} after its restart")
+        self.log(f"upgrade: {c2['name']}'s mount ran {sorted(mounts)} until `systemctl restart cirrus-mount.service`, now the new binary; "
+                 f"the {len(got)} files left by the workload read back there (sha256 equal)")
+        self.log(f"upgrade: OK: rolling upgrade of {servers} servers and {len(clients)} clients in {took:.1f} s; the check took {time.time() - t0:.1f} s")
+
     def cleanup(self):
         for p in self.procs:
             if p.poll() is None:
@@ -428,6 +546,7 @@ def cmd_run(args):
                 b.log(f"{len(ts)} {role} host(s): cirrus doctor --ready passed after {min(ts):.1f}-{max(ts):.1f} s")
         t_mounted = b.check_mounts(t0)
         b.firewall_check()
+        b.upgrade_check()
         counts = ", ".join(f"{roles[r]} {r}" for r in ROLES_ORDER if r in roles)
         print(f"boot: OK: {len(hosts)} hosts ({counts}) booted from their user data: every node ready (cirrus doctor --ready) {t_ready:.1f} s after boot, mount command from the outputs mounted and a file read back across clients {t_mounted:.1f} s after boot")
         return 0
@@ -488,6 +607,8 @@ class Runner:
         self.lock = threading.RLock()
         self.stopping = threading.Event()
         self.threads = []
+        self.restart_wanted = set()  # units whose next exit is a `systemctl restart`
+        self.generation = {}  # unit -> how many times its main process was started
 
     def daemon_reload(self):
         d = "/etc/systemd/system"
@@ -587,6 +708,8 @@ class Runner:
             rc = None
             if ok:
                 p = self.exec_line(u, u.one("Service", "ExecStart"), env, log, wait=False)
+                with self.lock:
+                    self.generation[u.name] = self.generation.get(u.name, 0) + 1
                 while p.poll() is None and not self.stopping.is_set():
                     time.sleep(0.2)
                 if p.poll() is None:
@@ -601,6 +724,13 @@ class Runner:
             for line in u.get("Service", "ExecStopPost"):
                 self.exec_line(u, line, env, log)
             self.stop_unit_processes(u)
+            with self.lock:
+                asked = u.name in self.restart_wanted
+                self.restart_wanted.discard(u.name)
+            if asked:
+                log.write("[runner] systemctl restart: starting it again\n")
+                log.flush()
+                continue
             if restart == "no" or (restart == "on-failure" and rc == 0):
                 self.state[u.name] = "inactive" if rc == 0 else "failed"
                 return
@@ -620,8 +750,54 @@ class Runner:
             return 0 if not now or all(self.start(n) for n in names) else 1
         if verb == "start":
             return 0 if all(self.start(n) for n in names) else 1
+        if verb == "restart":
+            return 0 if all(self.restart(n) for n in names) else 1
         print(f"[runner] systemctl {' '.join(argv)}: not supported", flush=True)
         return 1
+
+    def restart(self, name):
+        """systemctl restart of a simple unit: stop it as systemd does (SIGTERM to the
+        unit's processes, SIGKILL after a third of TimeoutStopSec), run ExecStopPost, start
+        it again at once (no RestartSec); returns once the new main process runs."""
+        u = self.units.get(name)
+        if u is None or u.one("Service", "Type", "simple") != "simple":
+            print(f"[runner] systemctl restart {name}: not a simple unit of this host", flush=True)
+            return False
+        with self.lock:
+            if self.state.get(name) != "active":
+                return self.start(name)
+            before = self.generation.get(name, 0)
+            self.restart_wanted.add(name)
+        print(f"[runner] restarting {name}", flush=True)
+        self.stop_unit_processes(u)
+        end = time.time() + 60
+        while time.time() < end:
+            with self.lock:
+                if self.generation.get(name, 0) > before:
+                    return True
+            time.sleep(0.1)
+        print(f"[runner] systemctl restart {name}: not started again within 60 s", flush=True)
+        return False
+
+    def serve(self, path):
+        """systemctl for commands run in this host later (the shim SYSTEMCTL_SHIM
+        installs as /usr/local/sbin/systemctl talks to this socket)."""
+        import socketserver
+
+        runner = self
+
+        class H(socketserver.StreamRequestHandler):
+            def handle(self):
+                import json
+
+                argv = json.loads(self.rfile.readline())
+                rc = runner.systemctl(argv)
+                self.wfile.write(json.dumps({"rc": rc}).encode() + b"\n")
+
+        if os.path.exists(path):
+            os.unlink(path)
+        srv = socketserver.ThreadingUnixStreamServer(path, H)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
 
     def shutdown(self):
         self.stopping.set()
@@ -678,6 +854,69 @@ mountpoint -q "$mnt" || mount --bind '{disk}' "$mnt"
 mkdir -p "$mnt/objects"
 """
 
+# ssh's stand-in for rolling-upgrade.sh: HOSTEXEC IP 'COMMAND' runs COMMAND in the host
+# of that address (its network and mount namespaces), as root, with stdin passed through.
+HOSTEXEC = """#!/bin/sh
+set -eu
+ip=$1
+shift
+pid=$(cat '{root}/pids/'"$ip")
+exec nsenter -t "$pid" -n -m -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root sh -c "$*"
+"""
+
+# The client workload of the upgrade check: rounds of write + fsync of a new file, read
+# back of the last three, stat, readdir, unlink of the one five back, until the stop file
+# exists. Each error is recorded (never retried), and the state is written after each round.
+WORKLOAD = r"""
+import hashlib, json, os, random, sys, time
+d, stop, out = sys.argv[1:4]
+os.makedirs(d, exist_ok=True)
+rng = random.Random(24)
+st = {"ok": 0, "errors": [], "slowest": 0.0, "files": {}}
+k = 0
+while not os.path.exists(stop):
+    t = time.time()
+    p = f"{d}/f{k}"
+    try:
+        data = rng.randbytes(rng.choice([4096, 65536, 1 << 20]))
+        with open(p, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        st["files"][p] = hashlib.sha256(data).hexdigest()
+        for q in list(st["files"])[-3:]:
+            with open(q, "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() != st["files"][q]:
+                    st["errors"].append(f"round {k}: {q} reads back different bytes")
+        os.stat(p)
+        names = set(os.listdir(d))
+        if not {os.path.basename(q) for q in st["files"]} <= names:
+            st["errors"].append(f"round {k}: readdir misses files: {sorted(names)}")
+        old = f"{d}/f{k - 5}"
+        if old in st["files"]:
+            os.unlink(old)
+            del st["files"][old]
+        st["ok"] += 1
+    except OSError as e:
+        st["errors"].append(f"round {k}: {e}")
+    st["slowest"] = max(st["slowest"], time.time() - t)
+    k += 1
+    with open(out + ".tmp", "w") as f:
+        json.dump(st, f)
+    os.replace(out + ".tmp", out)
+"""
+
+SYSTEMCTL_SOCKET = "/run/cirrus-boot-systemctl.sock"
+
+SYSTEMCTL_SHIM = """#!{python}
+# boot check: systemctl of this host is the unit runner of boot.py (no systemd here).
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect({socket!r})
+s.sendall(json.dumps(sys.argv[1:]).encode() + b"\\n")
+sys.exit(json.loads(s.makefile().readline())["rc"])
+"""
+
 
 def mount_ids():
     with open("/proc/self/mountinfo") as f:
@@ -730,6 +969,10 @@ def cmd_host(args):
         print(f"cloud-init: wrote {path}", flush=True)
 
     runner = Runner(args.name, f"{d}/journal")
+    runner.serve(SYSTEMCTL_SOCKET)
+    with open("/usr/local/sbin/systemctl", "w") as fh:
+        fh.write(SYSTEMCTL_SHIM.format(python=sys.executable, socket=SYSTEMCTL_SOCKET))
+    os.chmod("/usr/local/sbin/systemctl", 0o755)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     rc = 0

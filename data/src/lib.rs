@@ -2,6 +2,8 @@
 //!
 //! Must not depend on: cirrus-meta, cirrus-client.
 
+#[cfg(test)]
+mod fuzz_tests;
 pub mod leftover;
 pub mod node;
 pub mod ops_metrics;

@@ -260,3 +260,6 @@ mod store_tests;
 
 #[cfg(test)]
 mod golden_tests;
+
+#[cfg(test)]
+mod fuzz_tests;

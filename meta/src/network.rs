@@ -97,7 +97,7 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, TransportError> {
     bincode::serialize(v).map_err(|e| TransportError::Codec(e.to_string()))
 }
 
-fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, TransportError> {
+pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, TransportError> {
     bincode::deserialize(b).map_err(|e| TransportError::Codec(e.to_string()))
 }
 

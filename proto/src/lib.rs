@@ -11,6 +11,8 @@ pub mod backoff;
 pub mod bulk;
 pub mod codec;
 pub mod convert;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod leader;
 pub mod metrics;
 pub mod net;

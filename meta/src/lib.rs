@@ -185,10 +185,13 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("bind {addr} (is another process using the port?)"))?;
-    let incoming = cirrus_proto::net::incoming(
-        listener,
-        cirrus_proto::net::ConnLimit::new("meta", cirrus_proto::net::MAX_CONNECTIONS)
-            .counted(&registry),
+    let incoming = cirrus_proto::net::h2_only(
+        cirrus_proto::net::incoming(
+            listener,
+            cirrus_proto::net::ConnLimit::new("meta", cirrus_proto::net::MAX_CONNECTIONS)
+                .counted(&registry),
+        ),
+        cirrus_proto::net::OPENING_DEADLINE,
     );
     let meta_svc =
         cirrus_proto::pb::meta_server::MetaServer::new(service::MetaService { node: node.clone() })

@@ -575,12 +575,9 @@ pub fn is_bulk_preface(first: &[u8]) -> Option<bool> {
     }
 }
 
-/// How long an accepted connection may stay silent before it is told apart (a client
-/// of either protocol speaks first).
-const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Whether `s` opened with the bulk preface: `None` if it closed or said nothing in time.
-async fn sniff(s: &TcpStream) -> Option<bool> {
+/// Whether `s` opened with the bulk preface: `None` if it closed or said nothing by
+/// `until` (a client of either protocol speaks first).
+async fn sniff(s: &TcpStream, until: Instant) -> Option<bool> {
     let look = async {
         let mut buf = [0u8; PREFACE.len()];
         loop {
@@ -595,7 +592,7 @@ async fn sniff(s: &TcpStream) -> Option<bool> {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
-    tokio::time::timeout(SNIFF_TIMEOUT, look)
+    tokio::time::timeout(until.saturating_duration_since(Instant::now()), look)
         .await
         .ok()
         .flatten()
@@ -629,7 +626,10 @@ pub fn split_port<S: BulkService>(
             let (tx, svc, reg, process) =
                 (tx.clone(), svc.clone(), registry.clone(), process.clone());
             tokio::spawn(async move {
-                match sniff(c.stream()).await {
+                // Either protocol's whole opening within one deadline: a silent or
+                // stalled peer cannot hold a permit of the ceiling.
+                let until = Instant::now() + net::OPENING_DEADLINE;
+                match sniff(c.stream(), until).await {
                     Some(true) => {
                         // The permit is held until the connection is served to its end.
                         let (mut s, permit) = c.into_parts();
@@ -639,10 +639,11 @@ pub fn split_port<S: BulkService>(
                         }
                         drop(permit);
                     }
-                    Some(false) => {
+                    Some(false) if net::opens_with(c.stream(), net::H2_PREFACE, until).await => {
                         let _ = tx.send(Ok(c)).await;
                     }
-                    None => {}
+                    // Silent, stalled, or neither protocol: closed, the permit returned.
+                    Some(false) | None => {}
                 }
             });
         }
@@ -1020,7 +1021,7 @@ mod tests {
         tokio::spawn(async move {
             use tokio_stream::StreamExt;
             while let Some(Ok(mut s)) = grpc.next().await {
-                let mut first = [0u8; 16];
+                let mut first = [0u8; 24]; // the HTTP/2 preface
                 let _ = s.read_exact(&mut first).await;
                 let _ = s.write_all(b"not bulk").await;
             }
@@ -1247,13 +1248,40 @@ mod tests {
     async fn other_protocols_on_the_port_are_handed_on() {
         let addr = echo_server().await;
         let mut s = TcpStream::connect(&addr).await.unwrap();
-        s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        s.write_all(net::H2_PREFACE).await.unwrap();
         let mut got = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(got, b"not bulk");
+    }
+
+    /// A peer that connects and says nothing, or stops inside either protocol's opening,
+    /// or opens with neither, is closed within the opening deadline, never handed on: it
+    /// cannot hold a permit of the port's ceiling (issue 22).
+    #[tokio::test]
+    async fn silent_stalled_and_unknown_openings_are_closed_not_handed_on() {
+        let addr = echo_server().await;
+        let mut conns = Vec::new();
+        for opening in [
+            &b""[..],
+            b"PRI * HTTP/2.0\r\n",
+            b"CIRR",
+            b"GET / HTTP/1.1\r\n\r\n\r\n\r\n\r\n\r\n\r\n",
+        ] {
+            let mut s = TcpStream::connect(&addr).await.unwrap();
+            s.write_all(opening).await.unwrap();
+            conns.push((opening, s));
+        }
+        for (opening, mut s) in conns {
+            let mut got = Vec::new();
+            let r = tokio::time::timeout(net::OPENING_DEADLINE + HANG, s.read_to_end(&mut got))
+                .await
+                .unwrap_or_else(|_| panic!("{opening:?}: still open past the opening deadline"));
+            // Closed (EOF or reset), and never answered as a gRPC connection would be.
+            assert!(r.is_err() || got.is_empty(), "{opening:?}: got {got:?}");
+        }
     }
 
     /// The connection ceiling of a shared port, with a [`BulkClient`] per connection.
@@ -1302,7 +1330,7 @@ mod tests {
             open.push(c);
         }
         let mut h2 = TcpStream::connect(&addr).await.unwrap();
-        h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        h2.write_all(net::H2_PREFACE).await.unwrap();
         use tokio_stream::StreamExt;
         let handed_on = tokio::time::timeout(HANG, grpc.next())
             .await

@@ -306,6 +306,69 @@ impl tokio_stream::Stream for Incoming {
     }
 }
 
+/// Longest an accepted connection may take to send its opening bytes (the HTTP/2 client
+/// preface, or the bulk protocol's). A peer that connects and stays silent, or sends a
+/// few bytes and stops, is closed then: without it, 4096 silent sockets from one host
+/// would hold a listener's whole [`MAX_CONNECTIONS`] and lock every client out (issue 22).
+pub const OPENING_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The HTTP/2 client connection preface (RFC 9113, 3.4): what every gRPC client sends
+/// first.
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits until `s` has `want.len()` bytes to read (peeked, not consumed) and says whether
+/// they are `want`; false if the peer closes, sends other bytes, or is not done by `until`.
+pub async fn opens_with(s: &TcpStream, want: &[u8], until: Instant) -> bool {
+    let look = async {
+        let mut buf = vec![0u8; want.len()];
+        loop {
+            let n = s.peek(&mut buf).await.ok()?;
+            if n == 0 || buf[..n] != want[..n] {
+                return Some(false);
+            }
+            if n == want.len() {
+                return Some(true);
+            }
+            // A prefix: wait for the rest (peek returns at once while bytes are queued).
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let left = until.saturating_duration_since(Instant::now());
+    tokio::time::timeout(left, look).await.ok().flatten() == Some(true)
+}
+
+/// Accepted connections that opened as HTTP/2 within the deadline, for tonic's
+/// `serve_with_incoming`. Each holds its permit of the listener's ceiling.
+pub type H2Incoming = tokio_stream::wrappers::ReceiverStream<std::io::Result<Limited>>;
+
+/// The connections of `incoming` that send the HTTP/2 preface within `within` of being
+/// accepted; the others are closed (their permit returned) when they fail to. The
+/// accept loop ends when the returned stream is dropped.
+pub fn h2_only(mut incoming: Incoming, within: Duration) -> H2Incoming {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let c = tokio::select! {
+                c = incoming.accept() => c,
+                _ = tx.closed() => return,
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if opens_with(c.stream(), H2_PREFACE, Instant::now() + within).await {
+                    let _ = tx.send(Ok(c)).await;
+                } else {
+                    tracing::debug!(
+                        peer = ?c.stream().peer_addr().ok(),
+                        ?within,
+                        "closing a connection that did not open with the HTTP/2 preface in time"
+                    );
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// Meta client with the message limits set.
 pub fn meta_client(ch: Channel) -> crate::pb::meta_client::MetaClient<Channel> {
     crate::pb::meta_client::MetaClient::new(ch)
@@ -336,6 +399,55 @@ pub(crate) mod tests {
     use super::*;
     use crate::pb;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// `h2_only` hands on a connection once its whole HTTP/2 preface is in, and closes
+    /// (returning the permit) a silent one, one stalled inside the preface and one that
+    /// opens with other bytes, once the deadline passes.
+    #[tokio::test]
+    async fn only_connections_that_open_with_the_h2_preface_in_time_come_out() {
+        use tokio_stream::StreamExt;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let limit = ConnLimit::new("test", 16);
+        let permits = limit.permits.clone();
+        let mut out = h2_only(incoming(l, limit), Duration::from_millis(300));
+        let mut bad = Vec::new();
+        for opening in [
+            &b""[..],
+            b"PRI * HTTP/2",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n",
+        ] {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(opening).await.unwrap();
+            bad.push(s);
+        }
+        let mut good = TcpStream::connect(addr).await.unwrap();
+        good.write_all(H2_PREFACE).await.unwrap();
+        let c = tokio::time::timeout(HANG, out.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.stream().peer_addr().unwrap(), good.local_addr().unwrap());
+        for mut s in bad {
+            let mut buf = Vec::new();
+            let r = tokio::time::timeout(HANG, s.read_to_end(&mut buf))
+                .await
+                .expect("closed");
+            assert!(r.is_err() || buf.is_empty());
+        }
+        // Only the good connection still holds a permit.
+        let until = Instant::now() + HANG;
+        while 16 - permits.available_permits() != 1 {
+            assert!(
+                Instant::now() < until,
+                "permits held: {}",
+                16 - permits.available_permits()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(c);
+    }
 
     /// Generous: only there to turn a hang into a failure, never to measure anything.
     pub(crate) const HANG: Duration = Duration::from_secs(20);

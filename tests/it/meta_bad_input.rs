@@ -232,3 +232,43 @@ async fn each_bad_input_is_refused_with_its_error_and_changes_nothing() -> Resul
     );
     Ok(())
 }
+
+/// Connections that never open properly (silent, stalled inside the HTTP/2 preface, or
+/// another protocol) are closed by the meta port and by a data server's shared port
+/// within the opening deadline, while a real client keeps being served: silent sockets
+/// cannot hold a listener's connection ceiling (issue 22).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_half_open_connections_are_closed_while_clients_are_served() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = ClusterBuilder::new().data_servers(1).start().await?;
+    let conn = c.conn().await?;
+    let mut socks = Vec::new();
+    for addr in [c.meta_addr(0), c.data_addr(0)] {
+        for opening in [
+            &b""[..],
+            b"PRI * HTTP/2.0\r\n",
+            b"GET / HTTP/1.0\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n",
+        ] {
+            let mut s = tokio::net::TcpStream::connect(&addr).await?;
+            s.write_all(opening).await?;
+            socks.push((addr.clone(), opening, s));
+        }
+    }
+    // Served meanwhile.
+    mkdir(&conn, ROOT, b"served").await?;
+    for (addr, opening, mut s) in socks {
+        let mut got = Vec::new();
+        let r = tokio::time::timeout(
+            cirrus_proto::net::OPENING_DEADLINE + crate::fixtures::HANG,
+            s.read_to_end(&mut got),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{addr} {opening:?}: still open past the opening deadline"));
+        assert!(
+            r.is_err() || got.is_empty(),
+            "{addr} {opening:?}: answered {got:?}"
+        );
+    }
+    assert!(lookup(&conn, ROOT, b"served").await.is_ok());
+    Ok(())
+}

@@ -55,14 +55,6 @@ async fn snapshot(c: &Cluster) -> Snapshot {
     out
 }
 
-/// Right cluster, chain and object (when `aim`), sizes folded.
-fn aimed<T>(mut r: T, aim: bool, fix: impl FnOnce(&mut T)) -> T {
-    if aim {
-        fix(&mut r);
-    }
-    r
-}
-
 fn chain_ref() -> Option<pb::ChainRef> {
     Some(pb::ChainRef { id: 1, version: 1 })
 }
@@ -87,104 +79,68 @@ async fn one_case(bytes: Vec<u8>, aim: bool, kind: u8) -> Result<(), TestCaseErr
             .expect("seed write");
     }
     let svc = Arc::new(DataService::new(head));
-    let cluster = head_cluster(&c);
+    let cluster = c.node(1).cluster.to_string();
+    // Decodes the soup as `$t`; when aimed, gives it the right cluster and runs `$fix`
+    // (right chain and object, sizes folded); calls `$method` on the door.
+    macro_rules! door {
+        ($t:ty, $method:ident, |$r:ident| $fix:block) => {{
+            let Ok(mut $r) = <$t>::decode(bytes.as_slice()) else {
+                return Ok(());
+            };
+            if aim {
+                $r.cluster_id = cluster.clone();
+                $fix
+            }
+            (
+                stringify!($method),
+                svc.$method(Request::new($r)).await.map(|_| ()),
+            )
+        }};
+    }
     let before = snapshot(&c).await;
-    let mut results = Vec::new();
-    if kind == 0 {
-        let Ok(r) = pb::WriteRequest::decode(bytes.as_slice()) else {
-            return Ok(());
-        };
-        let r = aimed(r, aim, |r| {
-            r.cluster_id = cluster.clone();
+    let (what, result) = match kind {
+        0 => door!(pb::WriteRequest, write, |r| {
             r.chain = chain_ref();
             r.object = object(r.object);
             r.offset = tame(r.offset);
-        });
-        results.push(("write", svc.write(Request::new(r)).await.map(|_| ())));
-    }
-    if kind == 1 {
-        let Ok(r) = pb::ReadRequest::decode(bytes.as_slice()) else {
-            return Ok(());
-        };
-        let r = aimed(r, aim, |r| {
-            r.cluster_id = cluster.clone();
+        }),
+        1 => door!(pb::ReadRequest, read, |r| {
             r.chain = chain_ref();
             r.object = object(r.object);
             r.offset = tame(r.offset);
-        });
-        results.push(("read", svc.read(Request::new(r)).await.map(|_| ())));
-    }
-    if kind == 2 {
-        let Ok(r) = pb::TruncateRequest::decode(bytes.as_slice()) else {
-            return Ok(());
-        };
-        let r = aimed(r, aim, |r| {
-            r.cluster_id = cluster.clone();
+        }),
+        2 => door!(pb::TruncateRequest, truncate, |r| {
             r.chain = chain_ref();
             r.object = object(r.object);
             r.size = tame(r.size);
-        });
-        results.push(("truncate", svc.truncate(Request::new(r)).await.map(|_| ())));
-    }
-    if kind == 3 {
-        let Ok(r) = pb::PunchRequest::decode(bytes.as_slice()) else {
-            return Ok(());
-        };
-        let r = aimed(r, aim, |r| {
-            r.cluster_id = cluster.clone();
+        }),
+        3 => door!(pb::PunchRequest, punch, |r| {
             r.chain = chain_ref();
             r.object = object(r.object);
             r.offset = tame(r.offset);
             r.length = tame(r.length);
-        });
-        results.push(("punch", svc.punch(Request::new(r)).await.map(|_| ())));
-    }
-    if kind == 4 {
-        let Ok(r) = pb::CopyRequest::decode(bytes.as_slice()) else {
-            return Ok(());
-        };
-        let r = aimed(r, aim, |r| {
-            r.cluster_id = cluster.clone();
+        }),
+        4 => door!(pb::CopyRequest, copy, |r| {
             r.chain = chain_ref();
             r.src_chain = chain_ref();
             r.object = object(r.object);
             r.src_object = object(r.src_object);
             r.offset = tame(r.offset);
             r.src_offset = tame(r.src_offset);
-        });
-        results.push(("copy", svc.copy(Request::new(r)).await.map(|_| ())));
-    }
-    if kind == 5 {
-        let Ok(r) = pb::SyncRequest::decode(bytes.as_slice()) else {
-            return Ok(());
-        };
-        let r = aimed(r, aim, |r| {
-            r.cluster_id = cluster.clone();
+        }),
+        5 => door!(pb::SyncRequest, sync, |r| {
             r.chain = chain_ref();
-        });
-        results.push(("sync", svc.sync(Request::new(r)).await.map(|_| ())));
-    }
-    if kind == 6 {
-        let Ok(r) = pb::DeleteRequest::decode(bytes.as_slice()) else {
-            return Ok(());
-        };
-        let r = aimed(r, aim, |r| r.cluster_id = cluster.clone());
-        results.push(("delete", svc.delete(Request::new(r)).await.map(|_| ())));
-    }
-    let after = snapshot(&c).await;
-    for (what, r) in &results {
-        if let Err(e) = r {
-            prop_assert!(
-                before == after,
-                "{what} was refused ({e}) but a member's objects changed"
-            );
-        }
+        }),
+        _ => door!(pb::DeleteRequest, delete, |r| {}),
+    };
+    if let Err(e) = result {
+        let after = snapshot(&c).await;
+        prop_assert!(
+            before == after,
+            "{what} was refused ({e}) but a member's objects changed"
+        );
     }
     Ok(())
-}
-
-fn head_cluster(c: &Cluster) -> String {
-    c.node(1).cluster.to_string()
 }
 
 proptest! {

@@ -575,29 +575,6 @@ pub fn is_bulk_preface(first: &[u8]) -> Option<bool> {
     }
 }
 
-/// Whether `s` opened with the bulk preface: `None` if it closed or said nothing by
-/// `until` (a client of either protocol speaks first).
-async fn sniff(s: &TcpStream, until: Instant) -> Option<bool> {
-    let look = async {
-        let mut buf = [0u8; PREFACE.len()];
-        loop {
-            let n = s.peek(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            if let Some(bulk) = is_bulk_preface(&buf[..n]) {
-                return Some(bulk);
-            }
-            // A prefix of the preface: wait for the rest of it.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
-    tokio::time::timeout(until.saturating_duration_since(Instant::now()), look)
-        .await
-        .ok()
-        .flatten()
-}
-
 /// Accepted connections that are not bulk, for tonic's `serve_with_incoming`. Each holds
 /// its permit of the port's connection ceiling.
 pub type GrpcIncoming = tokio_stream::wrappers::ReceiverStream<std::io::Result<Limited>>;
@@ -629,7 +606,7 @@ pub fn split_port<S: BulkService>(
                 // Either protocol's whole opening within one deadline: a silent or
                 // stalled peer cannot hold a permit of the ceiling.
                 let until = Instant::now() + net::OPENING_DEADLINE;
-                match sniff(c.stream(), until).await {
+                match net::opening(c.stream(), &PREFACE, until).await {
                     Some(true) => {
                         // The permit is held until the connection is served to its end.
                         let (mut s, permit) = c.into_parts();
@@ -639,7 +616,9 @@ pub fn split_port<S: BulkService>(
                         }
                         drop(permit);
                     }
-                    Some(false) if net::opens_with(c.stream(), net::H2_PREFACE, until).await => {
+                    Some(false)
+                        if net::opening(c.stream(), net::H2_PREFACE, until).await == Some(true) =>
+                    {
                         let _ = tx.send(Ok(c)).await;
                     }
                     // Silent, stalled, or neither protocol: closed, the permit returned.

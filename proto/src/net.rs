@@ -316,14 +316,19 @@ pub const OPENING_DEADLINE: Duration = Duration::from_secs(10);
 /// first.
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Waits until `s` has `want.len()` bytes to read (peeked, not consumed) and says whether
-/// they are `want`; false if the peer closes, sends other bytes, or is not done by `until`.
-pub async fn opens_with(s: &TcpStream, want: &[u8], until: Instant) -> bool {
+/// How `s` opens, peeked (nothing consumed): `Some(true)` once its first `want.len()`
+/// bytes are `want`, `Some(false)` as soon as they differ, `None` if the peer closes or
+/// has not sent enough by `until`. The one sniffer of both ports (the bulk preface, the
+/// HTTP/2 preface).
+pub async fn opening(s: &TcpStream, want: &[u8], until: Instant) -> Option<bool> {
     let look = async {
         let mut buf = vec![0u8; want.len()];
         loop {
             let n = s.peek(&mut buf).await.ok()?;
-            if n == 0 || buf[..n] != want[..n] {
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != want[..n] {
                 return Some(false);
             }
             if n == want.len() {
@@ -334,7 +339,7 @@ pub async fn opens_with(s: &TcpStream, want: &[u8], until: Instant) -> bool {
         }
     };
     let left = until.saturating_duration_since(Instant::now());
-    tokio::time::timeout(left, look).await.ok().flatten() == Some(true)
+    tokio::time::timeout(left, look).await.ok().flatten()
 }
 
 /// Accepted connections that opened as HTTP/2 within the deadline, for tonic's
@@ -354,7 +359,7 @@ pub fn h2_only(mut incoming: Incoming, within: Duration) -> H2Incoming {
             };
             let tx = tx.clone();
             tokio::spawn(async move {
-                if opens_with(c.stream(), H2_PREFACE, Instant::now() + within).await {
+                if opening(c.stream(), H2_PREFACE, Instant::now() + within).await == Some(true) {
                     let _ = tx.send(Ok(c)).await;
                 } else {
                     tracing::debug!(

@@ -15,6 +15,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod ops_metrics;
+pub mod placement;
 pub mod raft_types;
 pub mod service;
 pub mod sm_store;

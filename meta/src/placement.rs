@@ -360,9 +360,8 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// Any cluster, any sizes: a rebalance keeps every chain at R distinct members,
-        /// never makes the squared distance from the targets worse, and each move goes
-        /// from a server above its target.
+        /// Any cluster, any sizes: a rebalance keeps every chain at R distinct members
+        /// and never makes the squared distance from the targets worse.
         #[test]
         fn rebalance_keeps_r_and_never_worsens(
             n in 3u64..24,
